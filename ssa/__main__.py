@@ -1,0 +1,3 @@
+from ssa.cli import app
+
+app(prog_name="ssa")

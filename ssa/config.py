@@ -1,0 +1,89 @@
+"""One dataclass per run, filled from defaults < `--config` YAML < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssa.errors import SSAError
+
+
+@dataclass
+class RunConfig:
+    """Everything `ssa run` needs; `None` means "the dataset's default"."""
+
+    dataset: str = "folder"
+    data_dir: Path | None = None
+    out_dir: Path | None = None
+    split: str | None = None
+    sam_model: str = "vit_h"
+    sam_checkpoint: Path | None = None
+    amg_preset: str | None = None
+    amg: dict[str, Any] = field(default_factory=dict)
+    segmentor: str | None = None
+    device: str | None = None
+    limit: int | None = None
+    top_k: int = 3
+    save_branch: bool = False
+    save_vis: bool = False
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device is None:
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SSAError(f"--device {self.device}: CUDA is not available here; pass --device cpu")
+        return self.device
+
+
+_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint"}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file: a mapping of RunConfig fields (dashes or underscores)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SSAError(f"--config {path} does not exist; pass a YAML file such as configs/ade20k.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SSAError(f"--config {path} is not valid YAML ({exc}); fix the file") from None
+    if not isinstance(data, dict):
+        raise SSAError(f"--config {path} must hold a mapping of option: value; fix the file")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    valid = field_names()
+    for key in out:
+        if key not in valid:
+            raise SSAError(f"unknown key {key!r} in --config {path}; valid keys: {', '.join(valid)}")
+    return out
+
+
+def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any]) -> RunConfig:
+    """Defaults, then the config file, then command-line values that were given (not None).
+
+    `amg` dictionaries merge key by key, command line on top.
+    """
+    merged: dict[str, Any] = {}
+    amg: dict[str, Any] = {}
+    for source in (file_values or {}, cli_values):
+        for key, value in source.items():
+            if value is None:
+                continue
+            if key == "amg":
+                if not isinstance(value, dict):
+                    raise SSAError(f"amg must be a mapping of knob: value, not {value!r}")
+                amg.update(value)
+            else:
+                merged[key] = value
+    for key in _PATH_FIELDS & merged.keys():
+        merged[key] = Path(merged[key])
+    return RunConfig(**merged, amg=amg)

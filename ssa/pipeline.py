@@ -1,0 +1,293 @@
+"""The per-image flow (read -> mask branch -> semantic branch -> voting -> write) and the
+dataset loop (skip done images, isolate failures, report progress)."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssa import io
+from ssa.config import RunConfig
+from ssa.datasets import DatasetSpec, get_dataset
+from ssa.errors import SSAError
+from ssa.voting import NO_CLASS, VoteResult, vote
+
+FAILURES_FILE = "failures.jsonl"
+
+
+def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
+    """Where the outputs of the image at relative path `rel` go (mirroring `rel` under out_dir)."""
+    base = Path(out_dir) / rel.parent
+    return {
+        "semantic": base / f"{rel.stem}_semantic.json",
+        "label": base / f"{rel.stem}_semantic.png",
+        "branch": base / f"{rel.stem}_branch.png",
+        "vis": base / f"{rel.stem}_vis.jpg",
+    }
+
+
+def is_done(out_dir: Path, rel: Path) -> bool:
+    """An image is done exactly when its JSON exists and parses (it is written last)."""
+    path = output_paths(out_dir, rel)["semantic"]
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class ImageResult:
+    rel: Path
+    status: str  # "done" | "skipped" | "failed"
+    num_masks: int = 0
+    seconds: float = 0.0
+    stage: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    num_masks: int = 0
+
+
+def annotations_from(
+    records: list[dict[str, Any]],
+    rles: list[dict[str, Any]],
+    result: VoteResult,
+    names: list[str],
+) -> list[dict[str, Any]]:
+    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`."""
+    classes = result.classes.tolist()
+    proposals = result.proposals.tolist()
+    out = []
+    for record, rle, cls, props in zip(records, rles, classes, proposals):
+        ann = {k: _jsonable(v) for k, v in record.items() if k != "segmentation"}
+        ann["segmentation"] = rle
+        ann["class_name"] = names[cls] if cls != NO_CLASS else None
+        ann["class_proposals"] = [names[p] for p in props if p != NO_CLASS]
+        out.append(ann)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def semantic_mask_rles(label_map: np.ndarray, num_classes: int) -> dict[str, dict[str, Any]]:
+    """`{class_id: RLE}` for every class present in the final label map."""
+    present = [int(c) for c in np.unique(label_map) if 0 <= c < num_classes]
+    if not present:
+        return {}
+    rles = io.encode_rle(np.stack([label_map == c for c in present]))
+    return {str(c): rle for c, rle in zip(present, rles)}
+
+
+class Labeller:
+    """Labels one image at a time: owns the mask generator, the segmentor and the class names."""
+
+    def __init__(
+        self,
+        mask_generator: Any,
+        segmentor: Any,
+        class_names: list[str],
+        palette: np.ndarray,
+        device: str = "cpu",
+        top_k: int = 3,
+    ) -> None:
+        self.mask_generator = mask_generator
+        self.segmentor = segmentor
+        self.class_names = class_names
+        self.palette = palette
+        self.device = torch.device(device)
+        self.top_k = top_k
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def label(self, image: np.ndarray) -> dict[str, Any]:
+        """image: `HWC uint8 RGB` -> records, RLEs, branch output and votes."""
+        from ssa.segmentors.base import BranchOutput
+
+        height, width = image.shape[:2]
+        records = self.mask_generator.generate(image)
+        branch = BranchOutput.from_raw(
+            self.segmentor(image), self.num_classes, (height, width), self.device
+        )
+        if records:
+            stack = np.stack([r["segmentation"] for r in records])
+        else:
+            stack = np.zeros((0, height, width), dtype=bool)
+        masks = torch.from_numpy(stack).to(self.device)
+        areas = torch.tensor([int(r["area"]) for r in records], device=self.device)
+        result = vote(masks, branch.labels, self.num_classes, self.top_k, areas=areas)
+        return {
+            "records": records,
+            "masks": stack,
+            "rles": io.encode_rle(stack),
+            "branch": branch,
+            "votes": result,
+        }
+
+    def write(
+        self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray, save_branch: bool,
+        save_vis: bool,
+    ) -> None:
+        """Write the PNGs and the overlay, then the JSON last (it marks the image as done)."""
+        label_map = out["votes"].label_map.cpu().numpy()
+        io.write_label_png(paths["label"], label_map, self.num_classes)
+        if save_branch:
+            io.write_label_png(paths["branch"], out["branch"].labels.cpu().numpy(), self.num_classes)
+        annotations = annotations_from(out["records"], out["rles"], out["votes"], self.class_names)
+        if save_vis:
+            io.write_overlay(
+                paths["vis"], image, label_map, self.palette, out["masks"],
+                [a["class_name"] for a in annotations],
+            )
+        io.write_json(
+            paths["semantic"],
+            {
+                "image": {"height": image.shape[0], "width": image.shape[1]},
+                "annotations": annotations,
+                "semantic_mask": semantic_mask_rles(label_map, self.num_classes),
+                "class_names": self.class_names,
+            },
+        )
+
+
+def resolve_classes(cfg: RunConfig, spec: DatasetSpec, segmentor: Any) -> list[str]:
+    """The class names of the run, checking the segmentor's count against the dataset's."""
+    from ssa.segmentors.base import check_num_classes, class_names
+
+    names = class_names(segmentor)
+    check_num_classes(names, spec.num_classes, cfg.segmentor or "")
+    return list(spec.classes) if spec.classes is not None else names
+
+
+def build_labeller(
+    cfg: RunConfig, download_progress: Callable[[int, int | None], None] | None = None
+) -> Labeller:
+    """Check the cheap things first, then load the segmentor (refusing a class-count mismatch)
+    and SAM."""
+    from ssa.masks import MaskGenerator, ensure_checkpoint, load_sam, resolve_amg
+    from ssa.segmentors import load_segmentor
+
+    spec = get_dataset(cfg.dataset)
+    device = cfg.resolved_device()
+    settings = resolve_amg(cfg.amg_preset or spec.default_amg_preset, cfg.amg)
+    cfg.segmentor = cfg.segmentor or spec.default_segmentor
+    if cfg.segmentor is None:
+        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
+    segmentor = load_segmentor(cfg.segmentor, device=device)
+    names = resolve_classes(cfg, spec, segmentor)
+    checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
+    sam = load_sam(cfg.sam_model, checkpoint, device)
+    return Labeller(
+        MaskGenerator(sam, **settings),
+        segmentor,
+        names,
+        spec.palette_array(len(names)),
+        device=device,
+        top_k=cfg.top_k,
+    )
+
+
+def list_images(cfg: RunConfig) -> tuple[Path, list[Path]]:
+    if cfg.data_dir is None:
+        raise SSAError("--data-dir is required; pass the dataset's root folder")
+    spec = get_dataset(cfg.dataset)
+    root, rels = spec.list_images(cfg.data_dir, cfg.split)
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise SSAError(f"--limit {cfg.limit} must be at least 1")
+        rels = rels[: cfg.limit]
+    if not rels:
+        raise SSAError(f"no images under {root}; check --data-dir and --dataset")
+    return root, rels
+
+
+def record_failure(out_dir: Path, result: ImageResult) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"path": str(result.rel), "stage": result.stage, "error": result.error})
+    with open(out_dir / FAILURES_FILE, "a") as f:
+        f.write(line + "\n")
+
+
+def process_image(
+    labeller: Labeller, root: Path, rel: Path, out_dir: Path, cfg: RunConfig
+) -> ImageResult:
+    """Label and write one image; a failure is returned, not raised."""
+    start = time.perf_counter()
+    stage = "read"
+    try:
+        image = io.read_image(root / rel)
+        stage = "label"
+        out = labeller.label(image)
+        stage = "write"
+        labeller.write(out, output_paths(out_dir, rel), image, cfg.save_branch, cfg.save_vis)
+    except (SSAError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, SSAError):
+            message = f"{type(exc).__name__}: {message}"
+            traceback.print_exc()
+        return ImageResult(rel, "failed", stage=stage, error=message,
+                           seconds=time.perf_counter() - start)
+    return ImageResult(rel, "done", num_masks=len(out["records"]),
+                       seconds=time.perf_counter() - start)
+
+
+def run(
+    cfg: RunConfig,
+    on_start: Callable[[int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    download_progress: Callable[[int, int | None], None] | None = None,
+) -> RunSummary:
+    """Label every image of the dataset that is not done yet.
+
+    on_start(total, already_done) is called once the image list is known; on_image after each
+    image.
+    """
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    out_dir = Path(cfg.out_dir)
+    root, rels = list_images(cfg)
+    todo = [rel for rel in rels if not is_done(out_dir, rel)]
+    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo))
+    labeller = build_labeller(cfg, download_progress)
+    if on_start:
+        on_start(len(rels), summary.skipped)
+    start = time.perf_counter()
+    for rel in todo:
+        result = process_image(labeller, root, rel, out_dir, cfg)
+        if result.status == "failed":
+            summary.failed.append(result)
+            record_failure(out_dir, result)
+        else:
+            summary.done += 1
+            summary.num_masks += result.num_masks
+        if on_image:
+            on_image(result)
+    summary.seconds = time.perf_counter() - start
+    return summary

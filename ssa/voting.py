@@ -1,0 +1,125 @@
+"""Semantic voting: pure functions from masks and the branch's labels to per-mask classes.
+
+The SSA rule ("hard" voting): each mask takes the top-1 class of the branch's argmax labels over
+its pixels; ties go to the lowest class index; pixels whose branch label is "no label" (255, or
+any value outside 0..C-1) do not vote, and a mask without votes gets no class. The label map is
+the branch's map with the masks painted over it, largest area first, so smaller masks win where
+masks overlap; a mask painted with no class leaves the pixels under it as they were.
+
+Everything runs on the tensors' device in a few batched passes: the work is chunked over masks
+only to bound memory, never a Python loop over full-resolution arrays per mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NO_CLASS = -1
+# Cap on the elements materialised at once (mask pixels x chunk), about 256 MB of int64.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass
+class VoteResult:
+    """Per-mask votes and the painted label map.
+
+    classes:   `(N,) int64`, the class each mask takes, NO_CLASS where it has no votes.
+    counts:    `(N, C) float32`, the votes (pixel counts, or summed probabilities for soft voting).
+    proposals: `(N, k) int64`, classes ranked by vote share, NO_CLASS past the voted ones.
+    shares:    `(N, k) float32`, the vote share of each proposal (0 past the voted ones).
+    label_map: `(H, W) int64`, the branch's labels with the voted masks painted over them.
+    """
+
+    classes: torch.Tensor
+    counts: torch.Tensor
+    proposals: torch.Tensor
+    shares: torch.Tensor
+    label_map: torch.Tensor
+
+
+def _mask_chunks(num_masks: int, num_pixels: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(num_pixels, 1))
+    return [slice(i, min(i + step, num_masks)) for i in range(0, num_masks, step)]
+
+
+def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Votes per mask and class: `(N, C) float32` counts of each branch label inside each mask.
+
+    masks: `(N, H, W) bool`; labels: `(H, W)` integer class indices (others do not vote).
+    """
+    num_masks = masks.shape[0]
+    flat_labels = labels.reshape(-1).long()
+    valid = (flat_labels >= 0) & (flat_labels < num_classes)
+    flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
+    counts = torch.zeros(num_masks * num_classes, dtype=torch.int64, device=masks.device)
+    flat_masks = masks.reshape(num_masks, flat_labels.numel())
+    for chunk in _mask_chunks(num_masks, flat_labels.numel()):
+        sel = flat_masks[chunk] & valid
+        rows, cols = sel.nonzero(as_tuple=True)
+        keys = (rows + chunk.start) * num_classes + flat_labels[cols]
+        counts += torch.bincount(keys, minlength=counts.numel())
+    return counts.view(num_masks, num_classes).float()
+
+
+def rank_votes(counts: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-1 class and the top-k proposals with their shares from `(N, C)` votes.
+
+    Ties go to the lowest class index; classes without votes are not proposed.
+    """
+    num_masks, num_classes = counts.shape
+    k = max(1, min(top_k, num_classes))
+    # A stable descending sort keeps the lowest index first among equal votes.
+    order = torch.sort(counts, dim=1, descending=True, stable=True).indices[:, :k]
+    top = torch.gather(counts, 1, order)
+    total = counts.sum(dim=1, keepdim=True)
+    shares = torch.where(total > 0, top / total.clamp_min(1e-12), torch.zeros_like(top))
+    voted = top > 0
+    proposals = torch.where(voted, order, torch.full_like(order, NO_CLASS))
+    shares = torch.where(voted, shares, torch.zeros_like(shares))
+    classes = proposals[:, 0] if num_masks else torch.zeros(0, dtype=torch.int64)
+    return classes, proposals, shares.float()
+
+
+def paint(
+    masks: torch.Tensor, classes: torch.Tensor, base: torch.Tensor, areas: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Paint each mask's class over `base`, largest area first, so smaller masks win.
+
+    Masks of equal area are painted in their given order (a later one wins). Masks whose class is
+    NO_CLASS are skipped. masks: `(N, H, W) bool`; classes: `(N,) int64`; base: `(H, W)`.
+    """
+    num_masks = masks.shape[0]
+    out = base.clone().long()
+    if num_masks == 0:
+        return out
+    if areas is None:
+        areas = masks.reshape(num_masks, base.numel()).sum(dim=1)
+    order = torch.sort(areas, descending=True, stable=True).indices
+    # rank[i] = 1 + painting position of mask i; the winner at a pixel is its highest rank.
+    rank = torch.empty(num_masks, dtype=torch.int32, device=masks.device)
+    rank[order] = torch.arange(1, num_masks + 1, dtype=torch.int32, device=masks.device)
+    rank = torch.where(classes >= 0, rank, torch.zeros_like(rank))
+    winner = torch.zeros(base.shape, dtype=torch.int32, device=masks.device)
+    flat_pixels = base.numel()
+    for chunk in _mask_chunks(num_masks, flat_pixels):
+        weighted = masks[chunk].to(torch.int32) * rank[chunk].view(-1, 1, 1)
+        winner = torch.maximum(winner, weighted.amax(dim=0))
+    by_rank = torch.zeros(num_masks + 1, dtype=torch.int64, device=masks.device)
+    by_rank[rank.long()] = classes.long()
+    return torch.where(winner > 0, by_rank[winner.long()], out)
+
+
+def vote(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    top_k: int = 3,
+    areas: torch.Tensor | None = None,
+) -> VoteResult:
+    """The SSA rule (hard voting) on one image: see the module docstring."""
+    counts = hard_vote_counts(masks, labels, num_classes)
+    classes, proposals, shares = rank_votes(counts, top_k)
+    label_map = paint(masks, classes, labels, areas)
+    return VoteResult(classes, counts, proposals, shares, label_map)

@@ -94,6 +94,14 @@ def run(
             rich_help_panel="Mask branch",
         ),
     ] = None,
+    amg_impl: Annotated[
+        Optional[str],
+        typer.Option(
+            help="fast (default: same masks, low-res filtering) | stock "
+            "(segment-anything's SamAutomaticMaskGenerator).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
     segmentor: Annotated[
         Optional[str],
         typer.Option(
@@ -135,6 +143,7 @@ def run(
             "sam_checkpoint": sam_checkpoint,
             "amg_preset": amg_preset,
             "amg": parse_amg(amg or []) or None,
+            "amg_impl": amg_impl,
             "segmentor": segmentor,
             "top_k": top_k,
             "save_branch": save_branch,

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 _LOWRES = 256
 # Full-resolution float pixels upsampled at once (about 256 MB of float32).
 _CHUNK_PIXELS = 1 << 26
+# The upper end of an unknown box coordinate: finite, so interval arithmetic stays finite.
+_UNKNOWN = 1e7
 
 
 @dataclass
@@ -317,7 +319,8 @@ class FastMaskGenerator:
             self.stats.candidates += len(cands.iou)
             if self.pred_iou_thresh > 0.0:
                 cands = cands.select(cands.iou > self.pred_iou_thresh)
-            cands.bounds = self._bounds(cands.logits, axes)
+            cands.bounds = self._bounds(cands.logits, axes, boxes=self._need_boxes(crop_box, orig_size),
+                                        stability=self.stability_score_thresh > 0.0)
             if self.stability_score_thresh > 0.0:
                 cands = self._stability_filter(cands, crop_box, orig_size)
             cands = self._edge_filter(cands, crop_box, orig_size)
@@ -336,6 +339,13 @@ class FastMaskGenerator:
         cands = cands.select(keep.to(cands.iou.device))
         self.stats.add("mask_postprocess", start)
         return cands, crop_box
+
+    def _need_boxes(self, crop_box: list[int], orig_size: tuple[int, int]) -> bool:
+        """Whether any decision reads a box: NMS that can suppress, or crop-edge filtering."""
+        whole = list(crop_box) == [0, 0, orig_size[1], orig_size[0]]
+        return self.box_nms_thresh < 1.0 or not whole or (
+            self.crop_n_layers > 0 and self.crop_nms_thresh < 1.0
+        )
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -368,14 +378,16 @@ class FastMaskGenerator:
 
     # ---------------------------------------------------------------- bounds and exact values
 
-    def _bounds(self, logits: torch.Tensor, axes: tuple[_Axis, _Axis]) -> _Bounds:
-        """Bounds on the exact full-resolution box and stability of each candidate."""
+    def _bounds(
+        self, logits: torch.Tensor, axes: tuple[_Axis, _Axis], boxes: bool, stability: bool
+    ) -> _Bounds:
+        """Bounds on the exact full-resolution box and stability of each candidate; where a
+        bound is not asked for it is left unknown (`[0, _UNKNOWN]`), and never consulted."""
         rows, cols = axes
         thr = self.model.mask_threshold
         off = self.stability_score_offset
         n = len(logits)
         dev = logits.device
-        nr, nc = len(rows.ranges), len(cols.ranges)
         weight = rows.count.float()[:, None] * cols.count.float()[None, :]  # pixels per cell pair
 
         def grids(level: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,9 +396,23 @@ class FastMaskGenerator:
             sure = ~cols.block_any(rows.block_any(~above, 1), 2)
             return possible, sure
 
-        possible, sure = grids(thr)
         box_lo = torch.zeros(n, 4, device=dev)
-        box_hi = torch.zeros(n, 4, device=dev)
+        box_hi = torch.full((n, 4), _UNKNOWN, device=dev)
+        stab_lo = torch.zeros(n, device=dev)
+        stab_hi = torch.ones(n, device=dev)
+        exact = torch.zeros(n, dtype=torch.bool, device=dev)
+        if boxes:
+            self._box_bounds(grids(thr), axes, box_lo, box_hi)
+        if stability:
+            stab_lo, stab_hi = self._stability_bounds(grids(thr + off), grids(thr - off), weight)
+        return _Bounds(box_lo, box_hi, stab_lo, stab_hi, exact)
+
+    @staticmethod
+    def _box_bounds(grid, axes, box_lo: torch.Tensor, box_hi: torch.Tensor) -> None:
+        """Fill `box_lo`/`box_hi` from the (possible, sure) grids of the mask threshold."""
+        rows, cols = axes
+        n, nr, nc = len(box_lo), len(rows.ranges), len(cols.ranges)
+        possible, sure = grid
         for axis, ax, lo_i, hi_i, dim in ((cols, nc, 0, 2, 1), (rows, nr, 1, 3, 2)):
             p_any = possible.any(dim)  # (N, ranges of this axis)
             s_any = sure.any(dim)
@@ -406,18 +432,21 @@ class FastMaskGenerator:
         box_hi[~any_possible] = 0
         unknown = any_possible & ~any_sure
         box_lo[unknown] = 0
-        box_hi[unknown] = float(max(rows.last.max(), cols.last.max()))
-        # Stability = |logit > thr + off| / |logit > thr - off| at full resolution.
-        p_in, s_in = grids(thr + off)
-        p_un, s_un = grids(thr - off)
+        box_hi[unknown] = _UNKNOWN
+
+    @staticmethod
+    def _stability_bounds(inside, union, weight):
+        """Stability = |logit > thr + off| / |logit > thr - off| at full resolution, bounded by
+        the surely/possibly counts of both levels."""
+        p_in, s_in = inside
+        p_un, s_un = union
         inter_lo = (s_in.float() * weight).sum((1, 2))
         inter_hi = (p_in.float() * weight).sum((1, 2))
         union_lo = (s_un.float() * weight).sum((1, 2))
         union_hi = (p_un.float() * weight).sum((1, 2))
         stab_lo = torch.where(union_hi > 0, inter_lo / union_hi.clamp_min(1), 0.0)
         stab_hi = torch.where(union_lo > 0, (inter_hi / union_lo.clamp_min(1)).clamp_max(1.0), 1.0)
-        exact = torch.zeros(n, dtype=torch.bool, device=dev)
-        return _Bounds(box_lo, box_hi, stab_lo, stab_hi, exact)
+        return stab_lo, stab_hi
 
     def _upsample(self, logits: torch.Tensor, input_size: tuple[int, int],
                   crop_size: tuple[int, int]):

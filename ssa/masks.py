@@ -311,23 +311,56 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
     return model.to(device).eval()
 
 
+AMG_IMPLS = ("fast", "stock")
+
+
 class MaskGenerator:
     """SAM's automatic mask generator with ssa's presets: `generate(image) -> list[record]`.
 
     image: `HWC uint8 RGB`. Records as in the module docstring, `segmentation` as `HW bool`.
+    impl: `"fast"` (`ssa.fast_amg.FastMaskGenerator`, the same masks without the stock work
+    outside the network) or `"stock"` (segment-anything's `SamAutomaticMaskGenerator`).
     """
 
-    def __init__(self, sam, **settings: Any) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
+    def __init__(self, sam, impl: str = "fast", **settings: Any) -> None:
         self.settings = dict(settings)
-        self.generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **settings)
+        self.impl = impl
+        if impl == "fast":
+            from ssa.fast_amg import FastMaskGenerator
+
+            self.generator = FastMaskGenerator(sam, output_mode="binary_mask", **settings)
+        elif impl == "stock":
+            from segment_anything import SamAutomaticMaskGenerator
+
+            self.generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **settings)
+        else:
+            raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         import torch
 
         with torch.inference_mode():
             return self.generator.generate(image)
+
+    def generate_masks(self, image: np.ndarray):
+        """`(records, masks)`: records with COCO RLE `segmentation` (`counts` str) and the
+        `(N, H, W) bool` mask stack (a tensor on the model's device for the fast generator)."""
+        import torch
+
+        from ssa import io
+
+        with torch.inference_mode():
+            if self.impl == "fast":
+                out = self.generator.generate_masks(image)
+                return out.records, out.masks
+            records = self.generator.generate(image)
+        if records:
+            stack = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
+        else:
+            stack = torch.zeros((0, *image.shape[:2]), dtype=torch.bool)
+        for record, rle in zip(records, io.encode_rle(stack.numpy())):
+            record["segmentation"] = rle
+        return records, stack
 
 
 def read_sa1b_json(path: str | Path) -> list[dict[str, Any]]:

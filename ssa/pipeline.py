@@ -132,24 +132,23 @@ class Labeller:
         from ssa.segmentors.base import BranchOutput
 
         height, width = image.shape[:2]
-        records = self.mask_generator.generate(image)
+        if hasattr(self.mask_generator, "generate_masks"):
+            # RLE encoded once by the generator, masks left on its device (no HW bool list).
+            records, masks = self.mask_generator.generate_masks(image)
+            rles = [r["segmentation"] for r in records]
+        else:
+            records = self.mask_generator.generate(image)
+            stack = (np.stack([r["segmentation"] for r in records]) if records
+                     else np.zeros((0, height, width), dtype=bool))
+            masks, rles = torch.from_numpy(stack), io.encode_rle(stack)
         branch = BranchOutput.from_raw(
             self.segmentor(image), self.num_classes, (height, width), self.device
         )
-        if records:
-            stack = np.stack([r["segmentation"] for r in records])
-        else:
-            stack = np.zeros((0, height, width), dtype=bool)
-        masks = torch.from_numpy(stack).to(self.device)
+        masks = masks.to(self.device)
         areas = torch.tensor([int(r["area"]) for r in records], device=self.device)
         result = vote(masks, branch.labels, self.num_classes, self.top_k, areas=areas)
-        return {
-            "records": records,
-            "masks": stack,
-            "rles": io.encode_rle(stack),
-            "branch": branch,
-            "votes": result,
-        }
+        return {"records": records, "masks": masks, "rles": rles, "branch": branch,
+                "votes": result}
 
     def write(
         self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray, save_branch: bool,
@@ -163,7 +162,7 @@ class Labeller:
         annotations = annotations_from(out["records"], out["rles"], out["votes"], self.class_names)
         if save_vis:
             io.write_overlay(
-                paths["vis"], image, label_map, self.palette, out["masks"],
+                paths["vis"], image, label_map, self.palette, out["masks"].cpu().numpy(),
                 [a["class_name"] for a in annotations],
             )
         io.write_json(
@@ -205,7 +204,7 @@ def build_labeller(
     checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
     sam = load_sam(cfg.sam_model, checkpoint, device)
     return Labeller(
-        MaskGenerator(sam, **settings),
+        MaskGenerator(sam, impl=cfg.amg_impl, **settings),
         segmentor,
         names,
         spec.palette_array(len(names)),
@@ -279,8 +278,9 @@ def run(
     if on_start:
         on_start(len(rels), summary.skipped)
     start = time.perf_counter()
-    for rel in todo:
-        result = process_image(labeller, root, rel, out_dir, cfg)
+    from ssa.overlap import process_overlapped  # reads and writes in background threads
+
+    for result in process_overlapped(labeller, root, todo, out_dir, cfg):
         if result.status == "failed":
             summary.failed.append(result)
             record_failure(out_dir, result)

@@ -1,0 +1,376 @@
+"""The stock pipeline against `ssa run`'s, on the same images, checkpoint and settings.
+
+Stock: segment-anything's `SamAutomaticMaskGenerator` (COCO RLE output), the Hugging Face
+segmentor, per-mask voting by decoding each RLE, writing, one image at a time. ssa: `ssa.pipeline.run`
+(fast generator, one-pass device voting, prefetch and background writer). Each runs in its own
+subprocess (so peak RSS is its own); the parent prints the ratio, a per-stage breakdown, peak
+memory and mask agreement (counts; mean IoU of masks matched one-to-one by IoU, pycocotools).
+
+No pretrained weights are needed: a random full-size SAM state dict and a small random Segformer
+are built in `--work-dir` on first use.
+
+    python scripts/benchmark.py --image ../shared/fixtures/ade20k_full_samples/ADE_train_00016869.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = ROOT / ".." / "shared" / "fixtures" / "ade20k_full_samples" / "ADE_train_00016869.jpg"
+STAGES = ["read", "semantic", "image_encoder", "mask_decoder", "mask_postprocess", "voting",
+          "writing"]
+
+
+# ---------------------------------------------------------------- models
+
+
+def make_models(work: Path, sam_model: str) -> tuple[Path, Path]:
+    import torch
+
+    from ssa.masks import SAM_ENCODERS, build_sam_from_config
+
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / f"sam_{sam_model}_random.pth"
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        torch.save(build_sam_from_config(SAM_ENCODERS[sam_model]).state_dict(), ckpt)
+    seg = work / "segformer_random"
+    if not (seg / "config.json").exists():
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        from transformers import SegformerImageProcessor
+
+        from ssa.datasets import get_dataset
+
+        names = list(get_dataset("ade20k").classes)
+        torch.manual_seed(0)
+        config = SegformerConfig(
+            num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, hidden_sizes=[16, 32, 64, 128],
+            depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=64,
+        )
+        model = SegformerForSemanticSegmentation(config).eval()
+        with torch.no_grad():
+            model.decode_head.classifier.bias.copy_(torch.randn(len(names)) * 0.05)
+        model.save_pretrained(seg)
+        SegformerImageProcessor(size={"height": 512, "width": 512}).save_pretrained(seg)
+    return ckpt, seg
+
+
+class Timers:
+    """Seconds per stage; `hook(module, stage)` times a module's forward calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def hook(self, module, stage: str) -> None:
+        import torch
+
+        starts: list[float] = []
+
+        def pre(*_):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            starts.append(time.perf_counter())
+
+        def post(*_):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[stage] += time.perf_counter() - starts.pop()
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    def wrap(self, fn, stage: str):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+
+        return timed
+
+
+def peak_memory() -> dict[str, float]:
+    import torch
+
+    out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_available():
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+# ---------------------------------------------------------------- the two pipelines
+
+
+def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
+    """The original SSA flow, one image at a time, with the stock generator."""
+    import torch
+    from pycocotools import mask as mask_utils
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from ssa import io
+    from ssa.masks import load_sam
+    from ssa.pipeline import output_paths, semantic_mask_rles
+    from ssa.segmentors import load_segmentor
+    from ssa.segmentors.base import BranchOutput, class_names
+
+    device = args.device
+    segmentor = load_segmentor(f"hf:{args.segformer}", device=device)
+    names = class_names(segmentor)
+    sam = load_sam(args.sam_model, args.checkpoint, device)
+    timers = Timers()
+    timers.hook(sam.image_encoder, "image_encoder")
+    timers.hook(sam.mask_decoder, "mask_decoder")
+    generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **args.settings)
+    t = timers.seconds
+    start_all = time.perf_counter()
+    masks_total = 0
+    for path in images:
+        start = time.perf_counter()
+        image = io.read_image(path)
+        start = _lap(t, "read", start)
+        with torch.inference_mode():
+            labels = BranchOutput.from_raw(segmentor(image), len(names), image.shape[:2],
+                                           device).labels.cpu().numpy()
+        start = _lap(t, "semantic", start)
+        net = t["image_encoder"] + t["mask_decoder"]
+        records = generator.generate(image)
+        start = _lap(t, "mask_generator", start)
+        t["mask_postprocess"] += t.pop("mask_generator") - (t["image_encoder"] + t["mask_decoder"]
+                                                            - net)
+        # The original SSA vote: decode each mask, top-1 class of the branch inside it.
+        label_map = labels.copy()
+        classes = []
+        for rec in sorted(records, key=lambda r: r["area"], reverse=True):
+            mask = mask_utils.decode(rec["segmentation"]).astype(bool)
+            votes = np.bincount(labels[mask][labels[mask] < len(names)], minlength=len(names))
+            cls = int(votes.argmax()) if votes.sum() else -1
+            rec["class_name"] = names[cls] if cls >= 0 else None
+            classes.append(cls)
+            if cls >= 0:
+                label_map[mask] = cls
+        start = _lap(t, "voting", start)
+        paths = output_paths(out_dir, Path(path.name))
+        io.write_label_png(paths["label"], label_map, len(names))
+        for rec in records:
+            rec["segmentation"] = {"size": rec["segmentation"]["size"],
+                                   "counts": rec["segmentation"]["counts"]}
+        io.write_json(paths["semantic"], {
+            "annotations": records,
+            "semantic_mask": semantic_mask_rles(label_map, len(names)),
+        })
+        _lap(t, "writing", start)
+        masks_total += len(records)
+    return {"seconds": time.perf_counter() - start_all, "stages": dict(t), "masks": masks_total,
+            **peak_memory()}
+
+
+def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
+    """`ssa run`'s pipeline (`ssa.pipeline.run`) on a folder holding links to the images."""
+    import ssa.overlap
+    import ssa.pipeline as pipeline
+    from ssa import io, masks
+    from ssa.config import RunConfig
+
+    data = out_dir.parent / (out_dir.name + "_input")
+    data.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        link = data / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    timers = Timers()
+    t = timers.seconds
+    generators: list = []
+    original_load = masks.load_sam
+
+    def load_sam(*a, **k):
+        sam = original_load(*a, **k)
+        timers.hook(sam.image_encoder, "image_encoder")
+        timers.hook(sam.mask_decoder, "mask_decoder")
+        return sam
+
+    pipeline_build = pipeline.build_labeller
+
+    def build_labeller(cfg, progress=None):
+        labeller = pipeline_build(cfg, progress)
+        labeller.segmentor = timers.wrap(labeller.segmentor, "semantic")
+        gen = labeller.mask_generator
+        generators.append(gen)
+        gen.generate_masks = timers.wrap(gen.generate_masks, "mask_generator")
+        labeller.write = timers.wrap(labeller.write, "writing (background)")
+        return labeller
+
+    masks.load_sam = load_sam
+    pipeline.build_labeller = build_labeller
+    pipeline.vote = timers.wrap(pipeline.vote, "voting")
+    io.read_image = timers.wrap(io.read_image, "read (prefetch thread)")
+    cfg = RunConfig(dataset="folder", data_dir=data, out_dir=out_dir, sam_model=args.sam_model,
+                    sam_checkpoint=Path(args.checkpoint), amg_preset="default", amg=args.settings,
+                    segmentor=f"hf:{args.segformer}", device=args.device,
+                    amg_impl=args.amg_impl)
+    start = time.perf_counter()
+    summary = pipeline.run(cfg)
+    seconds = time.perf_counter() - start
+    if summary.failed:
+        raise SystemExit(f"ssa pipeline failed: {summary.failed}")
+    gen_total = t.pop("mask_generator", 0.0)
+    t["mask_postprocess"] = gen_total - t["image_encoder"] - t["mask_decoder"]
+    fast = generators[0].generator if generators else None
+    detail = dict(getattr(getattr(fast, "stats", None), "seconds", {}))
+    return {"seconds": seconds, "stages": dict(t), "masks": summary.num_masks,
+            "fast_stats_last_image": detail,
+            "exact_fallback_last_image": getattr(getattr(fast, "stats", None), "exact_fallback",
+                                                 None),
+            "overlap_module": ssa.overlap.__name__, **peak_memory()}
+
+
+def _lap(t: dict, stage: str, start: float) -> float:
+    now = time.perf_counter()
+    t[stage] += now - start
+    return now
+
+
+# ---------------------------------------------------------------- agreement
+
+
+def agreement(stock_dir: Path, ssa_dir: Path, images: list[Path]) -> dict:
+    from pycocotools import mask as mask_utils
+
+    from ssa import io
+
+    counts, ious, label_agree = [], [], []
+    for path in images:
+        stem = path.stem
+        a = json.loads((stock_dir / f"{stem}_semantic.json").read_text())["annotations"]
+        b = json.loads((ssa_dir / f"{stem}_semantic.json").read_text())["annotations"]
+        counts.append((len(a), len(b)))
+        ra = [dict(x["segmentation"], counts=x["segmentation"]["counts"].encode()) for x in a]
+        rb = [dict(x["segmentation"], counts=x["segmentation"]["counts"].encode()) for x in b]
+        if ra and rb:
+            iou = np.asarray(mask_utils.iou(ra, rb, [0] * len(rb)))
+            # One-to-one greedy matching by decreasing IoU.
+            used_a, used_b = set(), set()
+            for flat in np.argsort(-iou, axis=None):
+                i, j = divmod(int(flat), iou.shape[1])
+                if i in used_a or j in used_b:
+                    continue
+                used_a.add(i)
+                used_b.add(j)
+                ious.append(float(iou[i, j]))
+                if len(used_a) == min(iou.shape):
+                    break
+        la = io.read_label_png(stock_dir / f"{stem}_semantic.png")
+        lb = io.read_label_png(ssa_dir / f"{stem}_semantic.png")
+        label_agree.append(float((la == lb).mean()))
+    return {
+        "mask_counts": counts,
+        "matched": len(ious),
+        "mean_matched_iou": float(np.mean(ious)) if ious else None,
+        "min_matched_iou": float(np.min(ious)) if ious else None,
+        "label_map_pixel_agreement": float(np.mean(label_agree)),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", type=Path, action="append",
+                   help=f"image(s) to label (default {DEFAULT_IMAGE.name})")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/ssa-benchmark"))
+    p.add_argument("--sam-model", default="vit_b")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--points-per-side", type=int, default=16)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.0)
+    p.add_argument("--stability-score-thresh", type=float, default=0.0)
+    p.add_argument("--box-nms-thresh", type=float, default=1.0)
+    p.add_argument("--amg", action="append", default=[], help="more generator knobs KEY=VALUE")
+    p.add_argument("--amg-impl", default="fast", help="the ssa side's generator: fast | stock")
+    p.add_argument("--skip-stock", action="store_true", help="reuse the last stock run's outputs")
+    p.add_argument("--only", choices=["stock", "ssa"], help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--segformer", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from ssa.masks import parse_amg
+
+    args.images = [Path(x) for x in (args.image or [DEFAULT_IMAGE])]
+    args.settings = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "box_nms_thresh": args.box_nms_thresh,
+        **parse_amg(args.amg),
+    }
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.only:
+        fn = run_stock if args.only == "stock" else run_ssa
+        result = fn(args, args.images, args.work_dir / f"out_{args.only}")
+        print("RESULT " + json.dumps(result))
+        return
+    ckpt, seg = make_models(args.work_dir, args.sam_model)
+    results = {}
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--skip-stock"]
+    for side in ("stock", "ssa"):
+        saved = args.work_dir / f"result_{side}.json"
+        if side == "stock" and args.skip_stock and saved.exists():
+            results[side] = json.loads(saved.read_text())
+            continue
+        cmd = [sys.executable, __file__, *passthrough, "--only", side, "--checkpoint", str(ckpt),
+               "--segformer", str(seg)]
+        print(f"running {side} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.exit(f"{side} run failed:\n{proc.stderr[-3000:]}")
+        results[side] = json.loads(lines[-1][len("RESULT "):])
+        saved.write_text(json.dumps(results[side]))
+    report = {
+        "settings": args.settings,
+        "sam_model": args.sam_model,
+        "device": args.device,
+        "images": [str(p) for p in args.images],
+        "stock": results["stock"],
+        "ssa": results["ssa"],
+        "speedup": results["stock"]["seconds"] / results["ssa"]["seconds"],
+        "agreement": agreement(args.work_dir / "out_stock", args.work_dir / "out_ssa",
+                               args.images),
+    }
+    print(json.dumps(report, indent=2))
+    _table(report)
+
+
+def _table(report: dict) -> None:
+    s, f = report["stock"], report["ssa"]
+    print(f"\n| stage | stock s | ssa s |\n|---|---|---|", file=sys.stderr)
+    keys = list(dict.fromkeys([*STAGES, *s["stages"], *f["stages"]]))
+    for k in keys:
+        a, b = s["stages"].get(k), f["stages"].get(k)
+        if a is None and b is None:
+            continue
+        fa = f"{a:.1f}" if a is not None else "-"
+        fb = f"{b:.1f}" if b is not None else "-"
+        print(f"| {k} | {fa} | {fb} |", file=sys.stderr)
+    print(f"| **total (wall)** | {s['seconds']:.1f} | {f['seconds']:.1f} |", file=sys.stderr)
+    print(f"speedup {report['speedup']:.2f}x; peak RSS {s['peak_rss_gib']:.2f} / "
+          f"{f['peak_rss_gib']:.2f} GiB; agreement {report['agreement']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The fast generator against segment-anything's own `SamAutomaticMaskGenerator`.
+
+Tolerance: masks, boxes, areas, points and crop boxes identical; predicted IoU and stability
+scores within 1e-5 (float rounding). The fast generator decides every filter from rigorous
+low-res bounds or, where they do not settle it, from the exact stock values, so no decision
+may differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ADE20K_FULL, CITY_STEM, CITYSCAPES, KEEP_ALL, need
+
+
+def _image(kind: str) -> np.ndarray:
+    from PIL import Image
+
+    if kind == "city":
+        path = need(CITYSCAPES / f"{CITY_STEM}_leftImg8bit.png")
+        return np.asarray(Image.open(path).convert("RGB"))
+    path = need(ADE20K_FULL / "ADE_train_00016869.jpg")
+    with Image.open(path) as img:  # a real 2200x1467 photo, downscaled for speed
+        return np.asarray(img.convert("RGB").resize((240, 160), Image.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def sams(sam_checkpoint: Path) -> dict[str, torch.nn.Module]:
+    """The random tiny checkpoint, loaded by ssa's loader; "sharp" scales the mask logits so
+    stability scores spread over 0..0.5 (random weights otherwise give logits near 0)."""
+    from ssa.masks import load_sam
+
+    plain = load_sam("vit_b", sam_checkpoint)
+    sharp = load_sam("vit_b", sam_checkpoint)
+    with torch.no_grad():
+        for mlp in sharp.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 30
+    return {"plain": plain, "sharp": sharp}
+
+
+def assert_same_records(stock: list[dict], fast: list[dict]) -> None:
+    assert len(fast) == len(stock)
+    for a, b in zip(stock, fast):
+        assert np.array_equal(a["segmentation"], b["segmentation"])
+        assert a["bbox"] == b["bbox"]
+        assert a["area"] == b["area"]
+        assert a["point_coords"] == b["point_coords"]
+        assert [float(x) for x in a["crop_box"]] == [float(x) for x in b["crop_box"]]
+        assert b["predicted_iou"] == pytest.approx(a["predicted_iou"], abs=1e-5)
+        assert b["stability_score"] == pytest.approx(a["stability_score"], abs=1e-5, nan_ok=True)
+
+
+CASES = {
+    "nms_off": ("plain", "city", {**KEEP_ALL, "points_per_side": 4}),
+    "nms_and_stability": ("sharp", "city", {"points_per_side": 4, "pred_iou_thresh": 0.0,
+                                            "stability_score_thresh": 0.3,
+                                            "box_nms_thresh": 0.7}),
+    "crops": ("sharp", "city", {"points_per_side": 2, "pred_iou_thresh": 0.0,
+                                "stability_score_thresh": 0.0, "box_nms_thresh": 0.9,
+                                "crop_n_layers": 1, "crop_n_points_downscale_factor": 2}),
+    "small_regions": ("sharp", "ade", {**KEEP_ALL, "points_per_side": 3,
+                                       "min_mask_region_area": 60}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_matches_stock(case: str, sams) -> None:
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from ssa.fast_amg import FastMaskGenerator
+
+    model, image_kind, settings = CASES[case]
+    image = _image(image_kind)
+    sam = sams[model]
+    with torch.inference_mode():
+        stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+        fast = FastMaskGenerator(sam, **settings).generate(image)
+    assert stock, "a case that keeps no mask tests nothing"
+    assert_same_records(stock, fast)
+
+
+def _disk_logits() -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    specs = [(30, 60, 80, 1.0), (10, 100, 50, 0.5), (60, 90, 120, 2.0), (5, 20, 200, 0.3),
+             (200, 0, 0, 1.0)]
+    return torch.stack([r - torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) * k
+                        for r, cy, cx, k in specs])
+
+
+@pytest.mark.parametrize("size", [(1467, 2200), (128, 256), (500, 333)])
+def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
+    """Smooth synthetic logits: the stock upsampling's box and stability lie within the bounds
+    from the low-res grid, and the box bounds are tight (a few low-res cells)."""
+    from ssa.fast_amg import FastMaskGenerator, _Candidates
+
+    gen = FastMaskGenerator(sams["plain"], points_per_side=2)
+    h, w = size
+    scale = 1024 / max(h, w)
+    input_size = (int(h * scale + 0.5), int(w * scale + 0.5))  # ResizeLongestSide's rounding
+    gen.predictor.input_size = input_size
+    logits = _disk_logits()
+    cands = _Candidates(logits, torch.zeros(len(logits)), torch.zeros(len(logits), 2),
+                        input_size=input_size)
+    with torch.inference_mode():
+        bounds = gen._bounds(logits, gen._axes(size), boxes=True, stability=True)
+        stab, boxes = gen._exact(cands, [0, 0, w, h], size)
+    ok = ~torch.isnan(stab)
+    assert ((bounds.stab_lo <= stab + 1e-6) & (stab <= bounds.stab_hi + 1e-6))[ok].all()
+    assert ((bounds.box_lo <= boxes) & (boxes <= bounds.box_hi)).all()
+    cell = 4 * max(h, w) / 1024  # one low-res cell in image pixels
+    assert ((bounds.box_hi - bounds.box_lo)[ok] <= 3 * cell + 2).all()
+
+
+def test_interval_nms_matches_torchvision() -> None:
+    from torchvision.ops import batched_nms
+
+    from ssa.fast_amg import Stats, _interval_nms
+
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=gen) * 100
+    wh = torch.rand(60, 2, generator=gen) * 60 + 5
+    exact = torch.cat([xy, xy + wh], 1).round()
+    scores = torch.rand(60, generator=gen)
+    slack = torch.rand(60, 4, generator=gen) * 6
+    lo, hi = exact - slack, exact + slack.flip(1)
+    asked: list[int] = []
+
+    def exact_boxes(idx: torch.Tensor) -> torch.Tensor:
+        asked.extend(idx.tolist())
+        return exact[idx]
+
+    for thresh in (0.3, 0.5, 0.7):
+        want = batched_nms(exact, scores, torch.zeros(60), thresh)
+        got = _interval_nms(lo, hi, scores, thresh, exact_boxes, Stats())
+        assert got.tolist() == want.tolist()
+    assert asked, "the slack should leave some pairs to the exact boxes"
+
+
+def test_device_rle_matches_pycocotools() -> None:
+    from ssa import io
+    from ssa.fast_amg import encode_rle_device
+
+    masks = torch.rand(5, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
+    assert encode_rle_device(masks) == io.encode_rle(masks.numpy())
+
+
+def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:
+    from ssa.errors import SSAError
+    from ssa.masks import MaskGenerator
+
+    image = _image("city")
+    settings = {**KEEP_ALL, "points_per_side": 2}
+    stock_records, stock_masks = MaskGenerator(sams["plain"], impl="stock",
+                                               **settings).generate_masks(image)
+    fast_records, fast_masks = MaskGenerator(sams["plain"], **settings).generate_masks(image)
+    assert torch.equal(stock_masks, fast_masks.cpu())
+    assert [r["segmentation"] for r in stock_records] == [r["segmentation"] for r in fast_records]
+    with pytest.raises(SSAError, match="--amg-impl"):
+        MaskGenerator(sams["plain"], impl="quick")
+
+
+def test_sdpa_encoder_matches_stock(sams) -> None:
+    import copy
+
+    from ssa.sam_speedups import use_sdpa
+
+    encoder = sams["plain"].image_encoder
+    patched = copy.deepcopy(encoder)
+    assert use_sdpa(patched) == len(encoder.blocks)
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(patched(x), encoder(x), atol=1e-4, rtol=1e-4)
+
+
+def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ssa.overlap import process_overlapped
+    from tests.conftest import make_image
+
+    rels = [Path("a.png"), Path("missing.png"), Path("b.png"), Path("c.png")]
+    for rel in rels:
+        if rel.name != "missing.png":
+            make_image(tmp_path / "in" / rel)
+    written: list[str] = []
+
+    class FakeLabeller:
+        def label(self, image):
+            return {"records": [1] * int(image.shape[0] // 32)}
+
+        def write(self, out, paths, image, save_branch, save_vis):
+            if paths["semantic"].name.startswith("c"):
+                raise OSError("disk full")
+            written.append(paths["semantic"].name)
+
+    cfg = SimpleNamespace(save_branch=False, save_vis=False)
+    results = list(process_overlapped(FakeLabeller(), tmp_path / "in", rels, tmp_path / "out", cfg))
+    assert [r.rel for r in results] == rels
+    assert [r.status for r in results] == ["done", "failed", "done", "failed"]
+    assert results[1].stage == "read" and results[3].stage == "write"
+    assert results[0].num_masks == 2
+    assert written == ["a_semantic.json", "b_semantic.json"]

@@ -193,7 +193,7 @@ class SemanticPredictor:
         (their vote shares).
         """
         import torch
-        from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
+        from segment_anything.utils.amg import batched_mask_to_box
 
         from ssa.voting import NO_CLASS, vote
 
@@ -206,7 +206,9 @@ class SemanticPredictor:
             stack = torch.from_numpy(masks).to(self.device)
             areas = stack.flatten(1).sum(dim=1)
             result = vote(stack, self.branch_labels, self.num_classes, self.top_k, areas=areas)
-            boxes = box_xyxy_to_xywh(batched_mask_to_box(stack)).tolist()
+            xyxy = batched_mask_to_box(stack)
+            # XYWH as SAM's generator writes it (w = x1 - x0 with inclusive x1; zeros when empty).
+            boxes = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()
         areas_list = areas.tolist()
         classes = result.classes.tolist()
         proposals = result.proposals.tolist()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import CITY_STEM, CITYSCAPES, make_image
 from typer.testing import CliRunner
 
@@ -46,27 +45,10 @@ def image(image_path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def segformer_sharp(segformer_5, tmp_path_factory) -> Path:
-    """segformer_5 with its classifier weights x100: the stock tiny model labels every pixel of
-    these images alike, this one spreads all five classes over them, so votes differ."""
-    import shutil
-
-    from transformers import SegformerForSemanticSegmentation
-
-    folder = tmp_path_factory.mktemp("segformer_sharp") / "model"
-    shutil.copytree(segformer_5, folder)
-    model = SegformerForSemanticSegmentation.from_pretrained(folder)
-    with torch.no_grad():
-        model.decode_head.classifier.weight.mul_(100)
-    model.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def predictor(sam_checkpoint, segformer_sharp, image) -> SemanticPredictor:
+def predictor(sam_checkpoint, segformer_5, image) -> SemanticPredictor:
     cfg = RunConfig(
         dataset="folder", sam_model="vit_b", sam_checkpoint=sam_checkpoint,
-        segmentor=f"hf:{segformer_sharp}", device="cpu", top_k=3,
+        segmentor=f"hf:{segformer_5}", device="cpu", top_k=3,
     )
     pred = build_predictor(cfg)
     pred.set_image(image)
@@ -201,12 +183,12 @@ def test_several_clicks_run_the_encoder_once(tiny_sam, image):
         hook.remove()
 
 
-def test_python_one_call_api(predictor, image_path, sam_checkpoint, segformer_sharp):
+def test_python_one_call_api(predictor, image_path, sam_checkpoint, segformer_5):
     import ssa
 
     records = ssa.predict(
         image_path, points=[(100, 60)], sam_model="vit_b", sam_checkpoint=sam_checkpoint,
-        segmentor=f"hf:{segformer_sharp}", device="cpu",
+        segmentor=f"hf:{segformer_5}", device="cpu",
     )
     expected = predictor.predict(points=[(100, 60)])
     for got, want in zip(records, expected):
@@ -216,7 +198,7 @@ def test_python_one_call_api(predictor, image_path, sam_checkpoint, segformer_sh
 
 
 def test_cli_json_and_overlay(
-    tmp_path, image_path, image, predictor, sam_checkpoint, segformer_sharp
+    tmp_path, image_path, image, predictor, sam_checkpoint, segformer_5
 ):
     from PIL import Image
     from pycocotools import mask as mask_utils
@@ -225,7 +207,7 @@ def test_cli_json_and_overlay(
     result = CliRunner().invoke(app, [
         "predict", str(image_path), "--point", "100,60", "--negative", "20,100",
         "--sam-model", "vit_b", "--sam-checkpoint", str(sam_checkpoint),
-        "--segmentor", f"hf:{segformer_sharp}", "--device", "cpu",
+        "--segmentor", f"hf:{segformer_5}", "--device", "cpu",
         "--json", str(out_json), "--save-vis", str(out_vis),
     ])
     assert result.exit_code == 0, result.output

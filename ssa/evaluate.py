@@ -28,6 +28,7 @@ import numpy as np
 
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import SSAError
+from ssa.io import read_label_map
 
 MAX_NAMED = 5  # how many missing files an error message names
 
@@ -106,23 +107,6 @@ def _names_from_predictions(pred_dir: Path, rels: Sequence[Path]) -> list[str] |
             if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
                 return names
     return None
-
-
-def read_label_map(path: Path) -> np.ndarray:
-    """A single-channel class-index PNG as stored (`(H, W)` uint8, uint16 or int32)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise SSAError(f"cannot read label map {path} ({exc}); replace the file") from None
-    if arr.ndim != 2:
-        raise SSAError(
-            f"label map {path} has shape {arr.shape}, not (H, W); pass single-channel class-index "
-            f"PNGs"
-        )
-    return arr
 
 
 def _name_some(paths: Sequence[Path]) -> str:

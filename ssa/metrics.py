@@ -1,8 +1,9 @@
 """Semantic segmentation metrics in the mmsegmentation convention that SSA's tables use.
 
-Small functional steps, torchmetrics-style: `format_pair` (flatten, drop ignored pixels, send
-invalid predictions to an extra "no prediction" column) -> `update_confmat` (one vectorised
-bincount) -> `compute_metrics`. `ConfusionMatrix` is the thin stateful wrapper: its state is one
+Small functional steps, torchmetrics-style: `format_pair` (flat bin indices; ignored pixels to a
+dropped bin, invalid predictions to an extra "no prediction" column) -> `update_confmat` (one
+vectorised bincount; uint8 maps take a faster route through a 256x256 histogram) ->
+`compute_metrics`. `ConfusionMatrix` is the thin stateful wrapper: its state is one
 summable int64 tensor, so shards of a dataset combine with `+`, `merge` or one all-reduce.
 
 The confusion matrix is `(C, C + 1) int64`: row = ground-truth class, column = predicted class,
@@ -87,25 +88,60 @@ def format_pair(
     return (rows + cols).astype(np.int32)
 
 
+def pair_histogram_uint8(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """`(256, 256) int64` counts of (gt value, pred value) for two uint8 maps of equal shape.
+
+    One bincount over `gt << 8 | pred` (uint16 keys): no lookups, no compaction; ~4x faster than
+    the general path on ADE20K-sized maps, and what PNG label maps of C <= 255 decode to.
+    """
+    key = np.left_shift(gt.reshape(-1), 8, dtype=np.uint16)
+    key |= pred.reshape(-1)
+    return np.bincount(key, minlength=65536).reshape(256, 256)
+
+
+def _fold_histogram(hist: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """`(V, V)` (gt value, pred value) counts -> `(C, C + 1)`; raises on unknown gt values."""
+    values = hist.shape[0]
+    hist = hist.copy()
+    if 0 <= ignore_index < values:
+        hist[ignore_index] = 0
+    kept = min(num_classes, values)
+    if hist[kept:].any():
+        bad = kept + int(np.flatnonzero(hist[kept:].any(axis=1))[0])
+        _raise_bad_gt(bad, num_classes, ignore_index)
+    out = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    out[:kept, :kept] = hist[:kept, :kept]
+    out[:kept, num_classes] = hist[:kept, kept:].sum(axis=1)
+    return out
+
+
+def _raise_bad_gt(value: int, num_classes: int, ignore_index: int) -> None:
+    raise SSAError(
+        f"ground truth holds class {value}, outside 0..{num_classes - 1} and not the ignore "
+        f"value {ignore_index}; check the dataset or the class list"
+    )
+
+
 def update_confmat(
     pred: Any, gt: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """One image's confusion matrix, `(C, C + 1) int64` (see the module docstring).
 
-    Raises SSAError when the ground truth holds a value outside 0..C-1 that is not
-    `ignore_index`, or the shapes differ.
+    Raises SSAError when the shapes differ, or the ground truth holds a value outside 0..C-1
+    that is not `ignore_index`.
     """
+    pred_a, gt_a = _as_array(pred), _as_array(gt)
+    if pred_a.dtype == np.uint8 and gt_a.dtype == np.uint8 and pred_a.shape == gt_a.shape:
+        hist = pair_histogram_uint8(pred_a, gt_a)
+        return torch.from_numpy(_fold_histogram(hist, num_classes, ignore_index))
     bins = num_classes * (num_classes + 1)
-    index = format_pair(pred, gt, num_classes, ignore_index)
+    index = format_pair(pred_a, gt_a, num_classes, ignore_index)
     # numpy's bincount is ~40x faster than torch's on CPU.
     counts = np.bincount(index, minlength=bins + 2 * (num_classes + 1))
     if counts[bins + num_classes + 1 :].any():
-        values = np.unique(_as_array(gt))
+        values = np.unique(gt_a)
         bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]
-        raise SSAError(
-            f"ground truth holds class {bad[0]}, outside 0..{num_classes - 1} and not the ignore "
-            f"value {ignore_index}; check the dataset or the class list"
-        )
+        _raise_bad_gt(bad[0], num_classes, ignore_index)
     return torch.from_numpy(counts[:bins].astype(np.int64).reshape(num_classes, num_classes + 1))
 
 

@@ -284,3 +284,24 @@ def test_run_eval_folder_needs_gt_dir(tmp_path: Path) -> None:
 
 # The two-process `ssa run --eval` test (every image scored exactly once) belongs with
 # `ssa/distributed.py`, which is not on this branch yet: see `EvalCounts.all_reduce`.
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "P"])
+def test_read_label_map_matches_pil(tmp_path: Path, mode: str) -> None:
+    """The fast reader returns the stored indices (palette indices for "P"), as PIL does."""
+    from ssa.io import read_label_map
+
+    rng = np.random.default_rng(0)
+    high = 300 if mode == "I;16" else 256
+    arr = rng.integers(0, high, (9, 13)).astype(np.uint16 if mode == "I;16" else np.uint8)
+    img = Image.fromarray(arr) if mode != "P" else Image.fromarray(arr, mode="L").convert("P")
+    if mode == "P":
+        img.putpalette(list(rng.integers(0, 256, 768)))
+    img.save(tmp_path / "m.png")
+    with Image.open(tmp_path / "m.png") as ref:
+        expected = np.asarray(ref).astype(np.int64)
+    got = read_label_map(tmp_path / "m.png")
+    assert got.shape == (9, 13) and (got.astype(np.int64) == expected).all()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(SSAError, match=r"rgb\.png has shape \(4, 4, 3\)"):
+        read_label_map(tmp_path / "rgb.png")

@@ -147,3 +147,12 @@ def test_errors_name_the_problem() -> None:
 def test_empty_ground_truth_gives_nan() -> None:
     got = compute_metrics(ConfusionMatrix(3).mat)
     assert math.isnan(got["miou"]) and math.isnan(got["aacc"]) and math.isnan(got["macc"])
+
+
+def test_uint8_maps_with_more_than_256_classes() -> None:
+    """The uint8 fast path when C > 256: every stored value is a class, nothing is ignored."""
+    pairs = random_pairs(7, 256, absent={4}, dtype=np.uint8)
+    cm = ConfusionMatrix(300, ignore_index=65535)
+    for pred, gt in pairs:
+        cm.update(pred, gt)
+    check(cm, brute_force(pairs, 300, ignore=65535))

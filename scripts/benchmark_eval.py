@@ -5,8 +5,8 @@
 
 Builds an ADE20K-layout tree in a temporary folder: placeholder images (only listed, never
 read), raw annotations (0 = other, 1..150) and `<stem>_semantic.png` predictions. The label maps
-are piecewise-constant regions with ragged edges (like real ones, so PNG sizes and decode times
-are realistic), and predictions disagree with the ground truth on about a third of the pixels.
+are regions with curved boundaries (like real ones, so PNG sizes and decode times are
+realistic), and predictions are wrong in regions covering about a third of the area.
 `--distinct` pairs are drawn and reused under every name to keep set-up short; every file is
 still read and decoded. Then times `ssa.evaluate.evaluate` (planning + reading + scoring) per
 worker count, on a warm page cache (a first untimed pass reads every file once).
@@ -29,11 +29,17 @@ from ssa.evaluate import evaluate
 
 
 def label_map(rng: np.random.Generator, height: int, width: int, num_values: int) -> np.ndarray:
-    """Blocky regions of random classes with noisy boundaries, `(H, W) uint8`."""
-    grid = rng.integers(0, num_values, (height // 32 + 2, width // 32 + 2)).astype(np.uint8)
-    ys = (np.arange(height)[:, None] + rng.integers(-6, 7, (height, width))) // 32 + 1
-    xs = (np.arange(width)[None, :] + rng.integers(-6, 7, (height, width))) // 32 + 1
-    return grid[ys.clip(0, grid.shape[0] - 1), xs.clip(0, grid.shape[1] - 1)]
+    """Regions of random classes with curved boundaries, `(H, W) uint8` (a smooth warp of a
+    coarse grid: compresses and decodes like real annotations, unlike per-pixel noise)."""
+    cell = int(rng.integers(24, 64))
+    grid = rng.integers(0, num_values, (height // cell + 3, width // cell + 3)).astype(np.uint8)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.random(4) * 6.28
+    warp_y = y + 12 * np.sin(x / 37 + phase[0]) + 6 * np.sin((x + y) / 13 + phase[1])
+    warp_x = x + 12 * np.sin(y / 29 + phase[2]) + 6 * np.sin((x - y) / 11 + phase[3])
+    rows = (warp_y / cell + 1).astype(np.int64).clip(0, grid.shape[0] - 1)
+    cols = (warp_x / cell + 1).astype(np.int64).clip(0, grid.shape[1] - 1)
+    return grid[rows, cols]
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -47,10 +53,10 @@ def build(root: Path, num_images: int, height: int, width: int, distinct: int, b
     pairs = []
     for _ in range(distinct):
         raw = label_map(rng, height, width, 151)  # 0 = other, 1..150 classes
-        pred = raw.astype(np.int64) - 1
-        pred[pred < 0] = rng.integers(0, 150)
-        noise = label_map(rng, height, width, 150)
-        pred = np.where(rng.random((height, width)) < 0.33, noise, pred).astype(np.uint8)
+        truth = np.where(raw == 0, rng.integers(0, 150), raw.astype(np.int64) - 1)
+        noise = label_map(rng, height, width, 150)  # the branch: wrong in whole regions
+        wrong = label_map(rng, height, width, 3) == 0  # about a third of the area
+        pred = np.where(wrong, noise, truth).astype(np.uint8)
         pairs.append((png_bytes(raw), png_bytes(pred), png_bytes(noise) if branch else b""))
     images = root / "images" / "validation"
     annotations = root / "annotations" / "validation"

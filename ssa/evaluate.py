@@ -255,12 +255,14 @@ class EvalCounts:
 
 
 def _score_item(plan: EvalPlan, item: EvalItem) -> tuple[Any, Any | None]:
+    """The (voted, branch) confusion matrices of one image; branch None unless plan.has_branch."""
     from ssa.metrics import missing_confmat, update_confmat
 
     gt = plan.read_gt(item.gt)
+    paths = [item.pred, item.branch] if plan.has_branch else [item.pred]
     out = []
-    for path in (item.pred, item.branch if plan.has_branch else None):
-        if path is None:
+    for path in paths:
+        if path is None:  # absent file, allowed by allow_missing
             out.append(missing_confmat(gt, plan.num_classes, plan.ignore_index))
             continue
         pred = read_label_map(path)
@@ -274,9 +276,7 @@ def _score_item(plan: EvalPlan, item: EvalItem) -> tuple[Any, Any | None]:
             out.append(update_confmat(pred, gt, plan.num_classes, plan.ignore_index))
         except SSAError as exc:
             raise SSAError(f"{item.gt}: {exc}") from None
-    if not plan.has_branch:
-        return out[0], None
-    return out[0], out[1]
+    return out[0], (out[1] if plan.has_branch else None)
 
 
 def default_workers() -> int:

@@ -148,8 +148,9 @@ def update_confmat(
 def missing_confmat(gt: Any, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """The confusion matrix of an image with no prediction: every labelled pixel is wrong."""
     gt_a = _as_array(gt)
-    return update_confmat(np.full(gt_a.shape, -1, dtype=np.int64), gt_a, num_classes,
-                          ignore_index)
+    # A uint8 map of 255 takes the fast route when 255 is no class; otherwise -1 is never one.
+    fill, dtype = (255, np.uint8) if num_classes <= 255 and gt_a.dtype == np.uint8 else (-1, np.int64)
+    return update_confmat(np.full(gt_a.shape, fill, dtype=dtype), gt_a, num_classes, ignore_index)
 
 
 def compute_metrics(confmat: torch.Tensor) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def main() -> None:
         root = Path(tmp)
         start = time.perf_counter()
         preds = build(root, args.num_images, args.height, args.width, args.distinct, args.branch)
-        size = sum(p.stat().st_size for p in preds.iterdir()) / args.num_images / 1024
+        size = sum(p.stat().st_size for p in preds.glob("*_semantic.png")) / args.num_images / 1024
         print(f"built {args.num_images} pairs of {args.width}x{args.height} in "
               f"{time.perf_counter() - start:.1f} s (prediction PNG {size:.0f} KiB on average)")
         evaluate("ade20k", root, preds)  # warm the page cache

@@ -50,6 +50,15 @@ DataDirOpt = Annotated[
     Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
 ]
 
+GtDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="folder only: ground truth, <stem>.png class indices (255 = ignore) mirroring the "
+        "images' relative paths.",
+        rich_help_panel="Evaluation",
+    ),
+]
+
 
 @app.command()
 def run(
@@ -115,9 +124,19 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
+    evaluate: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval",
+            help="Score the outputs once every image is done (table + <out-dir>/eval.json).",
+            rich_help_panel="Evaluation",
+        ),
+    ] = None,
+    gt_dir: GtDirOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
+    from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
 
@@ -140,14 +159,83 @@ def run(
             "save_branch": save_branch,
             "save_vis": save_vis,
             "device": device,
+            "evaluate": evaluate,
+            "gt_dir": gt_dir,
         }
         cfg = config_mod.build_config(file_values, cli_values)
+        check_run_eval(cfg)
         summary = run_with_progress(cfg, console)
+        if cfg.evaluate and summary.failed:
+            console.print(
+                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
+                f"score the rest with `ssa eval --allow-missing`",
+                highlight=False,
+            )
+        elif cfg.evaluate:
+            from ssa.evaluate import EVAL_JSON, plan_run_eval
+            from ssa.report import evaluate_with_progress
+
+            evaluate_with_progress(plan_run_eval(cfg), console, cfg.out_dir / EVAL_JSON)
     except SSAError as exc:
         fail(exc)
         return
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[
+        str,
+        typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    ],
+    pred_dir: Annotated[
+        Path,
+        typer.Option(help="The --out-dir of `ssa run` (<stem>_semantic.png files).",
+                     rich_help_panel="Data"),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
+    ] = None,
+    gt_dir: GtDirOpt = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder only: class names, one per line (or a JSON list); default: the "
+            "'class_names' of the predictions' <stem>_semantic.json.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON (percent).")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per class as CSV (percent).")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Count images without a prediction as all wrong."),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
+    ] = None,
+) -> None:
+    """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
+    from ssa.evaluate import plan_eval
+    from ssa.report import evaluate_with_progress
+
+    try:
+        if workers is not None and workers < 1:
+            raise SSAError(f"--workers {workers} must be at least 1")
+        plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
+                         allow_missing=allow_missing)
+        evaluate_with_progress(plan, console, json_out, csv_out, workers)
+    except SSAError as exc:
+        fail(exc)
 
 
 def _parse_xy(raw: str, flag: str, count: int, example: str) -> list[float]:

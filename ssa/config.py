@@ -28,6 +28,8 @@ class RunConfig:
     top_k: int = 3
     save_branch: bool = False
     save_vis: bool = False
+    evaluate: bool = False  # `--eval`: score the outputs once every image is done
+    gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
 
     def resolved_device(self) -> str:
         import torch
@@ -39,7 +41,7 @@ class RunConfig:
         return self.device
 
 
-_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint"}
+_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "gt_dir"}
 
 
 def field_names() -> list[str]:

@@ -159,7 +159,7 @@ def test_as_probabilities_keeps_probabilities_and_softmaxes_logits():
 
 
 def test_paint_keep_branch_chunked(monkeypatch):
-    import ssa.voting as voting
+    from ssa import voting
 
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 4, size=(10, 10))

@@ -71,7 +71,11 @@ def amg_knobs() -> dict[str, inspect.Parameter]:
 
 def _parse_knob_value(key: str, raw: str, param: inspect.Parameter) -> Any:
     default = param.default
-    if raw.lower() in ("none", "null") and default is None:
+    annotation = param.annotation
+    optional = default is None or type(None) in getattr(annotation, "__args__", ()) or (
+        isinstance(annotation, str) and "Optional" in annotation
+    )
+    if raw.lower() in ("none", "null") and optional:
         return None
     kind = type(default) if default is not None else int  # Optional[int] knobs (points_per_side)
     try:

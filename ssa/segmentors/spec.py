@@ -91,7 +91,7 @@ def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec
     if not sep or (len(kind) == 1 and kind.isalpha()):  # no prefix, or a Windows drive letter
         return _parse_name(spec, plugins)
     if kind not in KINDS:
-        raise _bad(spec, f"unknown prefix {kind + ':'!r}")
+        raise _bad(spec, f"unknown prefix {kind + ':'!r}{_hint(spec)}")
     if not rest:
         raise _bad(spec, f"nothing after {kind + ':'!r}")
     if kind == "py":
@@ -124,12 +124,15 @@ def _parse_name(spec: str, plugins: Iterable[str] | None) -> SegmentorSpec:
         return SegmentorSpec("hf", SHORT_NAMES[spec])
     if spec in names:
         return SegmentorSpec("plugin", spec)
-    hint = ""
+    raise _bad(spec, f"{spec!r} is not a known short name or plug-in{_hint(spec)}")
+
+
+def _hint(spec: str) -> str:
     if spec.endswith(".py") or ".py:" in spec:
-        hint = f" (a Python factory? write py:{spec})"
-    elif "/" in spec or Path(spec).exists():
-        hint = f" (a hub id or model folder? write hf:{spec})"
-    return _bad(spec, f"{spec!r} is not a known short name or plug-in{hint}")
+        return f" (a Python factory? write py:{spec})"
+    if "/" in spec or Path(spec).exists():
+        return f" (a hub id or model folder? write hf:{spec})"
+    return ""
 
 
 def parse_segmentor_args(items: Iterable[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "enet_cityscapes.py
 
 
 def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
+    pred, gt = np.asarray(pred, np.int64), np.asarray(gt, np.int64)  # uint8 would overflow
     valid = gt != 255
     p = np.where(pred[valid] < num_classes, pred[valid], num_classes)  # no label: a miss
     cm = np.bincount(gt[valid] * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1))
@@ -35,7 +36,7 @@ def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
 
 
 def test_miou_hand_worked():
-    gt = np.array([0, 0, 1, 1, 255])
+    gt = np.array([0, 0, 1, 1, 255], dtype=np.uint8)
     pred = np.array([0, 1, 1, 1, 0])
     # class 0: inter 1, union 2; class 1: inter 2, union 3 -> (0.5 + 0.667) / 2
     assert miou(pred, gt, 2) == pytest.approx((1 / 2 + 2 / 3) / 2)

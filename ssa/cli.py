@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = None,
 ) -> None:
@@ -43,11 +43,11 @@ def fail(exc: Exception) -> None:
 
 
 DatasetOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
 ]
 
 
@@ -56,31 +56,31 @@ def run(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
     ] = None,
     split: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
     ] = None,
     limit: Annotated[
-        Optional[int], typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
     ] = None,
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="YAML config (configs/<name>.yaml); flags override it."),
     ] = None,
     sam_model: Annotated[
-        Optional[str], typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str | None, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = None,
     sam_checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
             rich_help_panel="Mask branch",
         ),
     ] = None,
     amg_preset: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="ssa (the original SSA settings; default for ade20k/cityscapes) | default "
             "(the library's defaults).",
@@ -88,7 +88,7 @@ def run(
         ),
     ] = None,
     amg: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
             rich_help_panel="Mask branch",
@@ -103,7 +103,7 @@ def run(
         ),
     ] = None,
     segmentor: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="hf:<hub id or folder> | py:<module or file.py>:<factory> | labels:<folder> | "
             "plugin:<name> | a short name (segformer-b5-ade, oneformer-ade-swin-l, ...). "
@@ -149,18 +149,18 @@ def run(
         ),
     ] = None,
     top_k: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting"),
     ] = None,
     save_branch: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--save-branch", help="Also write the branch's own <stem>_branch.png."),
     ] = None,
     save_vis: Annotated[
-        Optional[bool], typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
+        bool | None, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = None,
     device: Annotated[
-        Optional[str], typer.Option(help="cuda | cpu (default: cuda when available).")
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""

@@ -291,7 +291,7 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
         )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise SSAError(
             f"cannot load SAM checkpoint {checkpoint} ({type(exc).__name__}); pass a SAM .pth "
             f"state dict (re-download it if it is truncated)"

@@ -38,8 +38,11 @@ def sam_checkpoint(tmp_path_factory) -> Path:
 
 
 def save_segformer(folder: Path, class_names: list[str], seed: int = 0, size: int = 128) -> Path:
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-    from transformers import SegformerImageProcessor
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     torch.manual_seed(seed)
     config = SegformerConfig(

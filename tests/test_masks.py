@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import CITY_STEM, CITYSCAPES, KEEP_ALL, need
 
-from conftest import CITYSCAPES, CITY_STEM, KEEP_ALL, need
 from ssa.errors import SSAError
 from ssa.masks import (
     AMG_PRESETS,
@@ -48,8 +48,9 @@ def test_bad_amg_values(item):
 
 
 def test_presets():
-    from segment_anything import SamAutomaticMaskGenerator
     import inspect
+
+    from segment_anything import SamAutomaticMaskGenerator
 
     defaults = {
         k: p.default
@@ -103,7 +104,7 @@ def test_missing_and_bad_checkpoints(tmp_path, monkeypatch):
 
 
 def test_failed_download_leaves_no_partial(tmp_path, monkeypatch):
-    import ssa.masks as masks
+    from ssa import masks
 
     monkeypatch.setattr(masks, "CHECKPOINT_URL", "http://127.0.0.1:9/")
     dest = tmp_path / "ckp" / "sam_vit_b_01ec64.pth"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CITY_STEM, make_image
 from typer.testing import CliRunner
 
-from conftest import CITY_STEM, make_image
 from ssa.cli import app
 
 runner = CliRunner()
@@ -28,8 +28,8 @@ def run_args(data_dir, out_dir, sam, seg, *extra):
 
 
 def check_outputs(json_path: Path, image_size: tuple[int, int], class_names: list[str]):
-    from pycocotools import mask as mask_utils
     from PIL import Image
+    from pycocotools import mask as mask_utils
 
     data = json.loads(json_path.read_text())
     height, width = image_size
@@ -102,8 +102,8 @@ def test_run_masks_equal_stock_generator(tmp_path, sam_checkpoint, segformer_5):
     assert result.exit_code == 0, result.output
     data, _ = check_outputs(out / "sub" / "a_semantic.json", (64, 96),
                             ["sky", "tree", "road", "car", "person"])  # fmt: skip
-    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                    box_nms_thresh=1.0)  # fmt: skip
+    settings = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                    "box_nms_thresh": 1.0}  # fmt: skip
     with torch.inference_mode():
         stock = SamAutomaticMaskGenerator(load_sam("vit_b", sam_checkpoint), **settings).generate(
             read_image(img)

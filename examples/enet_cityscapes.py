@@ -17,6 +17,7 @@ Nothing in ssa is edited: this file only follows the `Segmentor` protocol
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,7 +30,7 @@ INPUT_SIZE = (1024, 512)  # (width, height), the size ENet was trained at
 class ENetCityscapes:
     """image: `HWC uint8 RGB` -> `(19, H, W) float32` trainId probabilities."""
 
-    classes = list(CITYSCAPES_CLASSES)
+    classes: ClassVar[list[str]] = list(CITYSCAPES_CLASSES)
 
     def __init__(self, model: str | Path, threads: int | None = None) -> None:
         try:

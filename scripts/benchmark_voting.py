@@ -33,9 +33,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from ssa.datasets import read_cityscapes_gt  # noqa: E402
-from ssa.segmentors.base import BranchOutput  # noqa: E402
-from ssa.voting import vote  # noqa: E402
+from ssa.datasets import read_cityscapes_gt
+from ssa.segmentors.base import BranchOutput
+from ssa.voting import vote
 
 STEM = "frankfurt_000000_000294"
 # cityscapesScripts `labels.py`: labelId -> category id (0 void, 1 flat, 2 construction,
@@ -93,8 +93,10 @@ def quality(fixtures: Path) -> list[str]:
     branch = BranchOutput.from_raw(seg(image), 19, image.shape[:2])
     base_miou, base_acc = scores_of(branch.labels.numpy(), gt, 19)
     lines = [
-        f"ENet branch alone: mIoU {base_miou:.4f}, aAcc {base_acc:.4f} "
-        f"({image.shape[1]}x{image.shape[0]} frame {STEM})",
+        (
+            f"ENet branch alone: mIoU {base_miou:.4f}, aAcc {base_acc:.4f} "
+            f"({image.shape[1]}x{image.shape[0]} frame {STEM})"
+        ),
         "",
         "| masks (count) | policy | min share | mIoU | aAcc | mIoU - branch |",
         "|---|---|---|---|---|---|",
@@ -122,9 +124,11 @@ def timing(fixtures: Path, repeat: int) -> list[str]:
     scores = torch.randn((150, height, width), generator=gen).softmax(dim=0)
     labels = scores.argmax(dim=0)
     lines = [
-        f"`vote` on {width}x{height} (ADE_train_00016964 at half resolution, its {len(masks)} "
-        f"real object masks, random 150-class probabilities), best of {repeat}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads:",
+        (
+            f"`vote` on {width}x{height} (ADE_train_00016964 at half resolution, its "
+            f"{len(masks)} real object masks, random 150-class probabilities), best of "
+            f"{repeat}, torch {torch.__version__}, {torch.get_num_threads()} threads:"
+        ),
         "",
         "| policy | min share | seconds |",
         "|---|---|---|",

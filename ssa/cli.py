@@ -95,7 +95,7 @@ def run(
         ),
     ] = None,
     masks: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Read SA-1B-style <stem>.json masks from this folder (mirroring the images' "
             "relative paths) instead of running SAM.",
@@ -112,28 +112,28 @@ def run(
         ),
     ] = None,
     segmentor_arg: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     classes: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="labels: class names, one per line (default: the dataset's).",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     label_map: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     vote: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="hard (the SSA rule: top-1 of the branch's labels) | soft (highest mean "
             "probability; needs scores).",
@@ -141,7 +141,7 @@ def run(
         ),
     ] = None,
     min_vote_share: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             help="A mask whose class holds less than this share of its pixels keeps the "
             "branch's labels (0 = off).",

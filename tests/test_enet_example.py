@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CITY_STEM, CITYSCAPES, ENET, need
 from PIL import Image
+from test_plugins_run import write_masks_json
 from typer.testing import CliRunner
 
-from conftest import CITY_STEM, CITYSCAPES, ENET, need
 from ssa.cli import app
 from ssa.datasets import read_cityscapes_gt
-from test_plugins_run import write_masks_json
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "enet_cityscapes.py"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_voting_policies import brute_force
 from typer.testing import CliRunner
 
 from ssa.cli import app
 from ssa.io import encode_rle
-from test_voting_policies import brute_force
 
 runner = CliRunner()
 CLASSES = ["sky", "tree", "road", "car"]

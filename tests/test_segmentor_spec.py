@@ -27,6 +27,8 @@ OK = [
      SegmentorSpec("hf", "nvidia/segformer-b0-finetuned-ade-512-512")),
     ("hf:./models/my_segformer", SegmentorSpec("hf", "./models/my_segformer")),
     ("hf:/abs/path with space", SegmentorSpec("hf", "/abs/path with space")),
+    (" hf: ./rel ", SegmentorSpec("hf", "./rel")),
+    ("py: m.py : make ", SegmentorSpec("py", "m.py", "make")),
     ("py:examples/enet_cityscapes.py:make", SegmentorSpec("py", "examples/enet_cityscapes.py", "make")),
     ("py:mypkg.models:build_model", SegmentorSpec("py", "mypkg.models", "build_model")),
     ("py:C:/models/seg.py:make", SegmentorSpec("py", "C:/models/seg.py", "make")),
@@ -46,7 +48,6 @@ OK = [
 BAD = [
     ("", "empty"),
     ("  ", "empty"),
-    (" hf:x", "spaces"),
     ("hf:", "nothing after"),
     ("labels:", "nothing after"),
     ("tf:model", "unknown prefix"),

@@ -85,9 +85,9 @@ def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec
     """
     if not isinstance(spec, str) or not spec.strip():
         raise _bad(str(spec), "it is empty")
-    if spec != spec.strip():
-        raise _bad(spec, "it has leading or trailing spaces")
+    spec = spec.strip()  # spaces around the spec and its target are a copy-paste accident
     kind, sep, rest = spec.partition(":")
+    rest = rest.strip()
     if not sep or (len(kind) == 1 and kind.isalpha()):  # no prefix, or a Windows drive letter
         return _parse_name(spec, plugins)
     if kind not in KINDS:
@@ -95,7 +95,7 @@ def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec
     if not rest:
         raise _bad(spec, f"nothing after {kind + ':'!r}")
     if kind == "py":
-        module, sep, factory = rest.rpartition(":")
+        module, sep, factory = (part.strip() for part in rest.rpartition(":"))
         if not sep or not module:
             raise _bad(spec, "py: needs a module or .py file and a factory, separated by ':'")
         if not _IDENTIFIER.fullmatch(factory):

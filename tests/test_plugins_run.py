@@ -199,3 +199,24 @@ def test_bad_options_are_one_line_errors(disagree, tmp_path, extra, message):
     )  # fmt: skip
     assert result.exit_code == 1
     assert message in " ".join(result.output.split())
+
+
+def test_config_file_gives_segmentor_args_and_policy(disagree, tmp_path):
+    """`segmentor_args`, `vote` and `masks` from YAML; a flag still overrides the file."""
+    plugin, data, masks_dir = disagree
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data_dir: {data}\nmasks: {masks_dir}\nsegmentor: py:{plugin}:make\n"
+        f"segmentor_args: {{strength: 0.9}}\nvote: soft\ndevice: cpu\n"
+    )
+    out = tmp_path / "out"
+    result = invoke("run", "--config", config, "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    ann = json.loads((out / "x_semantic.json").read_text())["annotations"][0]
+    assert ann["class_name"] == "tree"
+    # The flag wins: strength 0.2 makes the right third (0.4, 0.2, 0.4), so the soft means are
+    # sky 0.40, tree 0.30, road 0.30 (worked by hand).
+    out2 = tmp_path / "out2"
+    result = invoke("run", "--config", config, "--out-dir", out2, "--segmentor-arg", "strength=0.2")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out2 / "x_semantic.json").read_text())["annotations"][0]["class_name"] == "sky"

@@ -204,5 +204,125 @@ def run(
         raise typer.Exit(1)
 
 
+def _parse_xy(raw: str, flag: str, count: int, example: str) -> list[float]:
+    parts = raw.replace(" ", "").split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        form, sample = example.split()
+        raise SSAError(f"{flag} {raw!r} is not {form}; write e.g. {flag} {sample}")
+    return values
+
+
+def _print_prediction(records: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="ssa predict: whole -> part -> subpart")
+    for column in ("granularity", "area", "predicted IoU", "class_name", "top proposals"):
+        table.add_column(column, justify="right" if column in ("area", "predicted IoU") else "left")
+    for r in records:
+        props = ", ".join(
+            f"{n} {s:.0%}" for n, s in zip(r["class_proposals"], r["proposal_shares"])
+        )
+        table.add_row(
+            r["granularity"], str(r["area"]), f"{r['predicted_iou']:.3f}",
+            r["class_name"] or "-", props or "-",
+        )
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    image: Annotated[Path, typer.Argument(help="The image to prompt (any PIL-readable file).")],
+    point: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A foreground click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A background click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(help="A box X0,Y0,X1,Y1 in pixels.", rich_help_panel="Prompt"),
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="ade20k | cityscapes | foggy_driving | folder: the class names and default "
+            "segmentor (folder: the segmentor's own names).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = "folder",
+    sam_model: Annotated[
+        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+    ] = "vit_h",
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    segmentor: Annotated[
+        str | None,
+        typer.Option(
+            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting")
+    ] = 3,
+    device: Annotated[
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the three masks as JSON (COCO RLE) here."),
+    ] = None,
+    save_vis: Annotated[
+        Path | None, typer.Option("--save-vis", help="Write an overlay JPEG here.")
+    ] = None,
+) -> None:
+    """Click or box -> SAM's three masks (whole, part, subpart), each with a semantic label."""
+    from ssa.config import RunConfig
+    from ssa.io import read_image, write_json
+    from ssa.predictor import build_predictor, check_prompt
+
+    try:
+        pos = [_parse_xy(p, "--point", 2, "X,Y 120,80") for p in point or []]
+        neg = [_parse_xy(p, "--negative", 2, "X,Y 120,80") for p in negative or []]
+        box_xyxy = _parse_xy(box, "--box", 4, "X0,Y0,X1,Y1 10,20,200,150") if box else None
+        array = read_image(image)
+        points = pos + neg or None
+        labels = [1] * len(pos) + [0] * len(neg) if points else None
+        # Check the prompt against the image before any model loads.
+        check_prompt(points, labels, box_xyxy, array.shape[:2])
+        cfg = RunConfig(
+            dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
+            segmentor=segmentor, device=device, top_k=top_k,
+        )
+        predictor = build_predictor(cfg)
+        predictor.set_image(array)
+        records = predictor.predict(points=points, labels=labels, box=box_xyxy)
+        _print_prediction(records)
+        if json_path is not None:
+            prompt = {"points": points or [], "point_labels": labels or [], "box": box_xyxy}
+            write_json(json_path, predictor.to_json(records, prompt))
+            console.print(f"wrote {json_path}")
+        if save_vis is not None:
+            predictor.write_overlay(save_vis, records)
+            console.print(f"wrote {save_vis}")
+    except SSAError as exc:
+        fail(exc)
+
+
 if __name__ == "__main__":
     app()

@@ -103,11 +103,58 @@ def run(
             rich_help_panel="Mask branch",
         ),
     ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read SA-1B-style <stem>.json masks from this folder (mirroring the images' "
+            "relative paths) instead of running SAM.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
     segmentor: Annotated[
         str | None,
         typer.Option(
-            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            help="hf:<hub id or folder> | py:<module or file.py>:<factory> | labels:<folder> | "
+            "plugin:<name> | a short name (segformer-b5-ade, oneformer-ade-swin-l, ...). "
+            "Default: the dataset's Segformer-B5.",
             rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    segmentor_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    vote: Annotated[
+        str | None,
+        typer.Option(
+            help="hard (the SSA rule: top-1 of the branch's labels) | soft (highest mean "
+            "probability; needs scores).",
+            rich_help_panel="Voting",
+        ),
+    ] = None,
+    min_vote_share: Annotated[
+        float | None,
+        typer.Option(
+            help="A mask whose class holds less than this share of its pixels keeps the "
+            "branch's labels (0 = off).",
+            rich_help_panel="Voting",
         ),
     ] = None,
     top_k: Annotated[
@@ -139,6 +186,7 @@ def run(
     from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
+    from ssa.segmentors.spec import parse_segmentor_args
 
     try:
         file_values = config_mod.load_yaml(config) if config else {}
@@ -154,7 +202,13 @@ def run(
             "sam_checkpoint": sam_checkpoint,
             "amg_preset": amg_preset,
             "amg": parse_amg(amg or []) or None,
+            "masks": masks,
             "segmentor": segmentor,
+            "segmentor_args": parse_segmentor_args(segmentor_arg or []) or None,
+            "classes": classes,
+            "label_map": label_map,
+            "vote": vote,
+            "min_vote_share": min_vote_share,
             "top_k": top_k,
             "save_branch": save_branch,
             "save_vis": save_vis,

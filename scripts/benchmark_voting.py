@@ -12,7 +12,7 @@ labelId):
                 large masks that swallow small classes;
 - `both`:       the two sets together, nested like SAM's multi-granularity output.
 Scores: mIoU (mean over classes present in the ground truth or the prediction) and aAcc from one
-confusion matrix, ignore 255, computed locally (`ssa.metrics` was not on main yet).
+confusion matrix, ignore 255, by `ssa.metrics.ConfusionMatrix` (the code of `ssa eval`).
 
 Then the time of one `vote` call per policy on a larger image: the real object masks of an
 ADE20K full sample at half resolution with a random 150-class score map.
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from ssa.datasets import read_cityscapes_gt
+from ssa.metrics import ConfusionMatrix
 from ssa.segmentors.base import BranchOutput
 from ssa.voting import vote
 
@@ -71,15 +72,9 @@ def mask_sources(instance_ids: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def scores_of(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[float, float]:
-    pred, gt = np.asarray(pred, np.int64), np.asarray(gt, np.int64)  # uint8 would overflow
-    valid = gt != 255
-    p = np.where(pred[valid] < num_classes, pred[valid], num_classes)
-    cm = np.bincount(gt[valid] * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1))
-    cm = cm.reshape(num_classes, num_classes + 1)[:, :num_classes]
-    inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()), float(inter.sum() / valid.sum())
+    """mIoU and aAcc as fractions, by `ssa eval`'s confusion matrix."""
+    scores = ConfusionMatrix(num_classes).update(pred, gt).compute()
+    return scores["miou"], scores["aacc"]
 
 
 def quality(fixtures: Path) -> list[str]:

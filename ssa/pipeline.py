@@ -239,21 +239,12 @@ def resolve_classes(cfg: RunConfig, spec: DatasetSpec, segmentor: Any) -> list[s
     return list(spec.classes) if spec.classes is not None else names
 
 
-def build_labeller(
-    cfg: RunConfig, download_progress: Callable[[int, int | None], None] | None = None
-) -> Labeller:
-    """Check the cheap things first, then load the segmentor (refusing a class-count mismatch)
-    and SAM."""
-    from ssa.masks import JsonMasks, MaskGenerator, ensure_checkpoint, load_sam, resolve_amg
+def build_segmentor(cfg: RunConfig, spec: DatasetSpec, device: str) -> tuple[Any, list[str]]:
+    """The run's segmentor (default: the dataset's) and its class names, refusing a segmentor
+    whose class count differs from the dataset's."""
     from ssa.segmentors import load_segmentor
     from ssa.segmentors.spec import read_label_map_file
 
-    spec = get_dataset(cfg.dataset)
-    device = cfg.resolved_device()
-    check_voting(cfg)
-    # With --masks no SAM runs, so its settings are not used (a config may still name them).
-    settings = None if cfg.masks else resolve_amg(cfg.amg_preset or spec.default_amg_preset, cfg.amg)
-    masks = JsonMasks(cfg.masks) if cfg.masks else None
     cfg.segmentor = cfg.segmentor or spec.default_segmentor
     if cfg.segmentor is None:
         raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
@@ -264,7 +255,23 @@ def build_labeller(
     segmentor = load_segmentor(
         cfg.segmentor, device=device, args=cfg.segmentor_args, classes=classes, label_map=label_map
     )
-    names = resolve_classes(cfg, spec, segmentor)
+    return segmentor, resolve_classes(cfg, spec, segmentor)
+
+
+def build_labeller(
+    cfg: RunConfig, download_progress: Callable[[int, int | None], None] | None = None
+) -> Labeller:
+    """Check the cheap things first, then load the segmentor (refusing a class-count mismatch)
+    and SAM."""
+    from ssa.masks import JsonMasks, MaskGenerator, ensure_checkpoint, load_sam, resolve_amg
+
+    spec = get_dataset(cfg.dataset)
+    device = cfg.resolved_device()
+    check_voting(cfg)
+    # With --masks no SAM runs, so its settings are not used (a config may still name them).
+    settings = None if cfg.masks else resolve_amg(cfg.amg_preset or spec.default_amg_preset, cfg.amg)
+    masks = JsonMasks(cfg.masks) if cfg.masks else None
+    segmentor, names = build_segmentor(cfg, spec, device)
     if masks is None:
         checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
         masks = MaskGenerator(load_sam(cfg.sam_model, checkpoint, device), **settings)

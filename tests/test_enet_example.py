@@ -1,9 +1,7 @@
 """The ENet example plug-in (examples/enet_cityscapes.py) on the real Cityscapes frame, with
 masks built from its ground-truth instance ids, through `ssa run --masks ... --segmentor py:...`.
 
-mIoU follows the convention of ssa's tables (one confusion matrix, ignore 255, mean over classes
-present in the ground truth or the prediction). `ssa.metrics` is being written concurrently, so
-this test carries its own small confusion-matrix function.
+Branch and voted maps are scored by `ssa eval`'s own code (`ssa.evaluate.evaluate`).
 """
 
 from __future__ import annotations
@@ -19,27 +17,9 @@ from typer.testing import CliRunner
 
 from ssa.cli import app
 from ssa.datasets import read_cityscapes_gt
+from ssa.evaluate import evaluate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "enet_cityscapes.py"
-
-
-def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    pred, gt = np.asarray(pred, np.int64), np.asarray(gt, np.int64)  # uint8 would overflow
-    valid = gt != 255
-    p = np.where(pred[valid] < num_classes, pred[valid], num_classes)  # no label: a miss
-    cm = np.bincount(gt[valid] * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1))
-    cm = cm.reshape(num_classes, num_classes + 1)[:, :num_classes]
-    inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean())
-
-
-def test_miou_hand_worked():
-    gt = np.array([0, 0, 1, 1, 255], dtype=np.uint8)
-    pred = np.array([0, 1, 1, 1, 0])
-    # class 0: inter 1, union 2; class 1: inter 2, union 3 -> (0.5 + 0.667) / 2
-    assert miou(pred, gt, 2) == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
 def instance_masks(instance_ids: np.ndarray) -> np.ndarray:
@@ -77,11 +57,11 @@ def test_enet_voting_not_below_branch(cityscapes_root, tmp_path, policy):
         "--segmentor-arg", f"model={model}", "--vote", policy, "--save-branch", "--device", "cpu",
     )])  # fmt: skip
     assert result.exit_code == 0, result.output
+    _, _, report = evaluate("cityscapes", cityscapes_root, out)
+    assert report["num_images"] == 1
+    branch_miou, voted_miou = report["branch"]["miou"], report["miou"]
     gt = read_cityscapes_gt(need(CITYSCAPES) / f"{CITY_STEM}_gtFine_labelTrainIds.png")
-    stem = out / "frankfurt" / f"{CITY_STEM}_leftImg8bit"
-    branch = np.asarray(Image.open(f"{stem}_branch.png")).astype(np.int64)
-    voted = np.asarray(Image.open(f"{stem}_semantic.png")).astype(np.int64)
-    branch_miou, voted_miou = miou(branch, gt, 19), miou(voted, gt, 19)
+    branch = np.asarray(Image.open(out / "frankfurt" / f"{CITY_STEM}_leftImg8bit_branch.png"))
     print(f"ENet {policy}: branch mIoU {branch_miou:.4f}, voted mIoU {voted_miou:.4f}")
     valid = gt != 255
     assert (branch[valid] == gt[valid]).mean() > 0.75  # the real ENet (README: about 0.80)

@@ -47,8 +47,11 @@ def make_models(work: Path, sam_model: str) -> tuple[Path, Path]:
         torch.save(build_sam_from_config(SAM_ENCODERS[sam_model]).state_dict(), ckpt)
     seg = work / "segformer_random"
     if not (seg / "config.json").exists():
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation
-        from transformers import SegformerImageProcessor
+        from transformers import (
+            SegformerConfig,
+            SegformerForSemanticSegmentation,
+            SegformerImageProcessor,
+        )
 
         from ssa.datasets import get_dataset
 
@@ -180,8 +183,7 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
     """`ssa run`'s pipeline (`ssa.pipeline.run`) on a folder holding links to the images."""
     import ssa.overlap
-    import ssa.pipeline as pipeline
-    from ssa import io, masks
+    from ssa import io, masks, pipeline
     from ssa.config import RunConfig
 
     data = out_dir.parent / (out_dir.name + "_input")
@@ -245,8 +247,35 @@ def _lap(t: dict, stage: str, start: float) -> float:
 # ---------------------------------------------------------------- agreement
 
 
-def agreement(stock_dir: Path, ssa_dir: Path, images: list[Path]) -> dict:
+def _matched_ious(ra: list[dict], rb: list[dict]) -> list[float]:
+    """IoUs of a one-to-one matching: mask i with mask i where that IoU is >= 0.5 (the fast
+    generator keeps the stock order), the rest matched greedily by decreasing IoU (pycocotools).
+    """
     from pycocotools import mask as mask_utils
+
+    ious, left_a, left_b = [], [], set(range(len(rb)))
+    for i in range(len(ra)):
+        iou = float(mask_utils.iou([ra[i]], [rb[i]], [0])[0][0]) if i < len(rb) else 0.0
+        if iou >= 0.5:
+            ious.append(iou)
+            left_b.discard(i)
+        else:
+            left_a.append(i)
+    cols = sorted(left_b)
+    if left_a and cols:
+        iou = np.asarray(mask_utils.iou([ra[i] for i in left_a], [rb[j] for j in cols],
+                                        [0] * len(cols)))
+        used_a, used_b = set(), set()
+        for flat in np.argsort(-iou, axis=None):
+            i, j = divmod(int(flat), iou.shape[1])
+            if i not in used_a and j not in used_b:
+                used_a.add(i)
+                used_b.add(j)
+                ious.append(float(iou[i, j]))
+    return ious
+
+
+def agreement(stock_dir: Path, ssa_dir: Path, images: list[Path]) -> dict:
 
     from ssa import io
 
@@ -258,19 +287,7 @@ def agreement(stock_dir: Path, ssa_dir: Path, images: list[Path]) -> dict:
         counts.append((len(a), len(b)))
         ra = [dict(x["segmentation"], counts=x["segmentation"]["counts"].encode()) for x in a]
         rb = [dict(x["segmentation"], counts=x["segmentation"]["counts"].encode()) for x in b]
-        if ra and rb:
-            iou = np.asarray(mask_utils.iou(ra, rb, [0] * len(rb)))
-            # One-to-one greedy matching by decreasing IoU.
-            used_a, used_b = set(), set()
-            for flat in np.argsort(-iou, axis=None):
-                i, j = divmod(int(flat), iou.shape[1])
-                if i in used_a or j in used_b:
-                    continue
-                used_a.add(i)
-                used_b.add(j)
-                ious.append(float(iou[i, j]))
-                if len(used_a) == min(iou.shape):
-                    break
+        ious.extend(_matched_ious(ra, rb))
         la = io.read_label_png(stock_dir / f"{stem}_semantic.png")
         lb = io.read_label_png(ssa_dir / f"{stem}_semantic.png")
         label_agree.append(float((la == lb).mean()))
@@ -335,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, __file__, *passthrough, "--only", side, "--checkpoint", str(ckpt),
                "--segformer", str(seg)]
         print(f"running {side} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"{side} run failed:\n{proc.stderr[-3000:]}")
@@ -358,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _table(report: dict) -> None:
     s, f = report["stock"], report["ssa"]
-    print(f"\n| stage | stock s | ssa s |\n|---|---|---|", file=sys.stderr)
+    print("\n| stage | stock s | ssa s |\n|---|---|---|", file=sys.stderr)
     keys = list(dict.fromkeys([*STAGES, *s["stages"], *f["stages"]]))
     for k in keys:
         a, b = s["stages"].get(k), f["stages"].get(k)

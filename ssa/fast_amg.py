@@ -531,6 +531,7 @@ class FastMaskGenerator:
         height, width = orig_size
         n = len(rows)
         masks = torch.zeros(n, height, width, dtype=torch.bool, device=self.device)
+        areas_t = torch.zeros(n, dtype=torch.int64, device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
         for c, (cands, crop_box) in enumerate(per_crop):
@@ -546,6 +547,8 @@ class FastMaskGenerator:
                 binary = full > self.model.mask_threshold
                 boxes[at] = batched_mask_to_box(binary) + _offset(crop_box, self.device).long()
                 masks[at, y0:y1, x0:x1] = binary
+                # count_nonzero: a bool sum would first cast the whole chunk to int64.
+                areas_t[at] = _count_true(binary)
         _sync(self.device)
         start = self.stats.add("mask_upsample", start)
         iou = torch.cat([c.iou for c, _ in per_crop]) if per_crop else torch.zeros(0)
@@ -560,7 +563,8 @@ class FastMaskGenerator:
             start = self.stats.add("small_regions", start)
             iou, stab, points = iou[keep], stab[keep.to(stab.device)], points[keep.cpu()]
             crop_boxes = [crop_boxes[int(i)] for i in keep]
-        areas = masks.flatten(1).sum(1).tolist() if len(masks) else []
+            areas_t = _count_true(masks)  # some masks changed
+        areas = areas_t.tolist()
         rles = encode_rle_device(masks)
         start = self.stats.add("rle", start)
         records = []
@@ -605,6 +609,17 @@ class FastMaskGenerator:
             out_masks[sel.to(masks.device)] = stack[keep[sel]].to(masks.device)
             out_boxes[sel.to(boxes.device)] = new_boxes[keep[sel]].to(boxes.device)
         return keep, out_masks, out_boxes
+
+
+def _count_true(masks: torch.Tensor) -> torch.Tensor:
+    """Pixels set per mask of an `(N, H, W) bool` stack, `(N,) int64`. Chunked: reducing a bool
+    tensor first casts it whole to a wider integer type (4-8x its memory)."""
+    n = len(masks)
+    out = torch.zeros(n, dtype=torch.int64, device=masks.device)
+    per = max(1, (1 << 24) // max(1, masks[0].numel())) if n else 1
+    for i in range(0, n, per):
+        out[i : i + per] = torch.count_nonzero(masks[i : i + per].flatten(1), dim=1)
+    return out
 
 
 def _offset(crop_box: list[int], device: Any) -> torch.Tensor:

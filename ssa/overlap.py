@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ssa.errors import SSAError
+from ssa.errors import FatalError, SSAError
 
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2
@@ -62,6 +62,8 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
                 try:
                     num_masks = future.result()
                     result = ImageResult(rel, "done", num_masks=num_masks)
+                except FatalError:
+                    raise
                 except _FAILURES as exc:
                     result = ImageResult(rel, "failed", stage="write", error=_message(exc))
                 result.seconds = time.perf_counter() - start
@@ -78,7 +80,9 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
             try:
                 image = read.result()
                 stage = "label"
-                out = labeller.label(image)
+                out = labeller.label(image, rel)
+            except FatalError:
+                raise  # a run-wide problem (as in pipeline.process_image), not this image's
             except _FAILURES as exc:
                 failed = ImageResult(rel, "failed", stage=stage, error=_message(exc),
                                      seconds=time.perf_counter() - start)

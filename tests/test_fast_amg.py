@@ -189,7 +189,7 @@ def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> Non
     written: list[str] = []
 
     class FakeLabeller:
-        def label(self, image):
+        def label(self, image, rel=None):
             return {"records": [1] * int(image.shape[0] // 32)}
 
         def write(self, out, paths, image, save_branch, save_vis):

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -338,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.only:
         fn = run_stock if args.only == "stock" else run_ssa
-        result = fn(args, args.images, args.work_dir / f"out_{args.only}")
+        out = args.work_dir / f"out_{args.only}"
+        shutil.rmtree(out, ignore_errors=True)  # ssa run would skip images already done
+        result = fn(args, args.images, out)
         print("RESULT " + json.dumps(result))
         return
     ckpt, seg = make_models(args.work_dir, args.sam_model)

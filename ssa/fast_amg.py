@@ -611,9 +611,9 @@ def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     """Pixels set per COCO RLE (pycocotools, as the stock `area_from_rle` counts them)."""
     from pycocotools import mask as mask_utils
 
-    if not rles:
-        return []
-    return [int(a) for a in mask_utils.area([dict(r, counts=r["counts"].encode()) for r in rles])]
+    coded = [dict(r, counts=r["counts"].encode()) for r in rles]
+    # Chunks of < 256: pycocotools' area() overflows a uint8 on longer lists (numpy 2).
+    return [int(a) for i in range(0, len(coded), 255) for a in mask_utils.area(coded[i : i + 255])]
 
 
 def _offset(crop_box: list[int], device: Any) -> torch.Tensor:

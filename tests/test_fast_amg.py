@@ -142,10 +142,12 @@ def test_interval_nms_matches_torchvision() -> None:
 
 def test_device_rle_matches_pycocotools() -> None:
     from ssa import io
-    from ssa.fast_amg import encode_rle_device
+    from ssa.fast_amg import _rle_areas, encode_rle_device
 
-    masks = torch.rand(5, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
-    assert encode_rle_device(masks) == io.encode_rle(masks.numpy())
+    masks = torch.rand(300, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
+    rles = encode_rle_device(masks)
+    assert rles == io.encode_rle(masks.numpy())
+    assert _rle_areas(rles) == masks.flatten(1).sum(1).tolist()  # > 255 masks: chunked
 
 
 def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:

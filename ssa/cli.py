@@ -150,5 +150,135 @@ def run(
         raise typer.Exit(1)
 
 
+
+@app.command()
+def engine(
+    data_dir: DataDirOpt = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+    ] = None,
+    masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of SA-1B-style JSON masks (<stem>.json per image, mirroring its path "
+            "or flat); without it SAM makes the masks.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+    ] = None,
+    sam_model: Annotated[
+        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+    ] = "vit_h",
+    sam_checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    amg_preset: Annotated[
+        str, typer.Option(help="default | ssa", rich_help_panel="Mask branch")
+    ] = "default",
+    amg: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(help="Open-vocabulary proposals kept per mask.")
+    ] = 3,
+    light: Annotated[
+        bool,
+        typer.Option(
+            "--light",
+            help="Smaller default models (BLIP base, CLIP B/32, CLIPSeg rd16, OneFormer Swin-T "
+            "ADE20K).",
+            rich_help_panel="Engine models",
+        ),
+    ] = False,
+    captioner: Annotated[
+        Optional[str],
+        typer.Option(help="BLIP captioner: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    clip: Annotated[
+        Optional[str],
+        typer.Option(help="CLIP: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    clipseg: Annotated[
+        Optional[str],
+        typer.Option(help="CLIPSeg: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    oneformer_ade: Annotated[
+        Optional[str],
+        typer.Option(
+            help="OneFormer with ADE20K classes: hub id or folder.",
+            rich_help_panel="Engine models",
+        ),
+    ] = None,
+    oneformer_coco: Annotated[
+        Optional[str],
+        typer.Option(
+            help="OneFormer with COCO classes: hub id or folder.",
+            rich_help_panel="Engine models",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Crops per forward pass of each model.")
+    ] = 16,
+    no_spacy: Annotated[
+        bool,
+        typer.Option(
+            "--no-spacy", help="Take noun phrases with the built-in heuristic even if spaCy is "
+            "installed."
+        ),
+    ] = False,
+    save_vis: Annotated[
+        bool, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
+    ] = False,
+    device: Annotated[
+        Optional[str], typer.Option(help="cuda | cpu (default: cuda when available).")
+    ] = None,
+) -> None:
+    """Name every mask of a folder of images with free-form words (the SSA engine)."""
+    from ssa.engine.runner import EngineConfig, run_engine
+    from ssa.masks import parse_amg
+    from ssa.progress import run_with_progress
+
+    try:
+        cfg = EngineConfig(
+            data_dir=data_dir,
+            out_dir=out_dir,
+            masks_dir=masks,
+            sam_model=sam_model,
+            sam_checkpoint=sam_checkpoint,
+            amg_preset=amg_preset,
+            amg=parse_amg(amg or []) if masks is None else {},
+            models={
+                "captioner": captioner,
+                "clip": clip,
+                "clipseg": clipseg,
+                "oneformer_ade": oneformer_ade,
+                "oneformer_coco": oneformer_coco,
+            },
+            light=light,
+            top_k=top_k,
+            batch_size=batch_size,
+            save_vis=save_vis,
+            device=device,
+            limit=limit,
+            use_spacy=not no_spacy,
+        )
+        summary = run_with_progress(cfg, console, runner=run_engine)
+    except SSAError as exc:
+        fail(exc)
+        return
+    if summary.failed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,8 +28,11 @@ class _Rate(TextColumn):
         return super().render(task) if speed is None else f"{speed:.2f} img/s"
 
 
-def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
-    """`pipeline.run` with a download bar, an image bar (done/total, images/s, ETA) and a summary."""
+def run_with_progress(
+    cfg: RunConfig | Any, console: Console, runner: Callable[..., RunSummary] | None = None
+) -> RunSummary:
+    """`pipeline.run` (or another `runner` with its signature, e.g. the engine's) with a download
+    bar, an image bar (done/total, images/s, ETA) and a summary."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -58,7 +64,7 @@ def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
                 )
             progress.advance(state["images"])
 
-        summary = run(cfg, on_start, on_image, on_download)
+        summary = (runner or run)(cfg, on_start, on_image, on_download)
     rate = summary.done / summary.seconds if summary.seconds else 0.0
     console.print(
         f"[bold green]done[/] {summary.done} labelled, {summary.skipped} skipped, "

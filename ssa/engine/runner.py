@@ -1,0 +1,200 @@
+"""`ssa engine` over a folder: list images, skip the done ones, get masks (SA-1B JSON files or
+SAM), name them, write `<stem>_semantic.json` (and `<stem>_vis.jpg`) mirroring each image's
+relative path under the output folder; a failing image is recorded and the run goes on."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssa import io
+from ssa.errors import SSAError
+from ssa.pipeline import ImageResult, RunSummary, is_done, output_paths, record_failure
+
+
+@dataclass
+class EngineConfig:
+    """Everything `ssa engine` needs. `models` maps roles (see `ssa.engine.models.ROLES`) to hub
+    ids or folders; missing roles take the (light) defaults."""
+
+    data_dir: Path | None = None
+    out_dir: Path | None = None
+    masks_dir: Path | None = None
+    sam_model: str = "vit_h"
+    sam_checkpoint: Path | None = None
+    amg_preset: str = "default"
+    amg: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str | None] = field(default_factory=dict)
+    light: bool = False
+    top_k: int = 3
+    batch_size: int = 16
+    save_vis: bool = False
+    device: str | None = None
+    limit: int | None = None
+    use_spacy: bool = True
+
+    def resolved_device(self) -> str:
+        from ssa.config import RunConfig
+
+        return RunConfig(device=self.device).resolved_device()
+
+
+def masks_file(masks_dir: Path, rel: Path) -> Path:
+    """The SA-1B JSON of image `rel`: `<masks_dir>/<rel parent>/<stem>.json`, else the flat
+    `<masks_dir>/<stem>.json` (SA-1B ships `sa_1.jpg` beside `sa_1.json`)."""
+    candidates = [
+        Path(masks_dir) / rel.parent / f"{rel.stem}.json",
+        Path(masks_dir) / f"{rel.stem}.json",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SSAError(
+        f"no masks for image {rel}: tried {candidates[0]}; add the file or remove the image"
+    )
+
+
+def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
+    from ssa.datasets import get_dataset
+
+    if cfg.data_dir is None:
+        raise SSAError("--data-dir is required; pass the folder of images")
+    root, rels = get_dataset("folder").list_images(Path(cfg.data_dir))
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise SSAError(f"--limit {cfg.limit} must be at least 1")
+        rels = rels[: cfg.limit]
+    if not rels:
+        raise SSAError(f"no images under {root}; check --data-dir")
+    return root, rels
+
+
+class EngineRun:
+    """The loaded mask source and labeller of a run: `process(root, rel)` does one image."""
+
+    def __init__(
+        self, cfg: EngineConfig, download_progress: Callable[[int, int | None], None] | None = None
+    ) -> None:
+        from ssa.engine.labeller import EngineLabeller
+        from ssa.engine.models import resolve_models
+
+        self.cfg = cfg
+        device = cfg.resolved_device()
+        models = resolve_models(cfg.models, cfg.light)
+        self.generator = None
+        settings: dict[str, Any] = {}
+        if cfg.masks_dir is None:
+            from ssa.masks import resolve_amg
+
+            settings = resolve_amg(cfg.amg_preset, cfg.amg)
+        elif not Path(cfg.masks_dir).is_dir():
+            raise SSAError(
+                f"--masks {cfg.masks_dir} is not a folder; pass the folder of SA-1B JSON files"
+            )
+        labeller = EngineLabeller(models, device, cfg.batch_size, cfg.top_k, cfg.use_spacy)
+        if cfg.masks_dir is None:
+            from ssa.masks import MaskGenerator, ensure_checkpoint, load_sam
+
+            checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
+            self.generator = MaskGenerator(load_sam(cfg.sam_model, checkpoint, device), **settings)
+        self.labeller = labeller
+        self.model_ids = models
+
+    def records(self, image: np.ndarray, rel: Path) -> list[dict[str, Any]]:
+        from ssa.masks import read_sa1b_json
+
+        if self.generator is not None:
+            return self.generator.generate(image)
+        return read_sa1b_json(masks_file(Path(self.cfg.masks_dir), rel))
+
+    def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> None:
+        """The overlay first, then the JSON last (it marks the image as done)."""
+        annotations = out["annotations"]
+        if self.cfg.save_vis:
+            write_engine_overlay(paths["vis"], image, out["masks"], annotations)
+        io.write_json(
+            paths["semantic"],
+            {
+                "image": {"height": image.shape[0], "width": image.shape[1]},
+                "annotations": annotations,
+                "engine": {"top_k": self.cfg.top_k, "models": self.model_ids},
+            },
+        )
+
+    def process(self, root: Path, rel: Path) -> ImageResult:
+        """Label and write one image; a failure is returned, not raised."""
+        start = time.perf_counter()
+        stage = "read"
+        try:
+            image = io.read_image(root / rel)
+            stage = "masks"
+            records = self.records(image, rel)
+            stage = "label"
+            out = self.labeller.label(image, records)
+            stage = "write"
+            self.write(out, output_paths(Path(self.cfg.out_dir), rel), image)
+        except (SSAError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, SSAError):
+                message = f"{type(exc).__name__}: {message}"
+                traceback.print_exc()
+            return ImageResult(rel, "failed", stage=stage, error=message,
+                               seconds=time.perf_counter() - start)
+        return ImageResult(rel, "done", num_masks=len(out["annotations"]),
+                           seconds=time.perf_counter() - start)
+
+
+def write_engine_overlay(
+    path: Path, image: np.ndarray, masks: np.ndarray, annotations: list[dict[str, Any]]
+) -> None:
+    """Masks painted (largest first) in one colour per distinct name, outlined and named."""
+    import torch
+
+    from ssa.datasets import default_palette
+    from ssa.voting import NO_CLASS, paint
+
+    names = [a["class_name"] for a in annotations]
+    vocab = sorted({n for n in names if n is not None})
+    ids = torch.tensor([vocab.index(n) if n is not None else NO_CLASS for n in names])
+    base = torch.full(image.shape[:2], 255, dtype=torch.int64)
+    label_map = paint(torch.from_numpy(masks), ids, base).numpy() if len(masks) else base.numpy()
+    io.write_overlay(path, image, label_map, default_palette(max(1, len(vocab))), masks, names)
+
+
+def run_engine(
+    cfg: EngineConfig,
+    on_start: Callable[[int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    download_progress: Callable[[int, int | None], None] | None = None,
+) -> RunSummary:
+    """Name the masks of every image that is not done yet (callbacks as in `pipeline.run`)."""
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    if cfg.top_k < 1:
+        raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
+    out_dir = Path(cfg.out_dir)
+    root, rels = list_engine_images(cfg)
+    todo = [rel for rel in rels if not is_done(out_dir, rel)]
+    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo))
+    engine = EngineRun(cfg, download_progress) if todo else None
+    if on_start:
+        on_start(len(rels), summary.skipped)
+    start = time.perf_counter()
+    for rel in todo:
+        result = engine.process(root, rel)
+        if result.status == "failed":
+            summary.failed.append(result)
+            record_failure(out_dir, result)
+        else:
+            summary.done += 1
+            summary.num_masks += result.num_masks
+        if on_image:
+            on_image(result)
+    summary.seconds = time.perf_counter() - start
+    return summary

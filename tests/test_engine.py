@@ -40,7 +40,8 @@ def bert_tokenizer():
 
 
 def _tower(tokens: int | None = None) -> dict:
-    cfg = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+    cfg = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+           "num_attention_heads": 2}
     if tokens is None:
         cfg.update(image_size=32, patch_size=8)
     else:
@@ -90,9 +91,11 @@ def save_tiny_models(root: Path) -> dict[str, str]:
     btok = bert_tokenizer()
     text = dict(_tower(len(btok)), encoder_hidden_size=32, bos_token_id=5, eos_token_id=3,
                 sep_token_id=3, pad_token_id=0, max_position_embeddings=40)
-    BlipForConditionalGeneration(BlipConfig(
+    blip = BlipForConditionalGeneration(BlipConfig(
         text_config=text, vision_config=_tower(), projection_dim=16
-    )).save_pretrained(paths["captioner"])
+    ))
+    blip.generation_config.max_new_tokens = 6  # random weights never stop by themselves
+    blip.save_pretrained(paths["captioner"])
     BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), btok).save_pretrained(
         paths["captioner"]
     )
@@ -221,11 +224,11 @@ def test_engine_batched_equals_one_mask_at_a_time(tiny_models, sa1b_folder):
 
     images, _, masks = sa1b_folder
     image = io.read_image(images / "city" / "frame.png")
-    labeller = EngineLabeller(tiny_models, "cpu", batch_size=4, top_k=3)
-    stack = torch.from_numpy(masks)
+    labeller = EngineLabeller(tiny_models, "cpu", batch_size=3, top_k=3)
+    stack = torch.from_numpy(masks[:3])
     close = labeller.close_set(image, stack)
     batched = labeller.name_masks(image, stack, close)
-    for i in range(len(masks)):
+    for i in range(len(stack)):
         single = labeller.name_masks(image, stack[i : i + 1], close[i : i + 1])
         assert single.proposals[0] == batched.proposals[i]
         assert single.names[0] == batched.names[i]
@@ -238,8 +241,8 @@ def test_engine_closeset_and_clipseg_match_brute_force(tiny_models, sa1b_folder)
     from transformers import AutoProcessor, CLIPSegForImageSegmentation
 
     from ssa import io
-    from ssa.engine.closeset import CloseSetVoter
     from ssa.engine.clipseg import ClipSegNamer
+    from ssa.engine.closeset import CloseSetVoter
 
     images, _, masks = sa1b_folder
     image = io.read_image(images / "city" / "frame.png")

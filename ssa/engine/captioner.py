@@ -9,11 +9,17 @@ import torch
 
 from ssa.engine.models import load
 
-MAX_NEW_TOKENS = 30
+# The original engine's captions were at most 20 tokens (transformers' default generation length).
+MAX_NEW_TOKENS = 20
 
 
 class Captioner:
-    """Unconditional image captions for batches of crops (`hwC uint8 RGB` each)."""
+    """Unconditional image captions for batches of crops (`hwC uint8 RGB` each).
+
+    Decoding is greedy, at most `max_new_tokens` of the model's generation config (saved with
+    the model) or else MAX_NEW_TOKENS. BLIP's text decoder ignores the outer model's generation
+    config, so the length is passed explicitly.
+    """
 
     def __init__(self, model_id: str, device: str = "cpu", batch_size: int = 16) -> None:
         from transformers import AutoProcessor, BlipForConditionalGeneration
@@ -24,6 +30,8 @@ class Captioner:
         self.processor = load("captioner", model_id, AutoProcessor.from_pretrained)
         self.model = load("captioner", model_id, BlipForConditionalGeneration.from_pretrained)
         self.model.to(self.device).eval()
+        config = getattr(self.model, "generation_config", None)
+        self.max_new_tokens = getattr(config, "max_new_tokens", None) or MAX_NEW_TOKENS
 
     @torch.inference_mode()
     def __call__(self, crops: Sequence[np.ndarray]) -> list[str]:
@@ -33,7 +41,8 @@ class Captioner:
             batch = [np.ascontiguousarray(c) for c in crops[i : i + self.batch_size]]
             inputs = self.processor(images=batch, return_tensors="pt").to(self.device)
             ids = self.model.generate(
-                pixel_values=inputs["pixel_values"], max_new_tokens=MAX_NEW_TOKENS, do_sample=False
+                pixel_values=inputs["pixel_values"], max_new_tokens=self.max_new_tokens,
+                do_sample=False,
             )
             captions += [c.strip() for c in self.processor.batch_decode(ids, skip_special_tokens=True)]
         return captions

@@ -297,3 +297,30 @@ def test_engine_noun_phrases_and_crops():
     # 2x about the centre (7, 3): half sizes 4 and 2 -> x 3..11, y 1..5; the second box clips.
     np.testing.assert_array_equal(enlarge(mask_boxes(masks), 2.0, 20, 10),
                                   [[3, 1, 11, 5], [0, 0, 20, 10]])
+
+
+def test_engine_with_sam_masks(tiny_models, sam_checkpoint, tmp_path):
+    """Without --masks, SAM (a tiny random one) makes the masks; each is named all the same."""
+    from PIL import Image
+
+    from ssa import io
+    from tests.conftest import KEEP_ALL
+
+    src = need(CITYSCAPES) / f"{CITY_STEM}_leftImg8bit.png"
+    images = tmp_path / "images"
+    images.mkdir()
+    with Image.open(src) as img:  # downscaled: the test is about the flow, not the pixels
+        img.convert("RGB").resize((128, 64)).save(images / "small.png")
+    amg = [f"--amg={k}={v}" for k, v in {"points_per_side": 2, **KEEP_ALL}.items()]
+    out = tmp_path / "out"
+    result = run_cli(["engine", "--data-dir", str(images), "--out-dir", str(out), "--sam-model",
+                      "vit_b", "--sam-checkpoint", str(sam_checkpoint), *amg, "--top-k", "2",
+                      "--device", "cpu", *model_args(tiny_models)])
+    assert result.exit_code == 0, result.output
+    anns = json.loads((out / "small_semantic.json").read_text())["annotations"]
+    assert anns
+    for ann in anns:
+        assert len(ann["class_proposals"]) == 2 and ann["class_name"] in ann["class_proposals"]
+        assert {"bbox", "area", "predicted_iou", "stability_score", "point_coords",
+                "crop_box"} <= ann.keys()
+        assert io.decode_rle(ann["segmentation"]).shape == (64, 128)

@@ -44,5 +44,6 @@ class Captioner:
                 pixel_values=inputs["pixel_values"], max_new_tokens=self.max_new_tokens,
                 do_sample=False,
             )
-            captions += [c.strip() for c in self.processor.batch_decode(ids, skip_special_tokens=True)]
+            texts = self.processor.batch_decode(ids, skip_special_tokens=True)
+            captions += [t.strip() for t in texts]
         return captions

@@ -64,7 +64,8 @@ class ClipSegNamer:
                 torch.tensor(counts, device=self.device),
             )
             prompt_ids = torch.tensor(
-                [index[p] for i in chunk for p in proposals[i]], device=self.device, dtype=torch.long
+                [index[p] for i in chunk for p in proposals[i]],
+                device=self.device, dtype=torch.long,
             )
             if len(prompt_ids) == 0:
                 out += [torch.zeros(0, 1, 1) for _ in chunk]

@@ -39,19 +39,23 @@ def bert_tokenizer():
     return BertTokenizer(vocab={w: i for i, w in enumerate(words)}, bos_token="[DEC]")
 
 
-def _tower(tokens: int | None = None) -> dict:
-    cfg = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+def _tower(tokens: int | None = None, width: int = 32, layers: int = 2, image: int = 32) -> dict:
+    cfg = {"hidden_size": width, "intermediate_size": width + 5, "num_hidden_layers": layers,
            "num_attention_heads": 2}
     if tokens is None:
-        cfg.update(image_size=32, patch_size=8)
+        cfg.update(image_size=image, patch_size=8)
     else:
         cfg.update(vocab_size=tokens, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                    pad_token_id=1)
     return cfg
 
 
-def save_tiny_models(root: Path) -> dict[str, str]:
-    """Tiny random models of the five roles, each in a save_pretrained folder."""
+def save_tiny_models(
+    root: Path, width: int = 32, layers: int = 2, image: int = 32
+) -> dict[str, str]:
+    """Tiny random models of the five roles, each in a save_pretrained folder. `width`, `layers`
+    and `image` (input side) size the BLIP, CLIP and CLIPSeg towers (the benchmark makes them
+    larger)."""
     from transformers import (
         BlipConfig,
         BlipForConditionalGeneration,
@@ -75,28 +79,31 @@ def save_tiny_models(root: Path) -> dict[str, str]:
     ctok = clip_tokenizer()
     paths = {role: root / role for role in
              ("captioner", "clip", "clipseg", "oneformer_ade", "oneformer_coco")}
-    CLIPModel(CLIPConfig(text_config=_tower(len(ctok)), vision_config=_tower(),
+    text_tower, vision_tower = _tower(len(ctok), width, layers), _tower(None, width, layers, image)
+    CLIPModel(CLIPConfig(text_config=text_tower, vision_config=vision_tower,
                          projection_dim=16)).save_pretrained(paths["clip"])
     CLIPProcessor(
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), ctok
+        CLIPImageProcessor(size={"shortest_edge": image},
+                           crop_size={"height": image, "width": image}), ctok
     ).save_pretrained(paths["clip"])
     CLIPSegForImageSegmentation(CLIPSegConfig(
-        text_config=_tower(len(ctok)), vision_config=_tower(), projection_dim=16, reduce_dim=8,
+        text_config=text_tower, vision_config=vision_tower, projection_dim=16, reduce_dim=8,
         extract_layers=[1], decoder_num_attention_heads=2, decoder_intermediate_size=16,
     )).save_pretrained(paths["clipseg"])
     CLIPSegProcessor(
-        image_processor=CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False),
+        image_processor=CLIPImageProcessor(size={"height": image, "width": image},
+                                           do_center_crop=False),
         tokenizer=ctok,
     ).save_pretrained(paths["clipseg"])
     btok = bert_tokenizer()
-    text = dict(_tower(len(btok)), encoder_hidden_size=32, bos_token_id=5, eos_token_id=3,
-                sep_token_id=3, pad_token_id=0, max_position_embeddings=40)
+    text = dict(_tower(len(btok), width, layers), encoder_hidden_size=width, bos_token_id=5,
+                eos_token_id=3, sep_token_id=3, pad_token_id=0, max_position_embeddings=40)
     blip = BlipForConditionalGeneration(BlipConfig(
-        text_config=text, vision_config=_tower(), projection_dim=16
+        text_config=text, vision_config=_tower(None, width, layers, image), projection_dim=16
     ))
     blip.generation_config.max_new_tokens = 6  # random weights never stop by themselves
     blip.save_pretrained(paths["captioner"])
-    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), btok).save_pretrained(
+    BlipProcessor(BlipImageProcessor(size={"height": image, "width": image}), btok).save_pretrained(
         paths["captioner"]
     )
     for role, names in (("oneformer_ade", ADE_NAMES), ("oneformer_coco", COCO_NAMES)):

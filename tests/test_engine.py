@@ -222,6 +222,10 @@ def test_engine_resumes_and_reports_bad_models(tiny_models, sa1b_folder, tmp_pat
     assert result.exit_code == 1
     assert "--clip" in result.output and "no-such-clip" in result.output
     assert "Traceback" not in result.output
+    (tmp_path / "empty").mkdir()  # a folder without a model: the loader's error, in one line
+    result = run_cli([*base, *model_args(dict(tiny_models, clipseg=str(tmp_path / "empty")))])
+    assert result.exit_code == 1 and "cannot load --clipseg" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_engine_batched_equals_one_mask_at_a_time(tiny_models, sa1b_folder):

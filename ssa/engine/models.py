@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ssa.errors import SSAError
@@ -36,24 +37,38 @@ def option_name(role: str) -> str:
     return "--" + role.replace("_", "-")
 
 
+def looks_like_path(model_id: str) -> bool:
+    """A local folder rather than a hub id (`owner/name`)."""
+    return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or "\\" in model_id
+
+
 def resolve_models(overrides: dict[str, str | None], light: bool = False) -> dict[str, str]:
-    """The model id of every role: the given one, else the (light) default."""
+    """The model id of every role: the given one, else the (light) default. A path that does
+    not exist is refused here, before any model is loaded."""
     unknown = set(overrides) - set(ROLES)
     if unknown:
         raise SSAError(f"unknown engine model role(s) {sorted(unknown)}; valid: {', '.join(ROLES)}")
     defaults = LIGHT_MODELS if light else DEFAULT_MODELS
-    return {role: overrides.get(role) or defaults[role] for role in ROLES}
+    models = {role: overrides.get(role) or defaults[role] for role in ROLES}
+    for role, model_id in models.items():
+        if looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+            raise SSAError(
+                f"{option_name(role)} {model_id}: no such folder; pass a folder saved with "
+                f"save_pretrained (model and processor) or a hub id such as {defaults[role]}"
+            )
+    return models
 
 
 def load_error(role: str, model_id: str, exc: BaseException) -> SSAError:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if len(first) > 200:
         first = first[:200] + "..."
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    where = "it is not in the local cache (HF_HUB_OFFLINE=1)" if offline else "no hub access?"
+    hint = ""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        hint = "; offline (HF_HUB_OFFLINE=1) only cached ids and local folders load"
     return SSAError(
-        f"cannot load {option_name(role)} {model_id} ({first}); {where} pass a hub id or a "
-        f"local folder holding the model and its processor (save_pretrained both); offline, "
+        f"cannot load {option_name(role)} {model_id} ({first}); pass a hub id or a local folder "
+        f"holding the model and its processor (save_pretrained both){hint}; without hub access, "
         f"download {model_id} elsewhere and pass {option_name(role)} <folder>"
     )
 

@@ -27,12 +27,17 @@ def clean_class_name(name: str) -> str:
     return re.sub(r"[-_]+", " ", name).strip()
 
 
-def soft_mean(masks: torch.Tensor, probs: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+# Cap on mask elements cast to float at once (about 128 MB of float32).
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def soft_mean(masks: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Mean class probability over each mask: `(N, H, W) bool`, `(C, H, W)` -> `(N, C) float32`
     (an empty mask gets the image's mean, so it still has candidates)."""
     num = masks.shape[0]
     flat_probs = probs.reshape(probs.shape[0], -1).float()
     out = torch.zeros(num, probs.shape[0], device=probs.device)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, flat_probs.shape[1]))
     for i in range(0, num, chunk):
         flat = masks[i : i + chunk].reshape(-1, flat_probs.shape[1]).to(flat_probs.dtype)
         area = flat.sum(dim=1, keepdim=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = None,
 ) -> None:
@@ -43,11 +43,20 @@ def fail(exc: Exception) -> None:
 
 
 DatasetOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+]
+
+GtDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="folder only: ground truth, <stem>.png class indices (255 = ignore) mirroring the "
+        "images' relative paths.",
+        rich_help_panel="Evaluation",
+    ),
 ]
 
 
@@ -56,31 +65,31 @@ def run(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
     ] = None,
     split: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
     ] = None,
     limit: Annotated[
-        Optional[int], typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
     ] = None,
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="YAML config (configs/<name>.yaml); flags override it."),
     ] = None,
     sam_model: Annotated[
-        Optional[str], typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str | None, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = None,
     sam_checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
             rich_help_panel="Mask branch",
         ),
     ] = None,
     amg_preset: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="ssa (the original SSA settings; default for ade20k/cityscapes) | default "
             "(the library's defaults).",
@@ -88,38 +97,96 @@ def run(
         ),
     ] = None,
     amg: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
             rich_help_panel="Mask branch",
         ),
     ] = None,
-    segmentor: Annotated[
-        Optional[str],
+    masks: Annotated[
+        Path | None,
         typer.Option(
-            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            help="Read SA-1B-style <stem>.json masks from this folder (mirroring the images' "
+            "relative paths) instead of running SAM.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    segmentor: Annotated[
+        str | None,
+        typer.Option(
+            help="hf:<hub id or folder> | py:<module or file.py>:<factory> | labels:<folder> | "
+            "plugin:<name> | a short name (segformer-b5-ade, oneformer-ade-swin-l, ...). "
+            "Default: the dataset's Segformer-B5.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
+    segmentor_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    vote: Annotated[
+        str | None,
+        typer.Option(
+            help="hard (the SSA rule: top-1 of the branch's labels) | soft (highest mean "
+            "probability; needs scores).",
+            rich_help_panel="Voting",
+        ),
+    ] = None,
+    min_vote_share: Annotated[
+        float | None,
+        typer.Option(
+            help="A mask whose class holds less than this share of its pixels keeps the "
+            "branch's labels (0 = off).",
+            rich_help_panel="Voting",
+        ),
+    ] = None,
     top_k: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting"),
     ] = None,
     save_branch: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--save-branch", help="Also write the branch's own <stem>_branch.png."),
     ] = None,
     save_vis: Annotated[
-        Optional[bool], typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
+        bool | None, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = None,
     device: Annotated[
-        Optional[str], typer.Option(help="cuda | cpu (default: cuda when available).")
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
+    evaluate: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval",
+            help="Score the outputs once every image is done (table + <out-dir>/eval.json).",
+            rich_help_panel="Evaluation",
+        ),
+    ] = None,
+    gt_dir: GtDirOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
+    from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
+    from ssa.segmentors.spec import parse_segmentor_args
 
     try:
         file_values = config_mod.load_yaml(config) if config else {}
@@ -135,14 +202,34 @@ def run(
             "sam_checkpoint": sam_checkpoint,
             "amg_preset": amg_preset,
             "amg": parse_amg(amg or []) or None,
+            "masks": masks,
             "segmentor": segmentor,
+            "segmentor_args": parse_segmentor_args(segmentor_arg or []) or None,
+            "classes": classes,
+            "label_map": label_map,
+            "vote": vote,
+            "min_vote_share": min_vote_share,
             "top_k": top_k,
             "save_branch": save_branch,
             "save_vis": save_vis,
             "device": device,
+            "evaluate": evaluate,
+            "gt_dir": gt_dir,
         }
         cfg = config_mod.build_config(file_values, cli_values)
+        check_run_eval(cfg)
         summary = run_with_progress(cfg, console)
+        if cfg.evaluate and summary.failed:
+            console.print(
+                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
+                f"score the rest with `ssa eval --allow-missing`",
+                highlight=False,
+            )
+        elif cfg.evaluate:
+            from ssa.evaluate import EVAL_JSON, plan_run_eval
+            from ssa.report import evaluate_with_progress
+
+            evaluate_with_progress(plan_run_eval(cfg), console, cfg.out_dir / EVAL_JSON)
     except SSAError as exc:
         fail(exc)
         return
@@ -150,15 +237,190 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command("eval")
+def eval_(
+    dataset: Annotated[
+        str,
+        typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    ],
+    pred_dir: Annotated[
+        Path,
+        typer.Option(help="The --out-dir of `ssa run` (<stem>_semantic.png files).",
+                     rich_help_panel="Data"),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
+    ] = None,
+    gt_dir: GtDirOpt = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder only: class names, one per line (or a JSON list); default: the "
+            "'class_names' of the predictions' <stem>_semantic.json.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON (percent).")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per class as CSV (percent).")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Count images without a prediction as all wrong."),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
+    ] = None,
+) -> None:
+    """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
+    from ssa.evaluate import plan_eval
+    from ssa.report import evaluate_with_progress
+
+    try:
+        if workers is not None and workers < 1:
+            raise SSAError(f"--workers {workers} must be at least 1")
+        plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
+                         allow_missing=allow_missing)
+        evaluate_with_progress(plan, console, json_out, csv_out, workers)
+    except SSAError as exc:
+        fail(exc)
+
+
+def _parse_xy(raw: str, flag: str, count: int, example: str) -> list[float]:
+    parts = raw.replace(" ", "").split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        form, sample = example.split()
+        raise SSAError(f"{flag} {raw!r} is not {form}; write e.g. {flag} {sample}")
+    return values
+
+
+def _print_prediction(records: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="ssa predict: whole -> part -> subpart")
+    for column in ("granularity", "area", "predicted IoU", "class_name", "top proposals"):
+        table.add_column(column, justify="right" if column in ("area", "predicted IoU") else "left")
+    for r in records:
+        props = ", ".join(
+            f"{n} {s:.0%}" for n, s in zip(r["class_proposals"], r["proposal_shares"])
+        )
+        table.add_row(
+            r["granularity"], str(r["area"]), f"{r['predicted_iou']:.3f}",
+            r["class_name"] or "-", props or "-",
+        )
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    image: Annotated[Path, typer.Argument(help="The image to prompt (any PIL-readable file).")],
+    point: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A foreground click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A background click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(help="A box X0,Y0,X1,Y1 in pixels.", rich_help_panel="Prompt"),
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="ade20k | cityscapes | foggy_driving | folder: the class names and default "
+            "segmentor (folder: the segmentor's own names).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = "folder",
+    sam_model: Annotated[
+        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+    ] = "vit_h",
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    segmentor: Annotated[
+        str | None,
+        typer.Option(
+            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting")
+    ] = 3,
+    device: Annotated[
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the three masks as JSON (COCO RLE) here."),
+    ] = None,
+    save_vis: Annotated[
+        Path | None, typer.Option("--save-vis", help="Write an overlay JPEG here.")
+    ] = None,
+) -> None:
+    """Click or box -> SAM's three masks (whole, part, subpart), each with a semantic label."""
+    from ssa.config import RunConfig
+    from ssa.io import read_image, write_json
+    from ssa.predictor import build_predictor, check_prompt
+
+    try:
+        pos = [_parse_xy(p, "--point", 2, "X,Y 120,80") for p in point or []]
+        neg = [_parse_xy(p, "--negative", 2, "X,Y 120,80") for p in negative or []]
+        box_xyxy = _parse_xy(box, "--box", 4, "X0,Y0,X1,Y1 10,20,200,150") if box else None
+        array = read_image(image)
+        points = pos + neg or None
+        labels = [1] * len(pos) + [0] * len(neg) if points else None
+        # Check the prompt against the image before any model loads.
+        check_prompt(points, labels, box_xyxy, array.shape[:2])
+        cfg = RunConfig(
+            dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
+            segmentor=segmentor, device=device, top_k=top_k,
+        )
+        predictor = build_predictor(cfg)
+        predictor.set_image(array)
+        records = predictor.predict(points=points, labels=labels, box=box_xyxy)
+        _print_prediction(records)
+        if json_path is not None:
+            prompt = {"points": points or [], "point_labels": labels or [], "box": box_xyxy}
+            write_json(json_path, predictor.to_json(records, prompt))
+            console.print(f"wrote {json_path}")
+        if save_vis is not None:
+            predictor.write_overlay(save_vis, records)
+            console.print(f"wrote {save_vis}")
+    except SSAError as exc:
+        fail(exc)
+
+
 
 @app.command()
 def engine(
     data_dir: DataDirOpt = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
     ] = None,
     masks: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Folder of SA-1B-style JSON masks (<stem>.json per image, mirroring its path "
             "or flat); without it SAM makes the masks.",
@@ -166,13 +428,13 @@ def engine(
         ),
     ] = None,
     limit: Annotated[
-        Optional[int], typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
     ] = None,
     sam_model: Annotated[
         str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = "vit_h",
     sam_checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
             rich_help_panel="Mask branch",
@@ -182,7 +444,7 @@ def engine(
         str, typer.Option(help="default | ssa", rich_help_panel="Mask branch")
     ] = "default",
     amg: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
             rich_help_panel="Mask branch",
@@ -201,26 +463,26 @@ def engine(
         ),
     ] = False,
     captioner: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="BLIP captioner: hub id or folder.", rich_help_panel="Engine models"),
     ] = None,
     clip: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="CLIP: hub id or folder.", rich_help_panel="Engine models"),
     ] = None,
     clipseg: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="CLIPSeg: hub id or folder.", rich_help_panel="Engine models"),
     ] = None,
     oneformer_ade: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="OneFormer with ADE20K classes: hub id or folder.",
             rich_help_panel="Engine models",
         ),
     ] = None,
     oneformer_coco: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="OneFormer with COCO classes: hub id or folder.",
             rich_help_panel="Engine models",
@@ -240,7 +502,7 @@ def engine(
         bool, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = False,
     device: Annotated[
-        Optional[str], typer.Option(help="cuda | cpu (default: cuda when available).")
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
 ) -> None:
     """Name every mask of a folder of images with free-form words (the SSA engine)."""

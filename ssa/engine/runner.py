@@ -45,21 +45,6 @@ class EngineConfig:
         return RunConfig(device=self.device).resolved_device()
 
 
-def masks_file(masks_dir: Path, rel: Path) -> Path:
-    """The SA-1B JSON of image `rel`: `<masks_dir>/<rel parent>/<stem>.json`, else the flat
-    `<masks_dir>/<stem>.json` (SA-1B ships `sa_1.jpg` beside `sa_1.json`)."""
-    candidates = [
-        Path(masks_dir) / rel.parent / f"{rel.stem}.json",
-        Path(masks_dir) / f"{rel.stem}.json",
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise SSAError(
-        f"no masks for image {rel}: tried {candidates[0]}; add the file or remove the image"
-    )
-
-
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
     from ssa.datasets import get_dataset
 
@@ -87,16 +72,16 @@ class EngineRun:
         self.cfg = cfg
         device = cfg.resolved_device()
         models = resolve_models(cfg.models, cfg.light)
-        self.generator = None
         settings: dict[str, Any] = {}
         if cfg.masks_dir is None:
             from ssa.masks import resolve_amg
 
             settings = resolve_amg(cfg.amg_preset, cfg.amg)
-        elif not Path(cfg.masks_dir).is_dir():
-            raise SSAError(
-                f"--masks {cfg.masks_dir} is not a folder; pass the folder of SA-1B JSON files"
-            )
+            self.json_masks = None
+        else:
+            from ssa.masks import JsonMasks
+
+            self.json_masks = JsonMasks(cfg.masks_dir)
         labeller = EngineLabeller(models, device, cfg.batch_size, cfg.top_k, cfg.use_spacy)
         if cfg.masks_dir is None:
             from ssa.masks import MaskGenerator, ensure_checkpoint, load_sam
@@ -107,11 +92,10 @@ class EngineRun:
         self.model_ids = models
 
     def records(self, image: np.ndarray, rel: Path) -> list[dict[str, Any]]:
-        from ssa.masks import read_sa1b_json
-
-        if self.generator is not None:
-            return self.generator.generate(image)
-        return read_sa1b_json(masks_file(Path(self.cfg.masks_dir), rel))
+        """SAM's records, or those of the image's SA-1B JSON (`segmentation` as `HW bool`)."""
+        if self.json_masks is not None:
+            return self.json_masks.generate(image, path=rel)
+        return self.generator.generate(image)
 
     def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> None:
         """The overlay first, then the JSON last (it marks the image as done)."""

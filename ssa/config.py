@@ -28,6 +28,7 @@ class RunConfig:
     top_k: int = 3
     save_branch: bool = False
     save_vis: bool = False
+    overwrite: bool = False  # redo images that are done (their JSON exists and parses)
 
     def resolved_device(self) -> str:
         import torch

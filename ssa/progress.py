@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,7 +19,10 @@ from rich.progress import (
 )
 
 from ssa.config import RunConfig
+from ssa.distributed import Group, RankInfo, rank_device
 from ssa.pipeline import FAILURES_FILE, ImageResult, RunSummary, run
+
+LOG_EVERY_S = 30.0  # how often ranks other than 0 log their count
 
 
 class _Rate(TextColumn):
@@ -25,8 +34,25 @@ class _Rate(TextColumn):
         return super().render(task) if speed is None else f"{speed:.2f} img/s"
 
 
-def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
-    """`pipeline.run` with a download bar, an image bar (done/total, images/s, ETA) and a summary."""
+def run_with_progress(cfg: RunConfig, console: Console, info: RankInfo | None = None) -> RunSummary:
+    """`pipeline.run` for one rank (or the only process) with the progress this rank shows.
+
+    Rank 0 shows a download bar, an image bar of every rank's images (done/total, images/s,
+    ETA) and the summary of all ranks; the other ranks log plain lines to stderr (start,
+    failures, every LOG_EVERY_S seconds, end), so one terminal shared by the ranks holds one
+    bar.
+    """
+    info = info or RankInfo()
+    cfg.device = rank_device(cfg.resolved_device(), info)
+    with Group(info, cfg.device) as group:
+        if not info.is_main:
+            return run(cfg, *_rank_logger(info), group=group)
+        summary = _run_with_bar(cfg, console, group)
+    _print_summary(cfg, console, summary)
+    return summary
+
+
+def _run_with_bar(cfg: RunConfig, console: Console, group: Group) -> RunSummary:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,16 +65,25 @@ def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
         transient=False,
     ) as progress:
         state: dict[str, int] = {}
+        stop = threading.Event()
+        ranks = group.info.world_size
 
         def on_download(done: int, total: int | None) -> None:
             if "download" not in state:
                 state["download"] = progress.add_task("download SAM checkpoint", total=total)
             progress.update(state["download"], completed=done)
 
-        def on_start(total: int, skipped: int) -> None:
+        def poll() -> None:  # every rank's count, from the group's store (no collective)
+            while not stop.wait(0.5):
+                progress.update(state["images"], completed=group.count("processed"))
+
+        def on_start(total: int, skipped: int, mine: int) -> None:
             if skipped:
                 console.print(f"{skipped} of {total} images already done; skipping them")
-            state["images"] = progress.add_task("label", total=total - skipped)
+            label = "label" if ranks == 1 else f"label ({ranks} workers)"
+            state["images"] = progress.add_task(label, total=total - skipped)
+            if ranks > 1:
+                threading.Thread(target=poll, daemon=True).start()
 
         def on_image(result: ImageResult) -> None:
             if result.status == "failed":
@@ -56,23 +91,63 @@ def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
                     f"[yellow]failed[/] {result.rel} ({result.stage}): {result.error}",
                     highlight=False,
                 )
-            progress.advance(state["images"])
+            if ranks == 1:
+                progress.advance(state["images"])
 
-        summary = run(cfg, on_start, on_image, on_download)
+        try:
+            summary = run(cfg, on_start, on_image, on_download, group=group)
+        finally:
+            stop.set()
+        if "images" in state:
+            progress.update(state["images"], completed=summary.done + len(summary.failed))
+    return summary
+
+
+def _rank_logger(info: RankInfo) -> tuple[Callable[..., None], Callable[[ImageResult], None]]:
+    """on_start and on_image callbacks that log plain `[rank r]` lines to stderr."""
+    state = {"mine": 0, "seen": 0, "failed": 0, "last": time.monotonic(), "start": 0.0}
+
+    def log(message: str) -> None:
+        print(f"[rank {info.rank}/{info.world_size}] {message}", file=sys.stderr, flush=True)
+
+    def on_start(total: int, skipped: int, mine: int) -> None:
+        state["mine"], state["start"] = mine, time.monotonic()
+        log(f"{mine} images to label (of {total}; {skipped} already done)")
+
+    def on_image(result: ImageResult) -> None:
+        state["seen"] += 1
+        if result.status == "failed":
+            state["failed"] += 1
+            log(f"failed {result.rel} ({result.stage}): {result.error}")
+        now = time.monotonic()
+        if state["seen"] == state["mine"]:
+            log(f"finished {state['seen']} images, {state['failed']} failed, "
+                f"{now - state['start']:.1f} s")
+        elif now - state["last"] >= LOG_EVERY_S:
+            state["last"] = now
+            log(f"{state['seen']}/{state['mine']} images, {state['failed']} failed")
+
+    return on_start, on_image
+
+
+def _print_summary(cfg: RunConfig, console: Console, summary: RunSummary) -> None:
+    if summary.removed_temps:
+        console.print(
+            f"removed {summary.removed_temps} temporary files an interrupted run had left",
+            highlight=False,
+        )
     rate = summary.done / summary.seconds if summary.seconds else 0.0
     console.print(
-        f"[bold green]done[/] {summary.done} labelled, {summary.skipped} skipped, "
+        f"[bold green]done[/] {summary.done} labelled, {summary.skipped} skipped (already done), "
         f"{len(summary.failed)} failed of {summary.total} images; {summary.num_masks} masks; "
         f"{summary.seconds:.1f} s ({rate:.2f} img/s) -> {cfg.out_dir}",
         highlight=False,
     )
     if summary.failed:
-        names = ", ".join(str(f.rel) for f in summary.failed[:5])
-        more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
+        names = ", ".join(str(f.rel) for f in summary.failed[:10])
+        more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
         console.print(
             f"[bold red]{len(summary.failed)} failed:[/] {names}{more} "
-            f"(see {cfg.out_dir}/{FAILURES_FILE})",
+            f"(see {Path(cfg.out_dir or '.') / FAILURES_FILE}; a rerun retries them)",
             highlight=False,
         )
-    return summary
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = None,
 ) -> None:
@@ -43,11 +43,11 @@ def fail(exc: Exception) -> None:
 
 
 DatasetOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
 ]
 
 
@@ -56,31 +56,31 @@ def run(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
     ] = None,
     split: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
     ] = None,
     limit: Annotated[
-        Optional[int], typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
     ] = None,
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="YAML config (configs/<name>.yaml); flags override it."),
     ] = None,
     sam_model: Annotated[
-        Optional[str], typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str | None, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = None,
     sam_checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
             rich_help_panel="Mask branch",
         ),
     ] = None,
     amg_preset: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="ssa (the original SSA settings; default for ade20k/cityscapes) | default "
             "(the library's defaults).",
@@ -88,32 +88,32 @@ def run(
         ),
     ] = None,
     amg: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
             rich_help_panel="Mask branch",
         ),
     ] = None,
     segmentor: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     top_k: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting"),
     ] = None,
     save_branch: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--save-branch", help="Also write the branch's own <stem>_branch.png."),
     ] = None,
     save_vis: Annotated[
-        Optional[bool], typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
+        bool | None, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = None,
     device: Annotated[
-        Optional[str], typer.Option(help="cuda | cpu (default: cuda when available).")
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
     overwrite: Annotated[
         bool | None,
@@ -206,6 +206,126 @@ def worker() -> None:
         return
     if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
+
+
+def _parse_xy(raw: str, flag: str, count: int, example: str) -> list[float]:
+    parts = raw.replace(" ", "").split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        form, sample = example.split()
+        raise SSAError(f"{flag} {raw!r} is not {form}; write e.g. {flag} {sample}")
+    return values
+
+
+def _print_prediction(records: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="ssa predict: whole -> part -> subpart")
+    for column in ("granularity", "area", "predicted IoU", "class_name", "top proposals"):
+        table.add_column(column, justify="right" if column in ("area", "predicted IoU") else "left")
+    for r in records:
+        props = ", ".join(
+            f"{n} {s:.0%}" for n, s in zip(r["class_proposals"], r["proposal_shares"])
+        )
+        table.add_row(
+            r["granularity"], str(r["area"]), f"{r['predicted_iou']:.3f}",
+            r["class_name"] or "-", props or "-",
+        )
+    Console().print(table)
+
+
+@app.command()
+def predict(
+    image: Annotated[Path, typer.Argument(help="The image to prompt (any PIL-readable file).")],
+    point: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A foreground click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A background click X,Y in pixels; repeatable.", rich_help_panel="Prompt"
+        ),
+    ] = None,
+    box: Annotated[
+        str | None,
+        typer.Option(help="A box X0,Y0,X1,Y1 in pixels.", rich_help_panel="Prompt"),
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="ade20k | cityscapes | foggy_driving | folder: the class names and default "
+            "segmentor (folder: the segmentor's own names).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = "folder",
+    sam_model: Annotated[
+        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+    ] = "vit_h",
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    segmentor: Annotated[
+        str | None,
+        typer.Option(
+            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting")
+    ] = 3,
+    device: Annotated[
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the three masks as JSON (COCO RLE) here."),
+    ] = None,
+    save_vis: Annotated[
+        Path | None, typer.Option("--save-vis", help="Write an overlay JPEG here.")
+    ] = None,
+) -> None:
+    """Click or box -> SAM's three masks (whole, part, subpart), each with a semantic label."""
+    from ssa.config import RunConfig
+    from ssa.io import read_image, write_json
+    from ssa.predictor import build_predictor, check_prompt
+
+    try:
+        pos = [_parse_xy(p, "--point", 2, "X,Y 120,80") for p in point or []]
+        neg = [_parse_xy(p, "--negative", 2, "X,Y 120,80") for p in negative or []]
+        box_xyxy = _parse_xy(box, "--box", 4, "X0,Y0,X1,Y1 10,20,200,150") if box else None
+        array = read_image(image)
+        points = pos + neg or None
+        labels = [1] * len(pos) + [0] * len(neg) if points else None
+        # Check the prompt against the image before any model loads.
+        check_prompt(points, labels, box_xyxy, array.shape[:2])
+        cfg = RunConfig(
+            dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
+            segmentor=segmentor, device=device, top_k=top_k,
+        )
+        predictor = build_predictor(cfg)
+        predictor.set_image(array)
+        records = predictor.predict(points=points, labels=labels, box=box_xyxy)
+        _print_prediction(records)
+        if json_path is not None:
+            prompt = {"points": points or [], "point_labels": labels or [], "box": box_xyxy}
+            write_json(json_path, predictor.to_json(records, prompt))
+            console.print(f"wrote {json_path}")
+        if save_vis is not None:
+            predictor.write_overlay(save_vis, records)
+            console.print(f"wrote {save_vis}")
+    except SSAError as exc:
+        fail(exc)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,11 @@ def amg_knobs() -> dict[str, inspect.Parameter]:
 
 def _parse_knob_value(key: str, raw: str, param: inspect.Parameter) -> Any:
     default = param.default
-    if raw.lower() in ("none", "null") and default is None:
+    annotation = param.annotation
+    optional = default is None or type(None) in getattr(annotation, "__args__", ()) or (
+        isinstance(annotation, str) and "Optional" in annotation
+    )
+    if raw.lower() in ("none", "null") and optional:
         return None
     kind = type(default) if default is not None else int  # Optional[int] knobs (points_per_side)
     try:
@@ -287,7 +291,7 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
         )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise SSAError(
             f"cannot load SAM checkpoint {checkpoint} ({type(exc).__name__}); pass a SAM .pth "
             f"state dict (re-download it if it is truncated)"

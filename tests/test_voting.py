@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import ADE20K_FULL, need
+
 from ssa.voting import NO_CLASS, paint, vote
 
 
@@ -112,7 +112,7 @@ def test_random_against_brute_force(seed):
 
 
 def test_chunked_paint_matches(monkeypatch):
-    import ssa.voting as voting
+    from ssa import voting
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=(20, 20))

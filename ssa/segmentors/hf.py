@@ -171,11 +171,15 @@ class HFSegmentor:
                 total[..., y : y + win_h, xx : xx + win_w] += s
                 hits[..., y : y + win_h, xx : xx + win_w] += 1
         mean = total / hits
+        del total
         full = F.interpolate(mean, size=(height, width), mode="bilinear", align_corners=False)[0]
-        if self.universal:
-            # Class mass from (class prob x mask prob) summed over queries: normalise per pixel.
-            return full / full.sum(dim=0, keepdim=True).clamp_min(1e-12)
-        return full.softmax(dim=0)
+        # In place: at full resolution a 150-class map of a 2200x1467 image is 1.9 GB.
+        if not self.universal:
+            full -= full.amax(dim=0, keepdim=True)
+            full.exp_()
+        # Universal models give class mass (class prob x mask prob summed over queries).
+        full /= full.sum(dim=0, keepdim=True).clamp_min_(1e-12)
+        return full
 
 
 def is_local_folder(model_id: str) -> bool:

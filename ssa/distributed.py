@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,6 +147,8 @@ class Group:
             init_method="env://",
             rank=self.info.rank,
             world_size=self.info.world_size,
+            # The collectives wait for the slowest rank's start-up (listing, clean-up, checks).
+            timeout=timedelta(minutes=60),
         )
         try:
             from torch.distributed.distributed_c10d import _get_default_store

@@ -333,8 +333,24 @@ def check_run(cfg: RunConfig) -> None:
     spec = get_dataset(cfg.dataset)
     if (cfg.segmentor or spec.default_segmentor) is None:
         raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
-    if cfg.sam_checkpoint is not None and not Path(cfg.sam_checkpoint).is_file():
-        raise SSAError(f"--sam-checkpoint {cfg.sam_checkpoint} does not exist; pass a SAM .pth file")
+    if cfg.sam_checkpoint is not None:
+        from ssa.masks import ensure_checkpoint
+
+        ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint)  # an explicit path: checks it exists
+
+
+def _check_same_images(rels: list[Path], group: Group) -> None:
+    """Every rank lists the images itself; shares are only disjoint when the lists agree."""
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(r.as_posix() for r in rels).encode()).hexdigest()
+    seen = group.all_gather_object((len(rels), digest))
+    if len(set(seen)) > 1:
+        counts = ", ".join(f"rank {r}: {n}" for r, (n, _) in enumerate(seen))
+        raise SSAError(
+            f"the ranks see different image lists ({counts} images); put --data-dir on a "
+            f"filesystem every machine sees at the same path"
+        )
 
 
 def _done_flags(out_dir: Path, rels: list[Path], group: Group, overwrite: bool) -> list[bool]:
@@ -380,7 +396,8 @@ def run(
     removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
     if info.is_main:  # every image not done is tried again: the earlier report is superseded
         (out_dir / FAILURES_FILE).unlink(missing_ok=True)
-    # A collective after every machine's clean-up and before any rank writes.
+    # Collectives after every machine's clean-up and before any rank writes.
+    _check_same_images(rels, group)
     done = _done_flags(out_dir, rels, group, cfg.overwrite)
     todo = [rel for rel, flag in zip(rels, done) if not flag]
     mine = shard(todo, info.rank, info.world_size)

@@ -172,6 +172,7 @@ def run(
             from ssa.pipeline import check_run
 
             check_run(cfg)
+            distributed.check_gpus(cfg.resolved_device(), world_size)
             raise typer.Exit(distributed.launch(world_size, cfg, _log_error))
         summary = run_with_progress(cfg, console, info)
     except SSAError as exc:

@@ -114,6 +114,20 @@ def rank_device(device: str, info: RankInfo) -> str:
     return f"cuda:{info.local_rank}"
 
 
+def check_gpus(device: str, workers: int) -> None:
+    """Refuse more CUDA workers than this machine has GPUs (one GPU per worker)."""
+    if device != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if workers > count:
+        raise SSAError(
+            f"--world-size {workers} needs {workers} GPUs but this machine shows {count}; "
+            f"pass --world-size {count} (or --device cpu)"
+        )
+
+
 class Group:
     """The run's process group (gloo on CPU, nccl on CUDA), or nothing for a single process.
 

@@ -316,11 +316,12 @@ def _supervise(procs: list[subprocess.Popen], log: Any) -> int:
         if all(code is not None for code in codes):
             return _exit_code(codes, log)
         if any(code not in (None, 0) for code in codes):
-            # Rank 0 exits non-zero at the very end when images failed, after the others have
-            # passed the last collective; give them time to end on their own before stopping them.
-            deadline = time.monotonic() + _GRACE_S
-            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                time.sleep(_POLL_S)
+            if codes[0] == 1 and all(code in (None, 0) for code in codes[1:]):
+                # Rank 0 exits 1 at the very end when images failed, after the others have
+                # passed the last collective: give them time to end on their own.
+                deadline = time.monotonic() + _GRACE_S
+                while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(_POLL_S)
             stopped = [rank for rank, p in enumerate(procs) if p.poll() is None]
             _stop_all(procs)
             codes = [proc.poll() for proc in procs]

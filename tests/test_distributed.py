@@ -303,3 +303,51 @@ def test_bad_files_are_isolated_and_reported(
     assert "2 of 3 images already done" in rerun.stderr
     assert (out / "truncated_semantic.json").is_file()
     assert not (out / FAILURES_FILE).exists()
+
+
+def _worker_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the launcher's worker of the given rank (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_dead_worker_loses_only_its_image(
+    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path
+) -> None:
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc to find the worker")
+    out = tmp_path / "out"
+    args = [*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssa", *args], env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.rglob("*_semantic.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no image finished"
+            time.sleep(0.01)
+        worker = _worker_pid(proc.pid, rank=1)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1
+    assert "rank 1 killed by SIGKILL" in stderr and "rerun" in stderr
+    assert list(out.rglob("*_semantic.json"))  # what was written stands
+
+    resumed = _ssa(args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "images already done" in resumed.stderr
+    assert_same_outputs(out, reference)

@@ -50,6 +50,15 @@ DataDirOpt = Annotated[
     Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
 ]
 
+GtDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="folder only: ground truth, <stem>.png class indices (255 = ignore) mirroring the "
+        "images' relative paths.",
+        rich_help_panel="Evaluation",
+    ),
+]
+
 
 @app.command()
 def run(
@@ -94,11 +103,58 @@ def run(
             rich_help_panel="Mask branch",
         ),
     ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read SA-1B-style <stem>.json masks from this folder (mirroring the images' "
+            "relative paths) instead of running SAM.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
     segmentor: Annotated[
         str | None,
         typer.Option(
-            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            help="hf:<hub id or folder> | py:<module or file.py>:<factory> | labels:<folder> | "
+            "plugin:<name> | a short name (segformer-b5-ade, oneformer-ade-swin-l, ...). "
+            "Default: the dataset's Segformer-B5.",
             rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    segmentor_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    vote: Annotated[
+        str | None,
+        typer.Option(
+            help="hard (the SSA rule: top-1 of the branch's labels) | soft (highest mean "
+            "probability; needs scores).",
+            rich_help_panel="Voting",
+        ),
+    ] = None,
+    min_vote_share: Annotated[
+        float | None,
+        typer.Option(
+            help="A mask whose class holds less than this share of its pixels keeps the "
+            "branch's labels (0 = off).",
+            rich_help_panel="Voting",
         ),
     ] = None,
     top_k: Annotated[
@@ -115,6 +171,15 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
+    evaluate: Annotated[
+        bool | None,
+        typer.Option(
+            "--eval",
+            help="Score the outputs once every image is done (table + <out-dir>/eval.json).",
+            rich_help_panel="Evaluation",
+        ),
+    ] = None,
+    gt_dir: GtDirOpt = None,
     overwrite: Annotated[
         bool | None,
         typer.Option(
@@ -135,8 +200,10 @@ def run(
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
     from ssa import distributed
+    from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
+    from ssa.segmentors.spec import parse_segmentor_args
 
     try:
         file_values = config_mod.load_yaml(config) if config else {}
@@ -152,14 +219,23 @@ def run(
             "sam_checkpoint": sam_checkpoint,
             "amg_preset": amg_preset,
             "amg": parse_amg(amg or []) or None,
+            "masks": masks,
             "segmentor": segmentor,
+            "segmentor_args": parse_segmentor_args(segmentor_arg or []) or None,
+            "classes": classes,
+            "label_map": label_map,
+            "vote": vote,
+            "min_vote_share": min_vote_share,
             "top_k": top_k,
             "save_branch": save_branch,
             "save_vis": save_vis,
             "device": device,
             "overwrite": overwrite,
+            "evaluate": evaluate,
+            "gt_dir": gt_dir,
         }
         cfg = config_mod.build_config(file_values, cli_values)
+        check_run_eval(cfg)
         info = distributed.rank_info_from_env()
         if world_size is not None and world_size < 1:
             raise SSAError(f"--world-size {world_size} must be at least 1")
@@ -207,6 +283,61 @@ def worker() -> None:
         return
     if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[
+        str,
+        typer.Option(help="ade20k | cityscapes | foggy_driving | folder", rich_help_panel="Data"),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
+    ],
+    pred_dir: Annotated[
+        Path,
+        typer.Option(help="The --out-dir of `ssa run` (<stem>_semantic.png files).",
+                     rich_help_panel="Data"),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
+    ] = None,
+    gt_dir: GtDirOpt = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder only: class names, one per line (or a JSON list); default: the "
+            "'class_names' of the predictions' <stem>_semantic.json.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the scores as JSON (percent).")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per class as CSV (percent).")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Count images without a prediction as all wrong."),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
+    ] = None,
+) -> None:
+    """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
+    from ssa.evaluate import plan_eval
+    from ssa.report import evaluate_with_progress
+
+    try:
+        if workers is not None and workers < 1:
+            raise SSAError(f"--workers {workers} must be at least 1")
+        plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
+                         allow_missing=allow_missing)
+        evaluate_with_progress(plan, console, json_out, csv_out, workers)
+    except SSAError as exc:
+        fail(exc)
 
 
 def _parse_xy(raw: str, flag: str, count: int, example: str) -> list[float]:

@@ -23,12 +23,20 @@ class RunConfig:
     amg_preset: str | None = None
     amg: dict[str, Any] = field(default_factory=dict)
     segmentor: str | None = None
+    segmentor_args: dict[str, Any] = field(default_factory=dict)
+    classes: Path | None = None
+    label_map: Path | None = None
+    masks: Path | None = None
+    vote: str = "hard"
+    min_vote_share: float = 0.0
     device: str | None = None
     limit: int | None = None
     top_k: int = 3
     save_branch: bool = False
     save_vis: bool = False
     overwrite: bool = False  # redo images that are done (their JSON exists and parses)
+    evaluate: bool = False  # `--eval`: score the outputs once every image is done
+    gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
 
     def resolved_device(self) -> str:
         import torch
@@ -40,7 +48,8 @@ class RunConfig:
         return self.device
 
 
-_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint"}
+_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "masks", "gt_dir"}
+_DICT_FIELDS = ("amg", "segmentor_args")
 
 
 def field_names() -> list[str]:
@@ -71,20 +80,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any]) -> RunConfig:
     """Defaults, then the config file, then command-line values that were given (not None).
 
-    `amg` dictionaries merge key by key, command line on top.
+    `amg` and `segmentor_args` dictionaries merge key by key, command line on top.
     """
     merged: dict[str, Any] = {}
-    amg: dict[str, Any] = {}
+    dicts: dict[str, dict[str, Any]] = {name: {} for name in _DICT_FIELDS}
     for source in (file_values or {}, cli_values):
         for key, value in source.items():
             if value is None:
                 continue
-            if key == "amg":
+            if key in dicts:
                 if not isinstance(value, dict):
-                    raise SSAError(f"amg must be a mapping of knob: value, not {value!r}")
-                amg.update(value)
+                    raise SSAError(f"{key} must be a mapping of name: value, not {value!r}")
+                dicts[key].update(value)
             else:
                 merged[key] = value
     for key in _PATH_FIELDS & merged.keys():
         merged[key] = Path(merged[key])
-    return RunConfig(**merged, amg=amg)
+    return RunConfig(**merged, **dicts)

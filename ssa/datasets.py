@@ -89,19 +89,23 @@ def cityscapes_labelids_to_trainids(label_ids: np.ndarray) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
+    from ssa.io import read_label_map
 
-    with Image.open(path) as img:
-        return np.asarray(img)
+    return read_label_map(path)
 
 
 def read_ade20k_gt(path: Path) -> np.ndarray:
     """ADE20K SceneParsing annotation: 0 = other (ignored), 1..150 -> 0..149 (`reduce_zero_label`)."""
-    raw = _read_png(path).astype(np.int64)
-    out = raw - 1
-    out[raw == 0] = IGNORE_INDEX
-    out[raw > 150] = IGNORE_INDEX
+    raw = _read_png(path)
+    if raw.dtype == np.uint8:  # a lookup table: ~5x faster than int64 arithmetic
+        return _ADE20K_LUT[raw]
+    out = raw.astype(np.int64) - 1
+    out[(raw == 0) | (raw > 150)] = IGNORE_INDEX
     return out.astype(np.uint8)
+
+
+_ADE20K_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+_ADE20K_LUT[1:151] = np.arange(150)
 
 
 def read_cityscapes_gt(path: Path) -> np.ndarray:

@@ -200,6 +200,21 @@ class Group:
         dist.all_reduce(work, op=dist.ReduceOp.SUM)
         return work.to(tensor.device)
 
+    def all_reduce_sum_many(self, tensors: Sequence[Any]) -> list[Any]:
+        """Sum several tensors (same dtype, any shapes) over the ranks with one all-reduce:
+        flattened into one buffer, summed, split back into their shapes."""
+        import torch
+
+        if not self.info.distributed or not tensors:
+            return list(tensors)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        summed = self.all_reduce_sum(flat)
+        out, start = [], 0
+        for t in tensors:
+            out.append(summed[start : start + t.numel()].reshape(t.shape))
+            start += t.numel()
+        return out
+
     def all_gather_object(self, obj: T) -> list[T]:
         """Every rank's (picklable, small) object, in rank order, on every rank."""
         if not self.info.distributed:

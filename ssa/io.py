@@ -172,3 +172,37 @@ def write_overlay(
         ys, xs = np.nonzero(mask)
         draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
     _atomic_write(Path(path), lambda tmp: pil.save(tmp, format="JPEG", quality=90))
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """A single-channel label image (class indices) as stored: `(H, W)` uint8, uint16 or int32.
+
+    Greyscale PNGs go through OpenCV (faster than PIL, and it releases the GIL for the whole
+    decode); palette and other PNGs through PIL, which returns palette indices, not colours.
+    """
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SSAError(f"cannot read label map {path} ({exc}); check the file") from None
+    arr = None
+    # PNG colour type 0 (greyscale) is byte 25 of the file, in the IHDR chunk.
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 0:
+        import cv2
+
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        try:
+            with Image.open(BytesIO(data)) as img:
+                arr = np.asarray(img)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise SSAError(f"cannot read label map {path} ({exc}); replace the file") from None
+    if arr.ndim != 2:
+        raise SSAError(
+            f"label map {path} has shape {arr.shape}, not (H, W); pass single-channel class-index "
+            f"PNGs"
+        )
+    return arr

@@ -355,3 +355,52 @@ def read_sa1b_json(path: str | Path) -> list[dict[str, Any]]:
                 f"({{'size', 'counts'}}); pass SA-1B-style JSON files"
             )
     return annotations
+
+
+class JsonMasks:
+    """Masks read from SA-1B-style JSON files instead of running SAM (`--masks <folder>`).
+
+    `generate(image, path=rel)` reads `<folder>/<rel's parent>/<rel's stem>.json` (else
+    `<folder>/<stem>.json`, see `ssa.companions`) and returns its annotations as mask records:
+    every field of the file kept, `segmentation` decoded to `HW bool`, `area` (pixel count) and
+    `bbox` (`XYWH`) computed when the file lacks them.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise SSAError(f"--masks {folder} is not a folder; pass the folder of <stem>.json files")
+
+    def generate(self, image: np.ndarray, *, path: Path | None = None) -> list[dict[str, Any]]:
+        from ssa.companions import find_companion
+        from ssa.io import decode_rle
+
+        file = find_companion(self.folder, path, (".json",), "mask file")
+        height, width = image.shape[:2]
+        records = []
+        for i, ann in enumerate(read_sa1b_json(file)):
+            size = [int(v) for v in ann["segmentation"]["size"]]
+            if size != [height, width]:
+                raise SSAError(
+                    f"masks file {file}: annotation {i} is {size[0]}x{size[1]} but the image is "
+                    f"{height}x{width}; pass masks made for this image at its full resolution"
+                )
+            try:
+                mask = decode_rle(ann["segmentation"])
+            except (TypeError, ValueError) as exc:
+                raise SSAError(f"masks file {file}: annotation {i} has a bad RLE ({exc})") from None
+            record = dict(ann)
+            record["segmentation"] = mask
+            if "area" not in record:
+                record["area"] = int(mask.sum())
+            if "bbox" not in record:
+                record["bbox"] = _bbox(mask)
+            records.append(record)
+        return records
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]

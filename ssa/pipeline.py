@@ -29,8 +29,8 @@ from ssa import io
 from ssa.config import RunConfig
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.distributed import Group, shard, shard_indices
-from ssa.errors import SSAError
-from ssa.voting import NO_CLASS, VoteResult, vote
+from ssa.errors import FatalError, SSAError
+from ssa.voting import NO_CLASS, POLICIES, VoteResult, vote
 
 FAILURES_FILE = "failures.jsonl"
 
@@ -118,7 +118,12 @@ def semantic_mask_rles(label_map: np.ndarray, num_classes: int) -> dict[str, dic
 
 
 class Labeller:
-    """Labels one image at a time: owns the mask generator, the segmentor and the class names."""
+    """Labels one image at a time: owns the mask source, the segmentor and the class names.
+
+    mask_generator: `generate(image) -> records` (SAM, or `JsonMasks`); segmentor: a `Segmentor`.
+    Either one that takes a `path` keyword gets the image's relative path (`accepts_path`).
+    vote_policy: "hard" or "soft"; min_vote_share: see `ssa.voting`.
+    """
 
     def __init__(
         self,
@@ -128,34 +133,57 @@ class Labeller:
         palette: np.ndarray,
         device: str = "cpu",
         top_k: int = 3,
+        vote_policy: str = "hard",
+        min_vote_share: float = 0.0,
     ) -> None:
+        from ssa.segmentors.base import accepts_path
+
         self.mask_generator = mask_generator
         self.segmentor = segmentor
         self.class_names = class_names
         self.palette = palette
         self.device = torch.device(device)
         self.top_k = top_k
+        self.vote_policy = vote_policy
+        self.min_vote_share = min_vote_share
+        self._masks_take_path = accepts_path(mask_generator.generate)
+        self._segmentor_takes_path = accepts_path(segmentor)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def label(self, image: np.ndarray) -> dict[str, Any]:
-        """image: `HWC uint8 RGB` -> records, RLEs, branch output and votes."""
+    def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
+        """image: `HWC uint8 RGB`; rel: its path relative to the image folder (for mask files
+        and precomputed labels) -> records, RLEs, branch output and votes."""
         from ssa.segmentors.base import BranchOutput
 
         height, width = image.shape[:2]
-        records = self.mask_generator.generate(image)
-        branch = BranchOutput.from_raw(
-            self.segmentor(image), self.num_classes, (height, width), self.device
-        )
+        path_kw = {} if rel is None else {"path": Path(rel)}
+        records = self.mask_generator.generate(image, **(path_kw if self._masks_take_path else {}))
+        raw = self.segmentor(image, **(path_kw if self._segmentor_takes_path else {}))
+        branch = BranchOutput.from_raw(raw, self.num_classes, (height, width), self.device)
+        if self.vote_policy == "soft" and branch.scores is None:
+            raise FatalError(
+                f"--vote soft needs class scores but segmentor {type(self.segmentor).__name__} "
+                f"gave (H, W) labels; use --vote hard, or return (C, H, W) scores"
+            )
         if records:
             stack = np.stack([r["segmentation"] for r in records])
         else:
             stack = np.zeros((0, height, width), dtype=bool)
         masks = torch.from_numpy(stack).to(self.device)
         areas = torch.tensor([int(r["area"]) for r in records], device=self.device)
-        result = vote(masks, branch.labels, self.num_classes, self.top_k, areas=areas)
+        result = vote(
+            masks,
+            branch.labels,
+            self.num_classes,
+            self.top_k,
+            areas=areas,
+            scores=branch.scores,
+            policy=self.vote_policy,
+            min_vote_share=self.min_vote_share,
+        )
         return {
             "records": records,
             "masks": stack,
@@ -190,6 +218,31 @@ class Labeller:
         )
 
 
+def check_voting(cfg: RunConfig) -> None:
+    """Refuse a bad policy before anything is loaded."""
+    if cfg.vote not in POLICIES:
+        raise SSAError(f"unknown --vote {cfg.vote!r}; choose one of: {', '.join(POLICIES)}")
+    share = cfg.min_vote_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise SSAError(f"--min-vote-share {share!r} must be a number in [0, 1] (0 = off)")
+
+
+def segmentor_classes(cfg: RunConfig, spec: DatasetSpec) -> list[str] | None:
+    """The class names a `labels:` segmentor uses: `--classes FILE`, else the dataset's."""
+    from ssa.segmentors.spec import parse_spec, read_classes_file
+
+    kind = parse_spec(cfg.segmentor or "").kind
+    if cfg.classes is not None:
+        if kind != "labels":
+            raise SSAError(
+                f"--classes applies to labels: segmentors; {cfg.segmentor} names its own classes"
+            )
+        return read_classes_file(cfg.classes)
+    if cfg.label_map is not None and kind != "labels":
+        raise SSAError(f"--label-map applies to labels: segmentors only, not {cfg.segmentor}")
+    return list(spec.classes) if spec.classes is not None else None
+
+
 def resolve_classes(cfg: RunConfig, spec: DatasetSpec, segmentor: Any) -> list[str]:
     """The class names of the run, checking the segmentor's count against the dataset's."""
     from ssa.segmentors.base import check_num_classes, class_names
@@ -199,31 +252,51 @@ def resolve_classes(cfg: RunConfig, spec: DatasetSpec, segmentor: Any) -> list[s
     return list(spec.classes) if spec.classes is not None else names
 
 
+def build_segmentor(cfg: RunConfig, spec: DatasetSpec, device: str) -> tuple[Any, list[str]]:
+    """The run's segmentor (default: the dataset's) and its class names, refusing a segmentor
+    whose class count differs from the dataset's."""
+    from ssa.segmentors import load_segmentor
+    from ssa.segmentors.spec import read_label_map_file
+
+    cfg.segmentor = cfg.segmentor or spec.default_segmentor
+    if cfg.segmentor is None:
+        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
+    classes = segmentor_classes(cfg, spec)
+    label_map = None
+    if cfg.label_map is not None and classes is not None:  # no classes: the loader says so
+        label_map = read_label_map_file(cfg.label_map, classes)
+    segmentor = load_segmentor(
+        cfg.segmentor, device=device, args=cfg.segmentor_args, classes=classes, label_map=label_map
+    )
+    return segmentor, resolve_classes(cfg, spec, segmentor)
+
+
 def build_labeller(
     cfg: RunConfig, download_progress: Callable[[int, int | None], None] | None = None
 ) -> Labeller:
     """Check the cheap things first, then load the segmentor (refusing a class-count mismatch)
     and SAM."""
-    from ssa.masks import MaskGenerator, ensure_checkpoint, load_sam, resolve_amg
-    from ssa.segmentors import load_segmentor
+    from ssa.masks import JsonMasks, MaskGenerator, ensure_checkpoint, load_sam, resolve_amg
 
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()
-    settings = resolve_amg(cfg.amg_preset or spec.default_amg_preset, cfg.amg)
-    cfg.segmentor = cfg.segmentor or spec.default_segmentor
-    if cfg.segmentor is None:
-        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
-    segmentor = load_segmentor(cfg.segmentor, device=device)
-    names = resolve_classes(cfg, spec, segmentor)
-    checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
-    sam = load_sam(cfg.sam_model, checkpoint, device)
+    check_voting(cfg)
+    # With --masks no SAM runs, so its settings are not used (a config may still name them).
+    settings = None if cfg.masks else resolve_amg(cfg.amg_preset or spec.default_amg_preset, cfg.amg)
+    masks = JsonMasks(cfg.masks) if cfg.masks else None
+    segmentor, names = build_segmentor(cfg, spec, device)
+    if masks is None:
+        checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
+        masks = MaskGenerator(load_sam(cfg.sam_model, checkpoint, device), **settings)
     return Labeller(
-        MaskGenerator(sam, **settings),
+        masks,
         segmentor,
         names,
         spec.palette_array(len(names)),
         device=device,
         top_k=cfg.top_k,
+        vote_policy=cfg.vote,
+        min_vote_share=float(cfg.min_vote_share),
     )
 
 
@@ -305,11 +378,13 @@ def process_image(
     try:
         image = io.read_image(root / rel)
         stage = "label"
-        out = labeller.label(image)
+        out = labeller.label(image, rel)
         stage = "write"
         # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
         paths["semantic"].unlink(missing_ok=True)
         labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
+    except FatalError:
+        raise
     except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
         message = _error_message(exc)
         oom = isinstance(exc, torch.cuda.OutOfMemoryError)

@@ -273,20 +273,13 @@ def build_predictor(
     device, top_k), with the same loaders and class-name rules as `ssa run`."""
     from ssa.datasets import get_dataset
     from ssa.masks import ensure_checkpoint, load_sam
-    from ssa.pipeline import resolve_classes
-    from ssa.segmentors import load_segmentor
+    from ssa.pipeline import build_segmentor
 
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()
-    cfg.segmentor = cfg.segmentor or spec.default_segmentor
-    if cfg.segmentor is None:
-        raise SSAError(
-            "--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)"
-        )
     if cfg.top_k < 1:
         raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
-    segmentor = load_segmentor(cfg.segmentor, device=device)
-    names = resolve_classes(cfg, spec, segmentor)
+    segmentor, names = build_segmentor(cfg, spec, device)
     checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
     sam = load_sam(cfg.sam_model, checkpoint, device)
     return SemanticPredictor(

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from ssa.config import RunConfig
-from ssa.distributed import Group, RankInfo, rank_device
+from ssa.distributed import Group, RankInfo, rank_device, shard
 from ssa.pipeline import FAILURES_FILE, ImageResult, RunSummary, run
 
 LOG_EVERY_S = 30.0  # how often ranks other than 0 log their count
@@ -45,11 +45,51 @@ def run_with_progress(cfg: RunConfig, console: Console, info: RankInfo | None = 
     info = info or RankInfo()
     cfg.device = rank_device(cfg.resolved_device(), info)
     with Group(info, cfg.device) as group:
-        if not info.is_main:
-            return run(cfg, *_rank_logger(info), group=group)
-        summary = _run_with_bar(cfg, console, group)
-    _print_summary(cfg, console, summary)
+        if info.is_main:
+            summary = _run_with_bar(cfg, console, group)
+            _print_summary(cfg, console, summary)
+        else:
+            summary = run(cfg, *_rank_logger(info), group=group)
+        if cfg.evaluate:
+            _evaluate(cfg, console, group, summary)
     return summary
+
+
+def _evaluate(cfg: RunConfig, console: Console, group: Group, summary: RunSummary) -> None:
+    """`--eval` after the run: each rank scores a strided share of the images, the confusion
+    matrices are summed with one all-reduce, and rank 0 prints and writes the report."""
+    import torch
+
+    from ssa.evaluate import EVAL_JSON, build_report, plan_run_eval, score, write_json
+    from ssa.report import evaluate_with_progress, print_report
+
+    main = group.info.is_main
+    if summary.failed:  # every rank holds the summary of all ranks, so all of them skip
+        if main:
+            console.print(
+                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
+                f"score the rest with `ssa eval --allow-missing`",
+                highlight=False,
+            )
+        return
+    out_json = Path(cfg.out_dir or ".") / EVAL_JSON
+    if not group.info.distributed:
+        evaluate_with_progress(plan_run_eval(cfg), console, out_json)
+        return
+    group.barrier()  # every rank's outputs are in place before any rank reads them
+    plan = plan_run_eval(cfg)  # the same on every rank: built from the sorted image list
+    counts = score(plan, items=shard(plan.items, group.info.rank, group.info.world_size))
+    parts = [counts.voted.mat, torch.tensor([counts.num_images], dtype=torch.int64)]
+    if counts.branch is not None:
+        parts.append(counts.branch.mat)
+    summed = group.all_reduce_sum_many(parts)
+    counts.voted.mat, counts.num_images = summed[0], int(summed[1].item())
+    if counts.branch is not None:
+        counts.branch.mat = summed[2]
+    if main:
+        report = build_report(counts, plan.class_names)
+        print_report(report, plan, console)
+        write_json(out_json, report)
 
 
 def _run_with_bar(cfg: RunConfig, console: Console, group: Group) -> RunSummary:

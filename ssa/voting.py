@@ -6,6 +6,13 @@ any value outside 0..C-1) do not vote, and a mask without votes gets no class. T
 the branch's map with the masks painted over it, largest area first, so smaller masks win where
 masks overlap; a mask painted with no class leaves the pixels under it as they were.
 
+Two more policies, each a pure function below, change who wins a mask:
+- "soft" voting: a mask takes the class with the highest mean probability over its pixels (the
+  branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities);
+- a minimum vote share T: a mask whose class holds less than T of its voting pixels (branch
+  labels equal to that class over pixels with a label) is not trusted and paints the branch's
+  own pixel labels instead of one class, so small classes are not swallowed by large masks.
+
 Everything runs on the tensors' device in a few batched passes: the work is chunked over masks
 only to bound memory, never a Python loop over full-resolution arrays per mask.
 """
@@ -17,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 NO_CLASS = -1
+POLICIES = ("hard", "soft")
+_BRANCH = -2
 # Cap on the elements materialised at once (mask pixels x chunk), about 256 MB of int64.
 _CHUNK_ELEMENTS = 1 << 25
 
@@ -25,11 +34,14 @@ _CHUNK_ELEMENTS = 1 << 25
 class VoteResult:
     """Per-mask votes and the painted label map.
 
-    classes:   `(N,) int64`, the class each mask takes, NO_CLASS where it has no votes.
+    classes:   `(N,) int64`, the class each mask takes, NO_CLASS where it has no votes or its
+               vote share is below the minimum (see `trusted`).
     counts:    `(N, C) float32`, the votes (pixel counts, or summed probabilities for soft voting).
     proposals: `(N, k) int64`, classes ranked by vote share, NO_CLASS past the voted ones.
     shares:    `(N, k) float32`, the vote share of each proposal (0 past the voted ones).
     label_map: `(H, W) int64`, the branch's labels with the voted masks painted over them.
+    trusted:   `(N,) bool`, False where the mask's class held less than the minimum vote share
+               (such a mask paints the branch's own labels); None when no minimum was set.
     """
 
     classes: torch.Tensor
@@ -37,6 +49,7 @@ class VoteResult:
     proposals: torch.Tensor
     shares: torch.Tensor
     label_map: torch.Tensor
+    trusted: torch.Tensor | None = None
 
 
 def _mask_chunks(num_masks: int, num_pixels: int) -> list[slice]:
@@ -83,12 +96,18 @@ def rank_votes(counts: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Te
 
 
 def paint(
-    masks: torch.Tensor, classes: torch.Tensor, base: torch.Tensor, areas: torch.Tensor | None = None
+    masks: torch.Tensor,
+    classes: torch.Tensor,
+    base: torch.Tensor,
+    areas: torch.Tensor | None = None,
+    keep_branch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Paint each mask's class over `base`, largest area first, so smaller masks win.
 
     Masks of equal area are painted in their given order (a later one wins). Masks whose class is
-    NO_CLASS are skipped. masks: `(N, H, W) bool`; classes: `(N,) int64`; base: `(H, W)`.
+    NO_CLASS are skipped. A mask flagged in `keep_branch` paints `base`'s own pixels (it is
+    painted, so it covers larger masks under it, but with the branch's labels).
+    masks: `(N, H, W) bool`; classes: `(N,) int64`; base: `(H, W)`; keep_branch: `(N,) bool`.
     """
     num_masks = masks.shape[0]
     out = base.clone().long()
@@ -100,7 +119,10 @@ def paint(
     # rank[i] = 1 + painting position of mask i; the winner at a pixel is its highest rank.
     rank = torch.empty(num_masks, dtype=torch.int32, device=masks.device)
     rank[order] = torch.arange(1, num_masks + 1, dtype=torch.int32, device=masks.device)
-    rank = torch.where(classes >= 0, rank, torch.zeros_like(rank))
+    painted = classes >= 0
+    if keep_branch is not None:
+        painted = painted | keep_branch.to(masks.device)
+    rank = torch.where(painted, rank, torch.zeros_like(rank))
     winner = torch.zeros(base.shape, dtype=torch.int32, device=masks.device)
     flat_pixels = base.numel()
     for chunk in _mask_chunks(num_masks, flat_pixels):
@@ -108,7 +130,50 @@ def paint(
         winner = torch.maximum(winner, weighted.amax(dim=0))
     by_rank = torch.zeros(num_masks + 1, dtype=torch.int64, device=masks.device)
     by_rank[rank.long()] = classes.long()
-    return torch.where(winner > 0, by_rank[winner.long()], out)
+    if keep_branch is not None:
+        # A sentinel below NO_CLASS marks "the branch's own label here".
+        by_rank[rank.long()] = torch.where(keep_branch.to(masks.device), _BRANCH, classes.long())
+    painted_map = by_rank[winner.long()]
+    painted_map = torch.where(painted_map == _BRANCH, out, painted_map)
+    return torch.where(winner > 0, painted_map, out)
+
+
+def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Summed class probabilities per mask: `(N, C) float32` (divide by the area for the mean).
+
+    masks: `(N, H, W) bool`; scores: `(C, H, W)` probabilities or logits (see `as_probabilities`).
+    The argmax of the sum is the argmax of the mean: every class shares the mask's area.
+    """
+    num_masks = masks.shape[0]
+    probs = as_probabilities(scores).reshape(scores.shape[0], -1).to(masks.device)
+    counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32, device=masks.device)
+    flat_masks = masks.reshape(num_masks, probs.shape[1])
+    for chunk in _mask_chunks(num_masks, probs.shape[1]):
+        counts[chunk] = flat_masks[chunk].to(probs.dtype) @ probs.T
+    return counts
+
+
+def as_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> torch.Tensor:
+    """`(C, H, W)` scores as float32 probabilities: kept when they already are per-pixel
+    probabilities (non-negative, summing to 1 within `atol`), else softmaxed over classes."""
+    scores = scores.float()
+    if scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol:
+        return scores
+    return scores.softmax(dim=0)
+
+
+def class_shares(
+    masks: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """The share of each mask's voting pixels (branch label in 0..C-1) labelled with its class.
+
+    `(N,) float32`; 0 for masks of class NO_CLASS or without voting pixels.
+    """
+    counts = hard_vote_counts(masks, labels, num_classes)
+    total = counts.sum(dim=1)
+    picked = torch.gather(counts, 1, classes.clamp_min(0).view(-1, 1)).view(-1)
+    share = picked / total.clamp_min(1)
+    return torch.where((classes >= 0) & (total > 0), share, torch.zeros_like(share))
 
 
 def vote(
@@ -117,9 +182,38 @@ def vote(
     num_classes: int,
     top_k: int = 3,
     areas: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    policy: str = "hard",
+    min_vote_share: float = 0.0,
 ) -> VoteResult:
-    """The SSA rule (hard voting) on one image: see the module docstring."""
-    counts = hard_vote_counts(masks, labels, num_classes)
+    """Vote on one image with a policy (see the module docstring).
+
+    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices; scores: `(C, H, W)`
+    the branch's scores, needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
+    """
+    from ssa.errors import SSAError
+
+    if policy not in POLICIES:
+        raise SSAError(f"unknown voting policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    if not 0.0 <= min_vote_share <= 1.0:
+        raise SSAError(f"--min-vote-share {min_vote_share} must lie in [0, 1]")
+    if policy == "soft":
+        if scores is None:
+            raise SSAError(
+                "--vote soft needs class scores but the segmentor gives labels only; "
+                "use --vote hard, or return (C, H, W) scores from the segmentor"
+            )
+        counts = soft_vote_counts(masks, scores)
+    else:
+        counts = hard_vote_counts(masks, labels, num_classes)
     classes, proposals, shares = rank_votes(counts, top_k)
-    label_map = paint(masks, classes, labels, areas)
-    return VoteResult(classes, counts, proposals, shares, label_map)
+    trusted = None
+    if min_vote_share > 0:
+        share = (
+            shares[:, 0] if policy == "hard" else class_shares(masks, labels, classes, num_classes)
+        )
+        trusted = (share >= min_vote_share) | (classes < 0)
+        classes = torch.where(trusted, classes, torch.full_like(classes, NO_CLASS))
+    keep = None if trusted is None else ~trusted
+    label_map = paint(masks, classes, labels, areas, keep_branch=keep)
+    return VoteResult(classes, counts, proposals, shares, label_map, trusted)

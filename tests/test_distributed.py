@@ -77,6 +77,17 @@ def test_rank_info_from_env() -> None:
             rank_info_from_env(bad)
 
 
+def test_config_travels_to_workers_unchanged(tmp_path: Path) -> None:
+    from ssa.config import build_config
+    from ssa.distributed import config_from_json, config_to_json
+
+    cfg = build_config({}, {"data_dir": tmp_path / "d", "out_dir": tmp_path / "o",
+                            "amg": {"points_per_side": 2, "box_nms_thresh": 1.0},
+                            "overwrite": True, "evaluate": True, "gt_dir": tmp_path / "gt",
+                            "limit": 3, "segmentor": "hf:x"})
+    assert config_from_json(config_to_json(cfg)) == cfg
+
+
 # --- failure isolation and failures.jsonl, in process --------------------------------------
 
 
@@ -86,7 +97,7 @@ class _FakeLabeller:
     def __init__(self, fail: dict[str, BaseException]) -> None:
         self.fail = fail
 
-    def label(self, image: np.ndarray) -> dict:
+    def label(self, image: np.ndarray, rel: Path | None = None) -> dict:
         key = f"{image.shape[1]}x{image.shape[0]}"
         if key in self.fail:
             raise self.fail[key]
@@ -161,6 +172,46 @@ def images(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def ground_truth(tmp_path_factory, images: Path) -> Path:
+    """Random class-index PNGs (5 classes, some 255 = ignore) for `--eval --gt-dir`."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("gt")
+    rng = np.random.default_rng(7)
+    for name in NAMES:
+        with Image.open(images / name) as img:
+            width, height = img.size
+        labels = rng.integers(0, 5, (height, width)).astype(np.uint8)
+        labels[rng.random((height, width)) < 0.1] = 255
+        path = (root / name).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(path)
+    return root
+
+
+def assert_eval_counts_every_image_once(out: Path, gt_root: Path) -> None:
+    """eval.json against a confusion matrix counted here with numpy, image by image."""
+    report = json.loads((out / "eval.json").read_text())
+    assert report["num_images"] == len(NAMES)
+    inter, pred_area, gt_area = np.zeros(5), np.zeros(5), np.zeros(5)
+    correct = labelled = 0
+    for name in NAMES:
+        gt = io.read_label_png((gt_root / name).with_suffix(".png"))
+        pred = io.read_label_png(output_paths(out, Path(name))["label"])
+        valid = gt != 255
+        for c in range(5):
+            inter[c] += np.sum((pred == c) & (gt == c))
+            pred_area[c] += np.sum((pred == c) & valid)
+            gt_area[c] += np.sum(gt == c)
+        correct += int(np.sum((pred == gt) & valid))
+        labelled += int(valid.sum())
+    union = pred_area + gt_area - inter
+    iou = [100 * i / u for i, u in zip(inter, union) if u > 0]
+    assert report["miou"] == pytest.approx(np.mean(iou))
+    assert report["aacc"] == pytest.approx(100 * correct / labelled)
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -211,11 +262,15 @@ def reference(tmp_path_factory, images: Path, tiny_sam: Path, segformer_5: Path)
 
 
 def test_world_size_2_matches_one_process(
-    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path
+    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path,
+    ground_truth: Path,
 ) -> None:
     out = tmp_path / "out"
-    proc = _ssa([*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2"])
+    evaluate = ["--eval", "--gt-dir", str(ground_truth)]
+    proc = _ssa([*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2", *evaluate])
     assert proc.returncode == 0, proc.stderr
+    assert_eval_counts_every_image_once(out, ground_truth)
+    (out / "eval.json").unlink()
     assert_same_outputs(out, reference)
     assert "[rank 1/2] 3 images to label" in proc.stderr  # exact disjoint shares: 3 + 3
     assert "6 labelled" in proc.stderr
@@ -227,12 +282,16 @@ def test_world_size_2_matches_one_process(
 
 
 def test_torchrun_matches_one_process(
-    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path
+    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path,
+    ground_truth: Path,
 ) -> None:
     out = tmp_path / "out"
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = _ssa(_run_args(images, out, tiny_sam, segformer_5), launcher=torchrun)
+    evaluate = ["--eval", "--gt-dir", str(ground_truth)]
+    proc = _ssa([*_run_args(images, out, tiny_sam, segformer_5), *evaluate], launcher=torchrun)
     assert proc.returncode == 0, proc.stderr
+    assert_eval_counts_every_image_once(out, ground_truth)
+    (out / "eval.json").unlink()
     assert_same_outputs(out, reference)
     assert "[rank 1/2] 3 images to label" in proc.stderr
 

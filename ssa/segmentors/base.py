@@ -8,7 +8,23 @@ A segmentor is any object with class names and a call on one image:
 Scores are per-pixel class scores (probabilities or logits) at the image's full resolution;
 labels are class indices 0..C-1 (255 or any value outside the range = no label). Numpy arrays
 and torch tensors are both accepted. `BranchOutput.from_raw` normalises what a segmentor
-returns.
+returns. Soft voting (`--vote soft`) needs scores: it uses them as they are when they are
+per-pixel probabilities (non-negative, summing to 1) and softmaxes them over classes otherwise.
+
+A segmentor that needs to know which image it is labelling (a folder of precomputed
+predictions, a cache) declares a keyword-only parameter `path`:
+
+    __call__(image, *, path: pathlib.Path | None = None)
+
+and the pipeline then passes the image's path relative to the dataset's image folder (the same
+relative path the outputs mirror). Segmentors without that parameter are called with the image
+alone. `accepts_path` is the one place that decides. The mask source (`MaskGenerator`,
+`ssa.masks.JsonMasks`) follows the same rule for `generate(image, *, path)`.
+
+Ways to provide one without editing ssa (see `ssa.segmentors.spec`): `py:<module or file.py>:
+<factory>`, an entry point in the group `ssa.segmentors` whose value is such a factory, or
+`labels:<folder>`. A factory may take keyword arguments (`--segmentor-arg KEY=VALUE`) and a
+`device` keyword (the run's device).
 """
 
 from __future__ import annotations
@@ -25,11 +41,30 @@ from ssa.errors import SSAError
 
 @runtime_checkable
 class Segmentor(Protocol):
-    """A semantic segmentor: `id2label` and `__call__(image) -> scores or labels`."""
+    """A semantic segmentor: `id2label` (or `classes`) and `__call__(image) -> scores or labels`.
+
+    image: `HWC uint8 RGB` numpy. Returns `(C, H, W)` scores or `(H, W)` class indices at the
+    image's resolution, numpy or torch. Optionally `__call__(image, *, path)` (module docstring).
+    """
 
     id2label: dict[int, str]
 
     def __call__(self, image: np.ndarray) -> np.ndarray | torch.Tensor: ...
+
+
+def accepts_path(fn: Any) -> bool:
+    """Whether a callable takes a `path` keyword (then it is given the image's relative path)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("path")
+    return param is not None and param.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
 
 
 def class_names(segmentor: Any) -> list[str]:

@@ -191,25 +191,26 @@ def ground_truth(tmp_path_factory, images: Path) -> Path:
 
 
 def assert_eval_counts_every_image_once(out: Path, gt_root: Path) -> None:
-    """eval.json against a confusion matrix counted here with numpy, image by image."""
+    """eval.json (voted and branch maps) against confusion counts made here with numpy."""
     report = json.loads((out / "eval.json").read_text())
-    assert report["num_images"] == len(NAMES)
-    inter, pred_area, gt_area = np.zeros(5), np.zeros(5), np.zeros(5)
-    correct = labelled = 0
-    for name in NAMES:
-        gt = io.read_label_png((gt_root / name).with_suffix(".png"))
-        pred = io.read_label_png(output_paths(out, Path(name))["label"])
-        valid = gt != 255
-        for c in range(5):
-            inter[c] += np.sum((pred == c) & (gt == c))
-            pred_area[c] += np.sum((pred == c) & valid)
-            gt_area[c] += np.sum(gt == c)
-        correct += int(np.sum((pred == gt) & valid))
-        labelled += int(valid.sum())
-    union = pred_area + gt_area - inter
-    iou = [100 * i / u for i, u in zip(inter, union) if u > 0]
-    assert report["miou"] == pytest.approx(np.mean(iou))
-    assert report["aacc"] == pytest.approx(100 * correct / labelled)
+    for kind, scores in (("label", report), ("branch", report["branch"])):
+        assert scores["num_images"] == len(NAMES)
+        inter, pred_area, gt_area = np.zeros(5), np.zeros(5), np.zeros(5)
+        correct = labelled = 0
+        for name in NAMES:
+            gt = io.read_label_png((gt_root / name).with_suffix(".png"))
+            pred = io.read_label_png(output_paths(out, Path(name))[kind])
+            valid = gt != 255
+            for c in range(5):
+                inter[c] += np.sum((pred == c) & (gt == c))
+                pred_area[c] += np.sum((pred == c) & valid)
+                gt_area[c] += np.sum(gt == c)
+            correct += int(np.sum((pred == gt) & valid))
+            labelled += int(valid.sum())
+        union = pred_area + gt_area - inter
+        iou = [100 * i / u for i, u in zip(inter, union) if u > 0]
+        assert scores["miou"] == pytest.approx(np.mean(iou)), kind
+        assert scores["aacc"] == pytest.approx(100 * correct / labelled), kind
 
 
 def _env() -> dict[str, str]:
@@ -223,7 +224,7 @@ def _env() -> dict[str, str]:
 def _run_args(data: Path, out: Path, sam: Path, segformer: Path) -> list[str]:
     args = ["run", "--data-dir", str(data), "--out-dir", str(out), "--device", "cpu",
             "--segmentor", f"hf:{segformer}", "--sam-model", "vit_b", "--sam-checkpoint", str(sam),
-            "--amg", "points_per_side=2"]
+            "--amg", "points_per_side=2", "--save-branch"]
     for key, value in KEEP_ALL.items():
         args += ["--amg", f"{key}={value}"]
     return args

@@ -405,10 +405,7 @@ def check_run(cfg: RunConfig) -> None:
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
-    spec = get_dataset(cfg.dataset)
-    if (cfg.segmentor or spec.default_segmentor) is None:
-        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
-    if cfg.sam_checkpoint is not None:
+    if cfg.sam_checkpoint is not None and not cfg.masks:
         from ssa.masks import ensure_checkpoint
 
         ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint)  # an explicit path: checks it exists
@@ -481,7 +478,8 @@ def run(
     if info.distributed:
         from ssa.masks import ensure_checkpoint
 
-        if info.local_rank == 0 and mine:  # one download per machine, before the others load it
+        if info.local_rank == 0 and todo and not cfg.masks:
+            # One download per machine, before its other ranks load the file.
             ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
         group.wait_all("checkpoint")
     if mine:

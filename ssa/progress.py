@@ -117,7 +117,7 @@ def _run_with_bar(cfg: RunConfig, console: Console, group: Group) -> RunSummary:
             while not stop.wait(0.5):
                 progress.update(state["images"], completed=group.count("processed"))
 
-        def on_start(total: int, skipped: int, mine: int) -> None:
+        def on_start(total: int, skipped: int, mine: int = 0) -> None:
             if skipped:
                 console.print(f"{skipped} of {total} images already done; skipping them")
             label = "label" if ranks == 1 else f"label ({ranks} workers)"
@@ -150,7 +150,7 @@ def _rank_logger(info: RankInfo) -> tuple[Callable[..., None], Callable[[ImageRe
     def log(message: str) -> None:
         print(f"[rank {info.rank}/{info.world_size}] {message}", file=sys.stderr, flush=True)
 
-    def on_start(total: int, skipped: int, mine: int) -> None:
+    def on_start(total: int, skipped: int, mine: int = 0) -> None:
         state["mine"], state["start"] = mine, time.monotonic()
         log(f"{mine} images to label (of {total}; {skipped} already done)")
 

@@ -180,9 +180,26 @@ def run(
         ),
     ] = None,
     gt_dir: GtDirOpt = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option(
+            "--overwrite",
+            help="Redo images that are done (default: skip them, so a rerun resumes).",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
+            "torchrun, leave it out: workers come from torchrun.",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
+    from ssa import distributed
     from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
@@ -213,27 +230,58 @@ def run(
             "save_branch": save_branch,
             "save_vis": save_vis,
             "device": device,
+            "overwrite": overwrite,
             "evaluate": evaluate,
             "gt_dir": gt_dir,
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
-        summary = run_with_progress(cfg, console)
-        if cfg.evaluate and summary.failed:
-            console.print(
-                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
-                f"score the rest with `ssa eval --allow-missing`",
-                highlight=False,
+        info = distributed.rank_info_from_env()
+        if world_size is not None and world_size < 1:
+            raise SSAError(f"--world-size {world_size} must be at least 1")
+        if info is not None and world_size not in (None, info.world_size):
+            raise SSAError(
+                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+                f"(WORLD_SIZE); leave --world-size out under torchrun"
             )
-        elif cfg.evaluate:
-            from ssa.evaluate import EVAL_JSON, plan_run_eval
-            from ssa.report import evaluate_with_progress
+        if info is None and world_size is not None and world_size > 1:
+            from ssa.pipeline import check_run
 
-            evaluate_with_progress(plan_run_eval(cfg), console, cfg.out_dir / EVAL_JSON)
+            check_run(cfg)
+            distributed.check_gpus(cfg.resolved_device(), world_size)
+            raise typer.Exit(distributed.launch(world_size, cfg, _log_error))
+        summary = run_with_progress(cfg, console, info)
     except SSAError as exc:
         fail(exc)
         return
-    if summary.failed:
+    # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
+    if summary.failed and (info is None or info.is_main):
+        raise typer.Exit(1)
+
+
+def _log_error(message: str) -> None:
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command("_worker", hidden=True)
+def worker() -> None:
+    """One worker of `ssa run --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
+    import os
+
+    from ssa import distributed
+    from ssa.progress import run_with_progress
+
+    try:
+        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+        if text is None:
+            raise SSAError("ssa _worker is started by ssa run --world-size N; run that instead")
+        info = distributed.rank_info_from_env()
+        cfg = distributed.config_from_json(text)
+        summary = run_with_progress(cfg, console, info)
+    except SSAError as exc:
+        fail(exc)
+        return
+    if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
 
 
@@ -505,7 +553,10 @@ def engine(
         str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
 ) -> None:
-    """Name every mask of a folder of images with free-form words (the SSA engine)."""
+    """Name every mask of a folder of images with free-form words (the SSA engine).
+
+    Under torchrun the images are sharded across the workers, as with `ssa run`."""
+    from ssa import distributed
     from ssa.engine.runner import EngineConfig, run_engine
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
@@ -534,11 +585,13 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
-        summary = run_with_progress(cfg, console, runner=run_engine)
+        info = distributed.rank_info_from_env()
+        summary = run_with_progress(cfg, console, info, runner=run_engine)
     except SSAError as exc:
         fail(exc)
         return
-    if summary.failed:
+    # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
+    if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
 
 

@@ -1,6 +1,10 @@
 """`ssa engine` over a folder: list images, skip the done ones, get masks (SA-1B JSON files or
 SAM), name them, write `<stem>_semantic.json` (and `<stem>_vis.jpg`) mirroring each image's
-relative path under the output folder; a failing image is recorded and the run goes on."""
+relative path under the output folder; a failing image is recorded and the run goes on.
+
+Under torchrun (or any launcher setting RANK/WORLD_SIZE) the images still to do are sharded
+across the ranks exactly as `ssa run` shards them (`ssa.distributed.shard`), with the same
+resume, clean-up and failure report (`ssa.pipeline`'s helpers)."""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ssa import io
-from ssa.errors import SSAError
-from ssa.pipeline import ImageResult, RunSummary, is_done, output_paths, record_failure
+from ssa.errors import FatalError, SSAError
+from ssa.pipeline import ImageResult, RunSummary, output_paths, record_failure
 
 
 @dataclass
@@ -112,9 +116,15 @@ class EngineRun:
         )
 
     def process(self, root: Path, rel: Path) -> ImageResult:
-        """Label and write one image; a failure is returned, not raised."""
+        """Label and write one image; a failure is returned, not raised (a FatalError, which
+        every image would hit, stops the run)."""
+        import torch
+
+        from ssa.pipeline import _error_message
+
         start = time.perf_counter()
         stage = "read"
+        oom = False
         try:
             image = io.read_image(root / rel)
             stage = "masks"
@@ -123,15 +133,20 @@ class EngineRun:
             out = self.labeller.label(image, records)
             stage = "write"
             self.write(out, output_paths(Path(self.cfg.out_dir), rel), image)
-        except (SSAError, OSError, RuntimeError, ValueError, MemoryError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if not isinstance(exc, SSAError):
-                message = f"{type(exc).__name__}: {message}"
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
+            oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+            if not isinstance(exc, SSAError) and not oom:
                 traceback.print_exc()
-            return ImageResult(rel, "failed", stage=stage, error=message,
+            result = ImageResult(rel, "failed", stage=stage, error=_error_message(exc),
+                                 seconds=time.perf_counter() - start)
+        else:
+            return ImageResult(rel, "done", num_masks=len(out["annotations"]),
                                seconds=time.perf_counter() - start)
-        return ImageResult(rel, "done", num_masks=len(out["annotations"]),
-                           seconds=time.perf_counter() - start)
+        if oom:  # the exception (and the tensors its frames held) is gone now
+            torch.cuda.empty_cache()
+        return result
 
 
 def write_engine_overlay(
@@ -153,32 +168,58 @@ def write_engine_overlay(
 
 def run_engine(
     cfg: EngineConfig,
-    on_start: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
     on_image: Callable[[ImageResult], None] | None = None,
     download_progress: Callable[[int, int | None], None] | None = None,
+    group: Any = None,
 ) -> RunSummary:
-    """Name the masks of every image that is not done yet (callbacks as in `pipeline.run`)."""
+    """Name the masks of every image that is not done yet; callbacks, sharding over `group`
+    (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
+    as in `ssa.pipeline.run`."""
+    from ssa.distributed import Group, shard
+    from ssa.pipeline import FAILURES_FILE, _check_same_images, _done_flags, _merge, write_failures
+
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     if cfg.top_k < 1:
         raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
+    group = group or Group()
+    info = group.info
     out_dir = Path(cfg.out_dir)
     root, rels = list_engine_images(cfg)
-    todo = [rel for rel in rels if not is_done(out_dir, rel)]
-    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo))
-    engine = EngineRun(cfg, download_progress) if todo else None
+    removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
+    if info.is_main:  # every image not done is tried again: the earlier report is superseded
+        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
+    _check_same_images(rels, group)
+    done = _done_flags(out_dir, rels, group, False)
+    todo = [rel for rel, flag in zip(rels, done) if not flag]
+    mine = shard(todo, info.rank, info.world_size)
+    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
+    if info.distributed:
+        from ssa.masks import ensure_checkpoint
+
+        if info.local_rank == 0 and todo and cfg.masks_dir is None:
+            # One download per machine, before its other ranks load the file.
+            ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
+        group.wait_all("checkpoint")
+    engine = EngineRun(cfg, download_progress) if mine else None
     if on_start:
-        on_start(len(rels), summary.skipped)
+        on_start(len(rels), summary.skipped, len(mine))
     start = time.perf_counter()
-    for rel in todo:
-        result = engine.process(root, rel)
+    for rel in mine:
+        result = engine.process(root, rel)  # type: ignore[union-attr]
         if result.status == "failed":
             summary.failed.append(result)
             record_failure(out_dir, result)
         else:
             summary.done += 1
             summary.num_masks += result.num_masks
+        group.add("processed")
         if on_image:
             on_image(result)
     summary.seconds = time.perf_counter() - start
+    group.wait_all("finished")
+    summary = _merge(group.all_gather_object(summary))
+    if info.is_main:
+        write_failures(out_dir, summary.failed)
     return summary

@@ -335,3 +335,38 @@ def test_engine_with_sam_masks(tiny_models, sam_checkpoint, tmp_path):
         assert {"bbox", "area", "predicted_iou", "stability_score", "point_coords",
                 "crop_box"} <= ann.keys()
         assert io.decode_rle(ann["segmentation"]).shape == (64, 128)
+
+
+def _ssa_subprocess(args: list[str], launcher: list[str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    # One thread per process, so one process and two workers compute the same bits.
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, *(launcher or []), "-m", "ssa", *args], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_engine_torchrun_shards_like_one_process(tiny_models, sa1b_folder, tmp_path):
+    """Two torchrun workers each name one of two images; the outputs equal one process's."""
+    import shutil
+
+    images, masks_dir, _ = sa1b_folder
+    shutil.copy(images / "city" / "frame.png", images / "city" / "frame2.png")
+    shutil.copy(masks_dir / "city" / "frame.json", masks_dir / "city" / "frame2.json")
+    args = ["engine", "--data-dir", str(images), "--masks", str(masks_dir), "--top-k", "2",
+            "--device", "cpu", *model_args(tiny_models)]
+    one = _ssa_subprocess([*args, "--out-dir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = _ssa_subprocess([*args, "--out-dir", str(tmp_path / "two")], launcher=torchrun)
+    assert two.returncode == 0, two.stderr
+    assert "[rank 1/2] 1 images to label" in two.stderr
+    for stem in ("frame", "frame2"):
+        want = json.loads((tmp_path / "one" / "city" / f"{stem}_semantic.json").read_text())
+        got = json.loads((tmp_path / "two" / "city" / f"{stem}_semantic.json").read_text())
+        assert got == want

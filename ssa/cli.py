@@ -552,12 +552,20 @@ def engine(
     device: Annotated[
         str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
     ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
+            "torchrun, leave it out: workers come from torchrun.",
+        ),
+    ] = None,
 ) -> None:
     """Name every mask of a folder of images with free-form words (the SSA engine).
 
-    Under torchrun the images are sharded across the workers, as with `ssa run`."""
+    With --world-size N or under torchrun the images are sharded across the workers, as with
+    `ssa run`."""
     from ssa import distributed
-    from ssa.engine.runner import EngineConfig, run_engine
+    from ssa.engine.runner import EngineConfig, check_engine, run_engine
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
 
@@ -586,11 +594,50 @@ def engine(
             use_spacy=not no_spacy,
         )
         info = distributed.rank_info_from_env()
+        if world_size is not None and world_size < 1:
+            raise SSAError(f"--world-size {world_size} must be at least 1")
+        if info is not None and world_size not in (None, info.world_size):
+            raise SSAError(
+                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+                f"(WORLD_SIZE); leave --world-size out under torchrun"
+            )
+        if info is None and world_size is not None and world_size > 1:
+            check_engine(cfg)
+            distributed.check_gpus(cfg.resolved_device(), world_size)
+            raise typer.Exit(
+                distributed.launch(world_size, cfg, _log_error, command="_engine_worker")
+            )
         summary = run_with_progress(cfg, console, info, runner=run_engine)
     except SSAError as exc:
         fail(exc)
         return
     # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
+    if summary.failed and (info is None or info.is_main):
+        raise typer.Exit(1)
+
+
+
+@app.command("_engine_worker", hidden=True)
+def engine_worker() -> None:
+    """One worker of `ssa engine --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
+    import os
+
+    from ssa import distributed
+    from ssa.engine.runner import engine_config_from_json, run_engine
+    from ssa.progress import run_with_progress
+
+    try:
+        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+        if text is None:
+            raise SSAError(
+                "ssa _engine_worker is started by ssa engine --world-size N; run that instead"
+            )
+        info = distributed.rank_info_from_env()
+        cfg = engine_config_from_json(text)
+        summary = run_with_progress(cfg, console, info, runner=run_engine)
+    except SSAError as exc:
+        fail(exc)
+        return
     if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
 

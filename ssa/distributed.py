@@ -281,8 +281,9 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def launch(world_size: int, cfg: Any, log: Any = None) -> int:
-    """Start `world_size` workers on this machine (`python -m ssa _worker`) and supervise them.
+def launch(world_size: int, cfg: Any, log: Any = None, command: str = "_worker") -> int:
+    """Start `world_size` workers on this machine (`python -m ssa <command>`, `_worker` for
+    `ssa run`, `_engine_worker` for `ssa engine`) and supervise them.
 
     The workers see the environment torchrun would give them (RANK, LOCAL_RANK, WORLD_SIZE,
     MASTER_ADDR, MASTER_PORT on a free port) and the config in SSA_WORKER_CONFIG. Like torchrun,
@@ -306,7 +307,7 @@ def launch(world_size: int, cfg: Any, log: Any = None) -> int:
     procs: list[subprocess.Popen] = []
     for rank in range(world_size):
         worker_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen([sys.executable, "-m", "ssa", "_worker"], env=worker_env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "ssa", command], env=worker_env))
 
     def stop(signum: int, frame: Any) -> None:
         for proc in procs:

@@ -351,8 +351,9 @@ def _ssa_subprocess(args: list[str], launcher: list[str] | None = None):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_engine_torchrun_shards_like_one_process(tiny_models, sa1b_folder, tmp_path):
-    """Two torchrun workers each name one of two images; the outputs equal one process's."""
+def test_engine_workers_shard_like_one_process(tiny_models, sa1b_folder, tmp_path):
+    """Two workers (torchrun, then --world-size 2) each name one of two images; the outputs
+    equal one process's."""
     import shutil
 
     images, masks_dir, _ = sa1b_folder
@@ -366,7 +367,11 @@ def test_engine_torchrun_shards_like_one_process(tiny_models, sa1b_folder, tmp_p
     two = _ssa_subprocess([*args, "--out-dir", str(tmp_path / "two")], launcher=torchrun)
     assert two.returncode == 0, two.stderr
     assert "[rank 1/2] 1 images to label" in two.stderr
+    spawned = _ssa_subprocess([*args, "--out-dir", str(tmp_path / "spawned"), "--world-size", "2"])
+    assert spawned.returncode == 0, spawned.stderr
+    assert "[rank 1/2] 1 images to label" in spawned.stderr
     for stem in ("frame", "frame2"):
         want = json.loads((tmp_path / "one" / "city" / f"{stem}_semantic.json").read_text())
-        got = json.loads((tmp_path / "two" / "city" / f"{stem}_semantic.json").read_text())
-        assert got == want
+        for out in ("two", "spawned"):
+            got = json.loads((tmp_path / out / "city" / f"{stem}_semantic.json").read_text())
+            assert got == want

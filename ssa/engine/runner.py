@@ -49,6 +49,42 @@ class EngineConfig:
         return RunConfig(device=self.device).resolved_device()
 
 
+_PATH_FIELDS = ("data_dir", "out_dir", "masks_dir", "sam_checkpoint")
+
+
+def engine_config_from_json(text: str) -> EngineConfig:
+    """The EngineConfig that `ssa.distributed.config_to_json` wrote (for `--world-size` workers)."""
+    import json
+
+    values = json.loads(text)
+    for key in _PATH_FIELDS:
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return EngineConfig(**values)
+
+
+def check_engine(cfg: EngineConfig) -> None:
+    """The checks that need no model (before workers start, so one message, not N)."""
+    from ssa.engine.models import resolve_models
+
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    if cfg.top_k < 1:
+        raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
+    if cfg.batch_size < 1:
+        raise SSAError(f"--batch-size {cfg.batch_size} must be at least 1")
+    list_engine_images(cfg)
+    resolve_models(cfg.models, cfg.light)
+    if cfg.masks_dir is not None and not Path(cfg.masks_dir).is_dir():
+        raise SSAError(
+            f"--masks {cfg.masks_dir} is not a folder; pass the folder of <stem>.json files"
+        )
+    if cfg.masks_dir is None and cfg.sam_checkpoint is not None:
+        from ssa.masks import ensure_checkpoint
+
+        ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint)  # an explicit path: checks it exists
+
+
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
     from ssa.datasets import get_dataset
 
@@ -179,10 +215,7 @@ def run_engine(
     from ssa.distributed import Group, shard
     from ssa.pipeline import FAILURES_FILE, _check_same_images, _done_flags, _merge, write_failures
 
-    if cfg.out_dir is None:
-        raise SSAError("--out-dir is required; pass the folder for the outputs")
-    if cfg.top_k < 1:
-        raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
+    check_engine(cfg)
     group = group or Group()
     info = group.info
     out_dir = Path(cfg.out_dir)

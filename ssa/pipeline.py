@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,35 +460,61 @@ def run(
     covers all ranks. on_start(total, skipped, mine) is called once this rank knows its share;
     on_image after each of its images.
     """
-    group = group or Group()
-    info = group.info
     check_run(cfg)
     out_dir = Path(cfg.out_dir)  # type: ignore[arg-type]
     root, rels = list_images(cfg)
+
+    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+        labeller = build_labeller(cfg, download_progress)
+        return lambda mine: (process_image(labeller, root, rel, out_dir, cfg) for rel in mine)
+
+    sam = None if cfg.masks else (cfg.sam_model, cfg.sam_checkpoint)
+    return run_images(
+        out_dir, rels, make_worker, cfg.overwrite, sam, on_start, on_image, download_progress, group
+    )
+
+
+def run_images(
+    out_dir: Path,
+    rels: list[Path],
+    make_worker: Callable[[], Callable[[list[Path]], Iterable[ImageResult]]],
+    overwrite: bool = False,
+    sam: tuple[str, Path | None] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    download_progress: Callable[[int, int | None], None] | None = None,
+    group: Group | None = None,
+) -> RunSummary:
+    """The dataset loop that `ssa run` and `ssa engine` share: clean up, skip done images, shard
+    the rest, process this rank's share, and gather every rank's summary.
+
+    make_worker() loads the models (only on a rank with work) and returns a function from this
+    rank's relative paths to their results; sam = (model, checkpoint) when SAM runs, so each
+    machine downloads a missing checkpoint once before its ranks load it.
+    """
+    group = group or Group()
+    info = group.info
     removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
     if info.is_main:  # every image not done is tried again: the earlier report is superseded
         (out_dir / FAILURES_FILE).unlink(missing_ok=True)
     # Collectives after every machine's clean-up and before any rank writes.
     _check_same_images(rels, group)
-    done = _done_flags(out_dir, rels, group, cfg.overwrite)
+    done = _done_flags(out_dir, rels, group, overwrite)
     todo = [rel for rel, flag in zip(rels, done) if not flag]
     mine = shard(todo, info.rank, info.world_size)
     summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
-    labeller = None
     if info.distributed:
         from ssa.masks import ensure_checkpoint
 
-        if info.local_rank == 0 and todo and not cfg.masks:
+        if info.local_rank == 0 and todo and sam is not None:
             # One download per machine, before its other ranks load the file.
-            ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
+            ensure_checkpoint(*sam, download_progress)
         group.wait_all("checkpoint")
-    if mine:
-        labeller = build_labeller(cfg, download_progress)
+    worker = make_worker() if mine else None
     if on_start:
         on_start(len(rels), summary.skipped, len(mine))
     start = time.perf_counter()
-    for rel in mine:
-        result = process_image(labeller, root, rel, out_dir, cfg)  # type: ignore[arg-type]
+    for result in worker(mine) if worker else ():
         if result.status == "failed":
             summary.failed.append(result)
             record_failure(out_dir, result)

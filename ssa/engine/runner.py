@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 
 from ssa import io
 from ssa.errors import FatalError, SSAError
-from ssa.pipeline import ImageResult, RunSummary, output_paths, record_failure
+from ssa.pipeline import ImageResult, RunSummary, output_paths
 
 
 @dataclass
@@ -212,47 +212,17 @@ def run_engine(
     """Name the masks of every image that is not done yet; callbacks, sharding over `group`
     (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
     as in `ssa.pipeline.run`."""
-    from ssa.distributed import Group, shard
-    from ssa.pipeline import FAILURES_FILE, _check_same_images, _done_flags, _merge, write_failures
+    from ssa.pipeline import run_images
 
     check_engine(cfg)
-    group = group or Group()
-    info = group.info
     out_dir = Path(cfg.out_dir)
     root, rels = list_engine_images(cfg)
-    removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
-    if info.is_main:  # every image not done is tried again: the earlier report is superseded
-        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
-    _check_same_images(rels, group)
-    done = _done_flags(out_dir, rels, group, False)
-    todo = [rel for rel, flag in zip(rels, done) if not flag]
-    mine = shard(todo, info.rank, info.world_size)
-    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
-    if info.distributed:
-        from ssa.masks import ensure_checkpoint
 
-        if info.local_rank == 0 and todo and cfg.masks_dir is None:
-            # One download per machine, before its other ranks load the file.
-            ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
-        group.wait_all("checkpoint")
-    engine = EngineRun(cfg, download_progress) if mine else None
-    if on_start:
-        on_start(len(rels), summary.skipped, len(mine))
-    start = time.perf_counter()
-    for rel in mine:
-        result = engine.process(root, rel)  # type: ignore[union-attr]
-        if result.status == "failed":
-            summary.failed.append(result)
-            record_failure(out_dir, result)
-        else:
-            summary.done += 1
-            summary.num_masks += result.num_masks
-        group.add("processed")
-        if on_image:
-            on_image(result)
-    summary.seconds = time.perf_counter() - start
-    group.wait_all("finished")
-    summary = _merge(group.all_gather_object(summary))
-    if info.is_main:
-        write_failures(out_dir, summary.failed)
-    return summary
+    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+        engine = EngineRun(cfg, download_progress)
+        return lambda mine: (engine.process(root, rel) for rel in mine)
+
+    sam = None if cfg.masks_dir is not None else (cfg.sam_model, cfg.sam_checkpoint)
+    return run_images(
+        out_dir, rels, make_worker, False, sam, on_start, on_image, download_progress, group
+    )

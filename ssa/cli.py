@@ -188,9 +188,26 @@ def run(
         ),
     ] = None,
     gt_dir: GtDirOpt = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option(
+            "--overwrite",
+            help="Redo images that are done (default: skip them, so a rerun resumes).",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
+            "torchrun, leave it out: workers come from torchrun.",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
+    from ssa import distributed
     from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
     from ssa.progress import run_with_progress
@@ -222,27 +239,58 @@ def run(
             "save_branch": save_branch,
             "save_vis": save_vis,
             "device": device,
+            "overwrite": overwrite,
             "evaluate": evaluate,
             "gt_dir": gt_dir,
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
-        summary = run_with_progress(cfg, console)
-        if cfg.evaluate and summary.failed:
-            console.print(
-                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
-                f"score the rest with `ssa eval --allow-missing`",
-                highlight=False,
+        info = distributed.rank_info_from_env()
+        if world_size is not None and world_size < 1:
+            raise SSAError(f"--world-size {world_size} must be at least 1")
+        if info is not None and world_size not in (None, info.world_size):
+            raise SSAError(
+                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+                f"(WORLD_SIZE); leave --world-size out under torchrun"
             )
-        elif cfg.evaluate:
-            from ssa.evaluate import EVAL_JSON, plan_run_eval
-            from ssa.report import evaluate_with_progress
+        if info is None and world_size is not None and world_size > 1:
+            from ssa.pipeline import check_run
 
-            evaluate_with_progress(plan_run_eval(cfg), console, cfg.out_dir / EVAL_JSON)
+            check_run(cfg)
+            distributed.check_gpus(cfg.resolved_device(), world_size)
+            raise typer.Exit(distributed.launch(world_size, cfg, _log_error))
+        summary = run_with_progress(cfg, console, info)
     except SSAError as exc:
         fail(exc)
         return
-    if summary.failed:
+    # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
+    if summary.failed and (info is None or info.is_main):
+        raise typer.Exit(1)
+
+
+def _log_error(message: str) -> None:
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command("_worker", hidden=True)
+def worker() -> None:
+    """One worker of `ssa run --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
+    import os
+
+    from ssa import distributed
+    from ssa.progress import run_with_progress
+
+    try:
+        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+        if text is None:
+            raise SSAError("ssa _worker is started by ssa run --world-size N; run that instead")
+        info = distributed.rank_info_from_env()
+        cfg = distributed.config_from_json(text)
+        summary = run_with_progress(cfg, console, info)
+    except SSAError as exc:
+        fail(exc)
+        return
+    if summary.failed and (info is None or info.is_main):
         raise typer.Exit(1)
 
 
@@ -419,6 +467,188 @@ def predict(
             console.print(f"wrote {save_vis}")
     except SSAError as exc:
         fail(exc)
+
+
+
+@app.command()
+def engine(
+    data_dir: DataDirOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+    ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of SA-1B-style JSON masks (<stem>.json per image, mirroring its path "
+            "or flat); without it SAM makes the masks.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+    ] = None,
+    sam_model: Annotated[
+        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+    ] = "vit_h",
+    sam_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    amg_preset: Annotated[
+        str, typer.Option(help="default | ssa", rich_help_panel="Mask branch")
+    ] = "default",
+    amg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option(help="Open-vocabulary proposals kept per mask.")
+    ] = 3,
+    light: Annotated[
+        bool,
+        typer.Option(
+            "--light",
+            help="Smaller default models (BLIP base, CLIP B/32, CLIPSeg rd16, OneFormer Swin-T "
+            "ADE20K).",
+            rich_help_panel="Engine models",
+        ),
+    ] = False,
+    captioner: Annotated[
+        str | None,
+        typer.Option(help="BLIP captioner: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    clip: Annotated[
+        str | None,
+        typer.Option(help="CLIP: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    clipseg: Annotated[
+        str | None,
+        typer.Option(help="CLIPSeg: hub id or folder.", rich_help_panel="Engine models"),
+    ] = None,
+    oneformer_ade: Annotated[
+        str | None,
+        typer.Option(
+            help="OneFormer with ADE20K classes: hub id or folder.",
+            rich_help_panel="Engine models",
+        ),
+    ] = None,
+    oneformer_coco: Annotated[
+        str | None,
+        typer.Option(
+            help="OneFormer with COCO classes: hub id or folder.",
+            rich_help_panel="Engine models",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Crops per forward pass of each model.")
+    ] = 16,
+    no_spacy: Annotated[
+        bool,
+        typer.Option(
+            "--no-spacy", help="Take noun phrases with the built-in heuristic even if spaCy is "
+            "installed."
+        ),
+    ] = False,
+    save_vis: Annotated[
+        bool, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
+            "torchrun, leave it out: workers come from torchrun.",
+        ),
+    ] = None,
+) -> None:
+    """Name every mask of a folder of images with free-form words (the SSA engine).
+
+    With --world-size N or under torchrun the images are sharded across the workers, as with
+    `ssa run`."""
+    from ssa import distributed
+    from ssa.engine.runner import EngineConfig, check_engine, run_engine
+    from ssa.masks import parse_amg
+    from ssa.progress import run_with_progress
+
+    try:
+        cfg = EngineConfig(
+            data_dir=data_dir,
+            out_dir=out_dir,
+            masks_dir=masks,
+            sam_model=sam_model,
+            sam_checkpoint=sam_checkpoint,
+            amg_preset=amg_preset,
+            amg=parse_amg(amg or []) if masks is None else {},
+            models={
+                "captioner": captioner,
+                "clip": clip,
+                "clipseg": clipseg,
+                "oneformer_ade": oneformer_ade,
+                "oneformer_coco": oneformer_coco,
+            },
+            light=light,
+            top_k=top_k,
+            batch_size=batch_size,
+            save_vis=save_vis,
+            device=device,
+            limit=limit,
+            use_spacy=not no_spacy,
+        )
+        info = distributed.rank_info_from_env()
+        if world_size is not None and world_size < 1:
+            raise SSAError(f"--world-size {world_size} must be at least 1")
+        if info is not None and world_size not in (None, info.world_size):
+            raise SSAError(
+                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+                f"(WORLD_SIZE); leave --world-size out under torchrun"
+            )
+        if info is None and world_size is not None and world_size > 1:
+            check_engine(cfg)
+            distributed.check_gpus(cfg.resolved_device(), world_size)
+            raise typer.Exit(
+                distributed.launch(world_size, cfg, _log_error, command="_engine_worker")
+            )
+        summary = run_with_progress(cfg, console, info, runner=run_engine)
+    except SSAError as exc:
+        fail(exc)
+        return
+    # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
+    if summary.failed and (info is None or info.is_main):
+        raise typer.Exit(1)
+
+
+
+@app.command("_engine_worker", hidden=True)
+def engine_worker() -> None:
+    """One worker of `ssa engine --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
+    import os
+
+    from ssa import distributed
+    from ssa.engine.runner import engine_config_from_json, run_engine
+    from ssa.progress import run_with_progress
+
+    try:
+        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+        if text is None:
+            raise SSAError(
+                "ssa _engine_worker is started by ssa engine --world-size N; run that instead"
+            )
+        info = distributed.rank_info_from_env()
+        cfg = engine_config_from_json(text)
+        summary = run_with_progress(cfg, console, info, runner=run_engine)
+    except SSAError as exc:
+        fail(exc)
+        return
+    if summary.failed and (info is None or info.is_main):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

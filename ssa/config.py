@@ -35,6 +35,7 @@ class RunConfig:
     top_k: int = 3
     save_branch: bool = False
     save_vis: bool = False
+    overwrite: bool = False  # redo images that are done (their JSON exists and parses)
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
 

@@ -82,6 +82,30 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_temp_files(out_dir: str | Path) -> int:
+    """Remove the temporary files (`.ssa-tmp-*`) a killed run left under out_dir; return how many.
+
+    Call it before any worker of the new run writes: a running writer's file would go too.
+    """
+    removed = 0
+    for folder, _, files in os.walk(out_dir):
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def write_text(path: str | Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(Path(path), write)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w") as f:

@@ -20,15 +20,20 @@ from ssa.errors import FatalError, SSAError
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2
 MAX_PENDING_WRITES = 2
-_FAILURES = (SSAError, OSError, RuntimeError, ValueError, MemoryError)
 
 
 def _message(exc: BaseException) -> str:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if not isinstance(exc, SSAError):
-        message = f"{type(exc).__name__}: {message}"
+    """As `pipeline.process_image` reports a failure (and frees CUDA memory after an OOM)."""
+    import torch
+
+    from ssa.pipeline import _error_message
+
+    oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+    if not isinstance(exc, SSAError) and not oom:
         traceback.print_exception(exc)
-    return message
+    if oom:
+        torch.cuda.empty_cache()
+    return _error_message(exc)
 
 
 def prefetch(items: list[Any], read: Callable[[Any], Any], depth: int = PREFETCH) -> Iterator:
@@ -64,12 +69,14 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
                     result = ImageResult(rel, "done", num_masks=num_masks)
                 except FatalError:
                     raise
-                except _FAILURES as exc:
+                except Exception as exc:  # noqa: BLE001 - one image never stops the run
                     result = ImageResult(rel, "failed", stage="write", error=_message(exc))
                 result.seconds = time.perf_counter() - start
             yield result
 
     def write(out: dict[str, Any], paths: dict[str, Path], image: Any) -> int:
+        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
+        paths["semantic"].unlink(missing_ok=True)
         labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
         return len(out["records"])
 
@@ -83,7 +90,7 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
                 out = labeller.label(image, rel)
             except FatalError:
                 raise  # a run-wide problem (as in pipeline.process_image), not this image's
-            except _FAILURES as exc:
+            except Exception as exc:  # noqa: BLE001 - one image never stops the run
                 failed = ImageResult(rel, "failed", stage=stage, error=_message(exc),
                                      seconds=time.perf_counter() - start)
                 pending.append((rel, start, None, failed))

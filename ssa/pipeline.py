@@ -1,12 +1,23 @@
 """The per-image flow (read -> mask branch -> semantic branch -> voting -> write) and the
-dataset loop (skip done images, isolate failures, report progress)."""
+dataset loop (shard across ranks, skip done images, isolate failures, report progress).
+
+Resume: every output is written under a temporary name and renamed into place, the JSON last,
+so an image is done exactly when its JSON exists and parses; a run removes the temporary files
+a killed run left, skips done images and labels the rest.
+
+Failures: an image that cannot be read or processed is returned as a failed `ImageResult`,
+appended to `<out-dir>/failures.jsonl` at once (one JSON line: path, stage, error) and the run
+goes on. The file describes the latest run: rank 0 removes it at the start (a run retries every
+image that is not done) and at the end rewrites it from every rank's failures, sorted, one line
+per image; a run where nothing failed leaves no file.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +28,7 @@ import torch
 from ssa import io
 from ssa.config import RunConfig
 from ssa.datasets import DatasetSpec, get_dataset
+from ssa.distributed import Group, shard, shard_indices
 from ssa.errors import FatalError, SSAError
 from ssa.voting import NO_CLASS, POLICIES, VoteResult, vote
 
@@ -62,6 +74,7 @@ class RunSummary:
     failed: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     num_masks: int = 0
+    removed_temps: int = 0  # temporary files a killed run had left
 
 
 def annotations_from(
@@ -305,69 +318,222 @@ def list_images(cfg: RunConfig) -> tuple[Path, list[Path]]:
     return root, rels
 
 
+def failure_record(result: ImageResult) -> dict[str, Any]:
+    return {"path": result.rel.as_posix(), "stage": result.stage, "error": result.error}
+
+
 def record_failure(out_dir: Path, result: ImageResult) -> None:
+    """Append one line to failures.jsonl now (one `write` of one line in append mode, so lines
+    from ranks on one machine do not interleave)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"path": str(result.rel), "stage": result.stage, "error": result.error})
+    line = json.dumps(failure_record(result)) + "\n"
     with open(out_dir / FAILURES_FILE, "a") as f:
-        f.write(line + "\n")
+        f.write(line)
+
+
+def read_failures(out_dir: Path) -> list[dict[str, Any]]:
+    """The records in failures.jsonl (lines that do not parse, e.g. cut by a kill, are dropped)."""
+    try:
+        lines = (Path(out_dir) / FAILURES_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            out.append(record)
+    return out
+
+
+def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
+    """Rewrite failures.jsonl as exactly `failed` (the run's failures from all ranks, one line
+    per image, sorted by path); remove it when nothing failed."""
+    path = Path(out_dir) / FAILURES_FILE
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
+    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _error_message(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, SSAError):
+        return str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "CUDA out of memory on this image; free GPU memory or lower --amg points_per_batch"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def process_image(
     labeller: Labeller, root: Path, rel: Path, out_dir: Path, cfg: RunConfig
 ) -> ImageResult:
-    """Label and write one image; a failure is returned, not raised."""
+    """Label and write one image; any failure (bad file, CUDA out of memory, a bug that one
+    image triggers) is returned, not raised, so the run goes on."""
     start = time.perf_counter()
     stage = "read"
+    oom = False
+    paths = output_paths(out_dir, rel)
     try:
         image = io.read_image(root / rel)
         stage = "label"
         out = labeller.label(image, rel)
         stage = "write"
-        labeller.write(out, output_paths(out_dir, rel), image, cfg.save_branch, cfg.save_vis)
+        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
+        paths["semantic"].unlink(missing_ok=True)
+        labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
     except FatalError:
         raise
-    except (SSAError, OSError, RuntimeError, ValueError, MemoryError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not isinstance(exc, SSAError):
-            message = f"{type(exc).__name__}: {message}"
+    except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
+        message = _error_message(exc)
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+        if not isinstance(exc, SSAError) and not oom:
             traceback.print_exc()
-        return ImageResult(rel, "failed", stage=stage, error=message,
+        result = ImageResult(rel, "failed", stage=stage, error=message,
+                             seconds=time.perf_counter() - start)
+    else:
+        return ImageResult(rel, "done", num_masks=len(out["records"]),
                            seconds=time.perf_counter() - start)
-    return ImageResult(rel, "done", num_masks=len(out["records"]),
-                       seconds=time.perf_counter() - start)
+    if oom:  # the exception (and the tensors its frames held) is gone now: give the memory back
+        torch.cuda.empty_cache()
+    return result
+
+
+def check_run(cfg: RunConfig) -> None:
+    """The checks that need no model (before workers start, so one message, not N)."""
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    list_images(cfg)
+    if cfg.sam_checkpoint is not None and not cfg.masks:
+        from ssa.masks import ensure_checkpoint
+
+        ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint)  # an explicit path: checks it exists
+
+
+def _check_same_images(rels: list[Path], group: Group) -> None:
+    """Every rank lists the images itself; shares are only disjoint when the lists agree."""
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(r.as_posix() for r in rels).encode()).hexdigest()
+    seen = group.all_gather_object((len(rels), digest))
+    if len(set(seen)) > 1:
+        counts = ", ".join(f"rank {r}: {n}" for r, (n, _) in enumerate(seen))
+        raise SSAError(
+            f"the ranks see different image lists ({counts} images); put --data-dir on a "
+            f"filesystem every machine sees at the same path"
+        )
+
+
+def _done_flags(out_dir: Path, rels: list[Path], group: Group, overwrite: bool) -> list[bool]:
+    """Which images are done: each rank checks a strided share, one all-reduce combines them."""
+    flags = torch.zeros(len(rels), dtype=torch.uint8)
+    if not overwrite:
+        for i in shard_indices(len(rels), group.info.rank, group.info.world_size):
+            flags[i] = is_done(out_dir, rels[i])
+    return group.all_reduce_sum(flags).bool().tolist()
+
+
+def _merge(parts: list[RunSummary]) -> RunSummary:
+    out = RunSummary(total=parts[0].total, skipped=parts[0].skipped,
+                     removed_temps=sum(p.removed_temps for p in parts))
+    for part in parts:
+        out.done += part.done
+        out.num_masks += part.num_masks
+        out.failed += part.failed
+        out.seconds = max(out.seconds, part.seconds)
+    out.failed.sort(key=lambda r: r.rel.as_posix())
+    return out
 
 
 def run(
     cfg: RunConfig,
-    on_start: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
     on_image: Callable[[ImageResult], None] | None = None,
     download_progress: Callable[[int, int | None], None] | None = None,
+    group: Group | None = None,
 ) -> RunSummary:
-    """Label every image of the dataset that is not done yet.
+    """Label every image of the dataset that is not done yet (all of them with `overwrite`).
 
-    on_start(total, already_done) is called once the image list is known; on_image after each
-    image.
+    With a process group, the sorted list of images to do is sharded across the ranks (rank r
+    takes items r, r + N, ...; see `distributed.shard`) and the summary returned on every rank
+    covers all ranks. on_start(total, skipped, mine) is called once this rank knows its share;
+    on_image after each of its images.
     """
-    if cfg.out_dir is None:
-        raise SSAError("--out-dir is required; pass the folder for the outputs")
-    out_dir = Path(cfg.out_dir)
+    check_run(cfg)
+    out_dir = Path(cfg.out_dir)  # type: ignore[arg-type]
     root, rels = list_images(cfg)
-    todo = [rel for rel in rels if not is_done(out_dir, rel)]
-    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo))
-    labeller = build_labeller(cfg, download_progress)
-    if on_start:
-        on_start(len(rels), summary.skipped)
-    start = time.perf_counter()
-    from ssa.overlap import process_overlapped  # reads and writes in background threads
 
-    for result in process_overlapped(labeller, root, todo, out_dir, cfg):
+    from ssa.overlap import process_overlapped
+
+    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+        labeller = build_labeller(cfg, download_progress)
+        # process_image for each image, with reads and writes in background threads.
+        return lambda mine: process_overlapped(labeller, root, mine, out_dir, cfg)
+
+    sam = None if cfg.masks else (cfg.sam_model, cfg.sam_checkpoint)
+    return run_images(
+        out_dir, rels, make_worker, cfg.overwrite, sam, on_start, on_image, download_progress, group
+    )
+
+
+def run_images(
+    out_dir: Path,
+    rels: list[Path],
+    make_worker: Callable[[], Callable[[list[Path]], Iterable[ImageResult]]],
+    overwrite: bool = False,
+    sam: tuple[str, Path | None] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    download_progress: Callable[[int, int | None], None] | None = None,
+    group: Group | None = None,
+) -> RunSummary:
+    """The dataset loop that `ssa run` and `ssa engine` share: clean up, skip done images, shard
+    the rest, process this rank's share, and gather every rank's summary.
+
+    make_worker() loads the models (only on a rank with work) and returns a function from this
+    rank's relative paths to their results; sam = (model, checkpoint) when SAM runs, so each
+    machine downloads a missing checkpoint once before its ranks load it.
+    """
+    group = group or Group()
+    info = group.info
+    removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
+    if info.is_main:  # every image not done is tried again: the earlier report is superseded
+        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
+    # Collectives after every machine's clean-up and before any rank writes.
+    _check_same_images(rels, group)
+    done = _done_flags(out_dir, rels, group, overwrite)
+    todo = [rel for rel, flag in zip(rels, done) if not flag]
+    mine = shard(todo, info.rank, info.world_size)
+    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
+    if info.distributed:
+        from ssa.masks import ensure_checkpoint
+
+        if info.local_rank == 0 and todo and sam is not None:
+            # One download per machine, before its other ranks load the file.
+            ensure_checkpoint(*sam, download_progress)
+        group.wait_all("checkpoint")
+    worker = make_worker() if mine else None
+    if on_start:
+        on_start(len(rels), summary.skipped, len(mine))
+    start = time.perf_counter()
+    for result in worker(mine) if worker else ():
         if result.status == "failed":
             summary.failed.append(result)
             record_failure(out_dir, result)
         else:
             summary.done += 1
             summary.num_masks += result.num_masks
+        group.add("processed")
         if on_image:
             on_image(result)
     summary.seconds = time.perf_counter() - start
+    group.wait_all("finished")  # ranks end hours apart at worst: no collective timeout here
+    summary = _merge(group.all_gather_object(summary))
+    if info.is_main:
+        write_failures(out_dir, summary.failed)
     return summary

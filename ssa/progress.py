@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,7 +20,10 @@ from rich.progress import (
 )
 
 from ssa.config import RunConfig
+from ssa.distributed import Group, RankInfo, rank_device, shard
 from ssa.pipeline import FAILURES_FILE, ImageResult, RunSummary, run
+
+LOG_EVERY_S = 30.0  # how often ranks other than 0 log their count
 
 
 class _Rate(TextColumn):
@@ -25,8 +35,75 @@ class _Rate(TextColumn):
         return super().render(task) if speed is None else f"{speed:.2f} img/s"
 
 
-def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
-    """`pipeline.run` with a download bar, an image bar (done/total, images/s, ETA) and a summary."""
+def run_with_progress(
+    cfg: RunConfig | Any,
+    console: Console,
+    info: RankInfo | None = None,
+    runner: Callable[..., RunSummary] | None = None,
+) -> RunSummary:
+    """`pipeline.run` (or another `runner` with its signature and a config with `out_dir` and
+    `resolved_device()`, e.g. `ssa.engine.runner.run_engine`) for one rank (or the only
+    process) with the progress this rank shows.
+
+    Rank 0 shows a download bar, an image bar of every rank's images (done/total, images/s,
+    ETA) and the summary of all ranks; the other ranks log plain lines to stderr (start,
+    failures, every LOG_EVERY_S seconds, end), so one terminal shared by the ranks holds one
+    bar.
+    """
+    info = info or RankInfo()
+    runner = runner or run
+    cfg.device = rank_device(cfg.resolved_device(), info)
+    with Group(info, cfg.device) as group:
+        if info.is_main:
+            summary = _run_with_bar(cfg, console, group, runner)
+            _print_summary(cfg, console, summary)
+        else:
+            summary = runner(cfg, *_rank_logger(info), group=group)
+        if getattr(cfg, "evaluate", False):
+            _evaluate(cfg, console, group, summary)
+    return summary
+
+
+def _evaluate(cfg: RunConfig, console: Console, group: Group, summary: RunSummary) -> None:
+    """`--eval` after the run: each rank scores a strided share of the images, the confusion
+    matrices are summed with one all-reduce, and rank 0 prints and writes the report."""
+    import torch
+
+    from ssa.evaluate import EVAL_JSON, build_report, plan_run_eval, score, write_json
+    from ssa.report import evaluate_with_progress, print_report
+
+    main = group.info.is_main
+    if summary.failed:  # every rank holds the summary of all ranks, so all of them skip
+        if main:
+            console.print(
+                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
+                f"score the rest with `ssa eval --allow-missing`",
+                highlight=False,
+            )
+        return
+    out_json = Path(cfg.out_dir or ".") / EVAL_JSON
+    if not group.info.distributed:
+        evaluate_with_progress(plan_run_eval(cfg), console, out_json)
+        return
+    group.barrier()  # every rank's outputs are in place before any rank reads them
+    plan = plan_run_eval(cfg)  # the same on every rank: built from the sorted image list
+    counts = score(plan, items=shard(plan.items, group.info.rank, group.info.world_size))
+    parts = [counts.voted.mat, torch.tensor([counts.num_images], dtype=torch.int64)]
+    if counts.branch is not None:
+        parts.append(counts.branch.mat)
+    summed = group.all_reduce_sum_many(parts)
+    counts.voted.mat, counts.num_images = summed[0], int(summed[1].item())
+    if counts.branch is not None:
+        counts.branch.mat = summed[2]
+    if main:
+        report = build_report(counts, plan.class_names)
+        print_report(report, plan, console)
+        write_json(out_json, report)
+
+
+def _run_with_bar(
+    cfg: RunConfig | Any, console: Console, group: Group, runner: Callable[..., RunSummary] = run
+) -> RunSummary:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,16 +116,25 @@ def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
         transient=False,
     ) as progress:
         state: dict[str, int] = {}
+        stop = threading.Event()
+        ranks = group.info.world_size
 
         def on_download(done: int, total: int | None) -> None:
             if "download" not in state:
                 state["download"] = progress.add_task("download SAM checkpoint", total=total)
             progress.update(state["download"], completed=done)
 
-        def on_start(total: int, skipped: int) -> None:
+        def poll() -> None:  # every rank's count, from the group's store (no collective)
+            while not stop.wait(0.5):
+                progress.update(state["images"], completed=group.count("processed"))
+
+        def on_start(total: int, skipped: int, mine: int = 0) -> None:
             if skipped:
                 console.print(f"{skipped} of {total} images already done; skipping them")
-            state["images"] = progress.add_task("label", total=total - skipped)
+            label = "label" if ranks == 1 else f"label ({ranks} workers)"
+            state["images"] = progress.add_task(label, total=total - skipped)
+            if ranks > 1:
+                threading.Thread(target=poll, daemon=True).start()
 
         def on_image(result: ImageResult) -> None:
             if result.status == "failed":
@@ -56,23 +142,63 @@ def run_with_progress(cfg: RunConfig, console: Console) -> RunSummary:
                     f"[yellow]failed[/] {result.rel} ({result.stage}): {result.error}",
                     highlight=False,
                 )
-            progress.advance(state["images"])
+            if ranks == 1:
+                progress.advance(state["images"])
 
-        summary = run(cfg, on_start, on_image, on_download)
+        try:
+            summary = runner(cfg, on_start, on_image, on_download, group=group)
+        finally:
+            stop.set()
+        if "images" in state:
+            progress.update(state["images"], completed=summary.done + len(summary.failed))
+    return summary
+
+
+def _rank_logger(info: RankInfo) -> tuple[Callable[..., None], Callable[[ImageResult], None]]:
+    """on_start and on_image callbacks that log plain `[rank r]` lines to stderr."""
+    state = {"mine": 0, "seen": 0, "failed": 0, "last": time.monotonic(), "start": 0.0}
+
+    def log(message: str) -> None:
+        print(f"[rank {info.rank}/{info.world_size}] {message}", file=sys.stderr, flush=True)
+
+    def on_start(total: int, skipped: int, mine: int = 0) -> None:
+        state["mine"], state["start"] = mine, time.monotonic()
+        log(f"{mine} images to label (of {total}; {skipped} already done)")
+
+    def on_image(result: ImageResult) -> None:
+        state["seen"] += 1
+        if result.status == "failed":
+            state["failed"] += 1
+            log(f"failed {result.rel} ({result.stage}): {result.error}")
+        now = time.monotonic()
+        if state["seen"] == state["mine"]:
+            log(f"finished {state['seen']} images, {state['failed']} failed, "
+                f"{now - state['start']:.1f} s")
+        elif now - state["last"] >= LOG_EVERY_S:
+            state["last"] = now
+            log(f"{state['seen']}/{state['mine']} images, {state['failed']} failed")
+
+    return on_start, on_image
+
+
+def _print_summary(cfg: RunConfig | Any, console: Console, summary: RunSummary) -> None:
+    if summary.removed_temps:
+        console.print(
+            f"removed {summary.removed_temps} temporary files an interrupted run had left",
+            highlight=False,
+        )
     rate = summary.done / summary.seconds if summary.seconds else 0.0
     console.print(
-        f"[bold green]done[/] {summary.done} labelled, {summary.skipped} skipped, "
+        f"[bold green]done[/] {summary.done} labelled, {summary.skipped} skipped (already done), "
         f"{len(summary.failed)} failed of {summary.total} images; {summary.num_masks} masks; "
         f"{summary.seconds:.1f} s ({rate:.2f} img/s) -> {cfg.out_dir}",
         highlight=False,
     )
     if summary.failed:
-        names = ", ".join(str(f.rel) for f in summary.failed[:5])
-        more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
+        names = ", ".join(str(f.rel) for f in summary.failed[:10])
+        more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
         console.print(
             f"[bold red]{len(summary.failed)} failed:[/] {names}{more} "
-            f"(see {cfg.out_dir}/{FAILURES_FILE})",
+            f"(see {Path(cfg.out_dir or '.') / FAILURES_FILE}; a rerun retries them)",
             highlight=False,
         )
-    return summary
-

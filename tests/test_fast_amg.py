@@ -206,3 +206,43 @@ def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> Non
     assert results[1].stage == "read" and results[3].stage == "write"
     assert results[0].num_masks == 2
     assert written == ["a_semantic.json", "b_semantic.json"]
+
+
+def test_upsample_stability_boxes_match_stock(sams) -> None:
+    """The buffered upsampling, stability and boxes of kept masks against segment-anything's
+    `postprocess_masks`, `calculate_stability_score` and `batched_mask_to_box`, bit for bit:
+    chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+    from ssa import fast_amg
+    from ssa.fast_amg import FastMaskGenerator
+
+    sam = sams["sharp"]
+    gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
+    g = torch.Generator().manual_seed(3)
+    logits = torch.nn.functional.interpolate(torch.randn(7, 1, 8, 8, generator=g) * 4, (256, 256),
+                                             mode="bilinear")[:, 0]
+    logits[1] = -5.0  # empty at every level
+    logits[2] = -5.0
+    logits[2, 100:140, 37] = 5.0  # a thin vertical line
+    input_size, crop_size = (80, 128), (97, 151)
+    old = fast_amg._CHUNK_PIXELS
+    fast_amg._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
+    try:
+        for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
+            finite = bool(torch.isfinite(data).all())
+            with torch.inference_mode():
+                ref = sam.postprocess_masks(data[:, None], input_size, crop_size)[:, 0]
+                got = torch.cat([full.clone() for _, full in gen._upsample(data, input_size,
+                                                                           crop_size)])
+                buf = torch.empty(ref.shape, dtype=torch.bool)
+                stab = gen._stability(ref, buf)
+                boxes = gen._boxes(ref, buf, finite)
+            assert torch.equal(got, ref)
+            assert torch.equal(stab, calculate_stability_score(ref, sam.mask_threshold, 1.0),
+                               ) or torch.allclose(stab, calculate_stability_score(
+                                   ref, sam.mask_threshold, 1.0), equal_nan=True, atol=0, rtol=0)
+            assert torch.equal(boxes, batched_mask_to_box(ref > sam.mask_threshold))
+            assert boxes[1].tolist() == [0, 0, 0, 0]
+    finally:
+        fast_amg._CHUNK_PIXELS = old

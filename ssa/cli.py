@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -50,6 +51,38 @@ DataDirOpt = Annotated[
     Path | None, typer.Option(help="The dataset's root folder.", rich_help_panel="Data")
 ]
 
+OutDirOpt = Annotated[
+    Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
+]
+SamCheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+        rich_help_panel="Mask branch",
+    ),
+]
+AmgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
+        rich_help_panel="Mask branch",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
+]
+WorldSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
+        "torchrun, leave it out: workers come from torchrun.",
+        rich_help_panel="Scale",
+    ),
+]
+
 GtDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -64,16 +97,12 @@ GtDirOpt = Annotated[
 def run(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    out_dir: Annotated[
-        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
-    ] = None,
+    out_dir: OutDirOpt = None,
     split: Annotated[
         str | None,
         typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
-    ] = None,
+    limit: LimitOpt = None,
     config: Annotated[
         Path | None,
         typer.Option(help="YAML config (configs/<name>.yaml); flags override it."),
@@ -81,13 +110,7 @@ def run(
     sam_model: Annotated[
         str | None, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = None,
-    sam_checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    sam_checkpoint: SamCheckpointOpt = None,
     amg_preset: Annotated[
         str | None,
         typer.Option(
@@ -96,13 +119,7 @@ def run(
             rich_help_panel="Mask branch",
         ),
     ] = None,
-    amg: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    amg: AmgOpt = None,
     amg_impl: Annotated[
         str | None,
         typer.Option(
@@ -176,9 +193,7 @@ def run(
     save_vis: Annotated[
         bool | None, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
-    ] = None,
+    device: DeviceOpt = None,
     evaluate: Annotated[
         bool | None,
         typer.Option(
@@ -196,21 +211,12 @@ def run(
             rich_help_panel="Scale",
         ),
     ] = None,
-    world_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
-            "torchrun, leave it out: workers come from torchrun.",
-            rich_help_panel="Scale",
-        ),
-    ] = None,
+    world_size: WorldSizeOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
-    from ssa import distributed
     from ssa.evaluate import check_run_eval
     from ssa.masks import parse_amg
-    from ssa.progress import run_with_progress
     from ssa.segmentors.spec import parse_segmentor_args
 
     try:
@@ -245,7 +251,27 @@ def run(
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
-        info = distributed.rank_info_from_env()
+    except SSAError as exc:
+        fail(exc)
+        return
+    from ssa.pipeline import check_run
+
+    _launch_or_run(cfg, world_size, check_run)
+
+
+def _launch_or_run(
+    cfg: Any, world_size: int | None, check: Callable[[Any], None], engine: bool = False
+) -> None:
+    """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
+    share (one process, or a rank under torchrun); exit 1 when any image failed."""
+    from ssa import distributed
+    from ssa.progress import run_with_progress
+
+    runner = None
+    if engine:
+        from ssa.engine.runner import run_engine as runner
+    info = distributed.rank_info_from_env()
+    try:
         if world_size is not None and world_size < 1:
             raise SSAError(f"--world-size {world_size} must be at least 1")
         if info is not None and world_size not in (None, info.world_size):
@@ -254,12 +280,11 @@ def run(
                 f"(WORLD_SIZE); leave --world-size out under torchrun"
             )
         if info is None and world_size is not None and world_size > 1:
-            from ssa.pipeline import check_run
-
-            check_run(cfg)
+            check(cfg)
             distributed.check_gpus(cfg.resolved_device(), world_size)
-            raise typer.Exit(distributed.launch(world_size, cfg, _log_error))
-        summary = run_with_progress(cfg, console, info)
+            command = "_engine_worker" if engine else "_worker"
+            raise typer.Exit(distributed.launch(world_size, cfg, _log_error, command=command))
+        summary = run_with_progress(cfg, console, info, runner=runner)
     except SSAError as exc:
         fail(exc)
         return
@@ -268,30 +293,35 @@ def run(
         raise typer.Exit(1)
 
 
+def _run_worker(parse: Callable[[str], Any], engine: bool = False) -> None:
+    """One worker started by `distributed.launch` (its config comes in SSA_WORKER_CONFIG)."""
+    import os
+
+    from ssa import distributed
+
+    text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+    if text is None:
+        name = "engine" if engine else "run"
+        fail(SSAError(f"this command is started by ssa {name} --world-size N; run that instead"))
+        return
+    try:
+        cfg = parse(text)
+    except SSAError as exc:
+        fail(exc)
+        return
+    _launch_or_run(cfg, None, lambda _: None, engine=engine)
+
+
 def _log_error(message: str) -> None:
     console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @app.command("_worker", hidden=True)
 def worker() -> None:
-    """One worker of `ssa run --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
-    import os
-
+    """One worker of `ssa run --world-size N`."""
     from ssa import distributed
-    from ssa.progress import run_with_progress
 
-    try:
-        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
-        if text is None:
-            raise SSAError("ssa _worker is started by ssa run --world-size N; run that instead")
-        info = distributed.rank_info_from_env()
-        cfg = distributed.config_from_json(text)
-        summary = run_with_progress(cfg, console, info)
-    except SSAError as exc:
-        fail(exc)
-        return
-    if summary.failed and (info is None or info.is_main):
-        raise typer.Exit(1)
+    _run_worker(distributed.config_from_json)
 
 
 @app.command("eval")
@@ -408,13 +438,7 @@ def predict(
     sam_model: Annotated[
         str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = "vit_h",
-    sam_checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    sam_checkpoint: SamCheckpointOpt = None,
     segmentor: Annotated[
         str | None,
         typer.Option(
@@ -425,9 +449,7 @@ def predict(
     top_k: Annotated[
         int, typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting")
     ] = 3,
-    device: Annotated[
-        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
-    ] = None,
+    device: DeviceOpt = None,
     json_path: Annotated[
         Path | None,
         typer.Option("--json", help="Write the three masks as JSON (COCO RLE) here."),
@@ -473,9 +495,7 @@ def predict(
 @app.command()
 def engine(
     data_dir: DataDirOpt = None,
-    out_dir: Annotated[
-        Path | None, typer.Option(help="Where the outputs go.", rich_help_panel="Data")
-    ] = None,
+    out_dir: OutDirOpt = None,
     masks: Annotated[
         Path | None,
         typer.Option(
@@ -484,29 +504,15 @@ def engine(
             rich_help_panel="Mask branch",
         ),
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Label only the first N images.", rich_help_panel="Data")
-    ] = None,
+    limit: LimitOpt = None,
     sam_model: Annotated[
         str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = "vit_h",
-    sam_checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    sam_checkpoint: SamCheckpointOpt = None,
     amg_preset: Annotated[
         str, typer.Option(help="default | ssa", rich_help_panel="Mask branch")
     ] = "default",
-    amg: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    amg: AmgOpt = None,
     top_k: Annotated[
         int, typer.Option(help="Open-vocabulary proposals kept per mask.")
     ] = 3,
@@ -558,25 +564,15 @@ def engine(
     save_vis: Annotated[
         bool, typer.Option("--save-vis", help="Also write an overlay <stem>_vis.jpg.")
     ] = False,
-    device: Annotated[
-        str | None, typer.Option(help="cuda | cpu (default: cuda when available).")
-    ] = None,
-    world_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Start N workers on this machine (one per GPU; CPU workers use gloo). Under "
-            "torchrun, leave it out: workers come from torchrun.",
-        ),
-    ] = None,
+    device: DeviceOpt = None,
+    world_size: WorldSizeOpt = None,
 ) -> None:
     """Name every mask of a folder of images with free-form words (the SSA engine).
 
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
-    from ssa import distributed
-    from ssa.engine.runner import EngineConfig, check_engine, run_engine
+    from ssa.engine.runner import EngineConfig, check_engine
     from ssa.masks import parse_amg
-    from ssa.progress import run_with_progress
 
     try:
         cfg = EngineConfig(
@@ -602,53 +598,18 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
-        info = distributed.rank_info_from_env()
-        if world_size is not None and world_size < 1:
-            raise SSAError(f"--world-size {world_size} must be at least 1")
-        if info is not None and world_size not in (None, info.world_size):
-            raise SSAError(
-                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
-                f"(WORLD_SIZE); leave --world-size out under torchrun"
-            )
-        if info is None and world_size is not None and world_size > 1:
-            check_engine(cfg)
-            distributed.check_gpus(cfg.resolved_device(), world_size)
-            raise typer.Exit(
-                distributed.launch(world_size, cfg, _log_error, command="_engine_worker")
-            )
-        summary = run_with_progress(cfg, console, info, runner=run_engine)
     except SSAError as exc:
         fail(exc)
         return
-    # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
-    if summary.failed and (info is None or info.is_main):
-        raise typer.Exit(1)
-
+    _launch_or_run(cfg, world_size, check_engine, engine=True)
 
 
 @app.command("_engine_worker", hidden=True)
 def engine_worker() -> None:
-    """One worker of `ssa engine --world-size N` (its config comes in SSA_WORKER_CONFIG)."""
-    import os
+    """One worker of `ssa engine --world-size N`."""
+    from ssa.engine.runner import engine_config_from_json
 
-    from ssa import distributed
-    from ssa.engine.runner import engine_config_from_json, run_engine
-    from ssa.progress import run_with_progress
-
-    try:
-        text = os.environ.get(distributed.ENV_WORKER_CONFIG)
-        if text is None:
-            raise SSAError(
-                "ssa _engine_worker is started by ssa engine --world-size N; run that instead"
-            )
-        info = distributed.rank_info_from_env()
-        cfg = engine_config_from_json(text)
-        summary = run_with_progress(cfg, console, info, runner=run_engine)
-    except SSAError as exc:
-        fail(exc)
-        return
-    if summary.failed and (info is None or info.is_main):
-        raise typer.Exit(1)
+    _run_worker(engine_config_from_json, engine=True)
 
 
 if __name__ == "__main__":

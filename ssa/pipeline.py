@@ -305,14 +305,20 @@ def build_labeller(
 
 
 def list_images(cfg: RunConfig) -> tuple[Path, list[Path]]:
-    if cfg.data_dir is None:
+    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit)
+
+
+def select_images(
+    dataset: str, data_dir: Path | None, split: str | None, limit: int | None
+) -> tuple[Path, list[Path]]:
+    """The image folder and the sorted relative paths of its images, the first `limit` only."""
+    if data_dir is None:
         raise SSAError("--data-dir is required; pass the dataset's root folder")
-    spec = get_dataset(cfg.dataset)
-    root, rels = spec.list_images(cfg.data_dir, cfg.split)
-    if cfg.limit is not None:
-        if cfg.limit < 1:
-            raise SSAError(f"--limit {cfg.limit} must be at least 1")
-        rels = rels[: cfg.limit]
+    root, rels = get_dataset(dataset).list_images(Path(data_dir), split)
+    if limit is not None:
+        if limit < 1:
+            raise SSAError(f"--limit {limit} must be at least 1")
+        rels = rels[:limit]
     if not rels:
         raise SSAError(f"no images under {root}; check --data-dir and --dataset")
     return root, rels

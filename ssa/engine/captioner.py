@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ssa.engine.models import load
+from ssa.engine.models import HFModel
 
 # The original engine's captions were at most 20 tokens (transformers' default generation length).
 MAX_NEW_TOKENS = 20
 
 
-class Captioner:
+class Captioner(HFModel):
     """Unconditional image captions for batches of crops (`hwC uint8 RGB` each).
 
     Decoding is greedy, at most `max_new_tokens` of the model's generation config (saved with
@@ -22,14 +22,9 @@ class Captioner:
     """
 
     def __init__(self, model_id: str, device: str = "cpu", batch_size: int = 16) -> None:
-        from transformers import AutoProcessor, BlipForConditionalGeneration
+        from transformers import BlipForConditionalGeneration
 
-        self.model_id = model_id
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.processor = load("captioner", model_id, AutoProcessor.from_pretrained)
-        self.model = load("captioner", model_id, BlipForConditionalGeneration.from_pretrained)
-        self.model.to(self.device).eval()
+        super().__init__("captioner", BlipForConditionalGeneration, model_id, device, batch_size)
         config = getattr(self.model, "generation_config", None)
         self.max_new_tokens = getattr(config, "max_new_tokens", None) or MAX_NEW_TOKENS
 

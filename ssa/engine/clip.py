@@ -8,21 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ssa.engine.models import features, load
+from ssa.engine.models import HFModel, features
 
 
-class ClipRanker:
+class ClipRanker(HFModel):
     """`rank(crops, candidates, k)`: the top-k of each crop's own candidate names."""
 
     def __init__(self, model_id: str, device: str = "cpu", batch_size: int = 16) -> None:
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import CLIPModel
 
-        self.model_id = model_id
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.processor = load("clip", model_id, AutoProcessor.from_pretrained)
-        self.model = load("clip", model_id, CLIPModel.from_pretrained)
-        self.model.to(self.device).eval()
+        super().__init__("clip", CLIPModel, model_id, device, batch_size)
 
     @torch.inference_mode()
     def image_features(self, crops: Sequence[np.ndarray]) -> torch.Tensor:

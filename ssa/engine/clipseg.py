@@ -10,21 +10,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssa.engine.models import load
+from ssa.engine.models import HFModel
 
 
-class ClipSegNamer:
+class ClipSegNamer(HFModel):
     """`name(crops, crop_masks, proposals) -> one proposal index per crop`."""
 
     def __init__(self, model_id: str, device: str = "cpu", batch_size: int = 16) -> None:
-        from transformers import AutoProcessor, CLIPSegForImageSegmentation
+        from transformers import CLIPSegForImageSegmentation
 
-        self.model_id = model_id
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.processor = load("clipseg", model_id, AutoProcessor.from_pretrained)
-        self.model = load("clipseg", model_id, CLIPSegForImageSegmentation.from_pretrained)
-        self.model.to(self.device).eval()
+        super().__init__("clipseg", CLIPSegForImageSegmentation, model_id, device, batch_size)
 
     @torch.inference_mode()
     def prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -83,6 +83,23 @@ def load(role: str, model_id: str, loader: Callable[[str], T]) -> T:
         raise load_error(role, model_id, exc) from None
 
 
+class HFModel:
+    """A Hugging Face model and its processor, loaded for one engine role and batched calls."""
+
+    def __init__(
+        self, role: str, model_cls: Any, model_id: str, device: str = "cpu", batch_size: int = 16
+    ) -> None:
+        import torch
+        from transformers import AutoProcessor
+
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.processor = load(role, model_id, AutoProcessor.from_pretrained)
+        self.model = load(role, model_id, model_cls.from_pretrained)
+        self.model.to(self.device).eval()
+
+
 def features(out: Any):
     """CLIP feature outputs: a tensor (transformers 4) or an output whose `pooler_output` holds
     the projected features (transformers 5)."""

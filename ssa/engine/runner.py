@@ -86,18 +86,9 @@ def check_engine(cfg: EngineConfig) -> None:
 
 
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
-    from ssa.datasets import get_dataset
+    from ssa.pipeline import select_images
 
-    if cfg.data_dir is None:
-        raise SSAError("--data-dir is required; pass the folder of images")
-    root, rels = get_dataset("folder").list_images(Path(cfg.data_dir))
-    if cfg.limit is not None:
-        if cfg.limit < 1:
-            raise SSAError(f"--limit {cfg.limit} must be at least 1")
-        rels = rels[: cfg.limit]
-    if not rels:
-        raise SSAError(f"no images under {root}; check --data-dir")
-    return root, rels
+    return select_images("folder", cfg.data_dir, None, cfg.limit)
 
 
 class EngineRun:

@@ -8,7 +8,7 @@ predictions mirror that relative path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,17 +213,6 @@ DATASETS: dict[str, DatasetSpec] = {
         default_segmentor="hf:nvidia/segformer-b5-finetuned-cityscapes-1024-1024",
         image_suffix="_leftImg8bit",
     ),
-    "foggy_driving": DatasetSpec(
-        name="foggy_driving",
-        classes=CITYSCAPES_CLASSES,
-        image_dir=lambda root, split: root / "leftImg8bit" / split,
-        default_split="test",
-        gt_candidates=_cityscapes_gt,
-        read_gt=read_cityscapes_gt,
-        palette=CITYSCAPES_PALETTE,
-        default_segmentor="hf:nvidia/segformer-b5-finetuned-cityscapes-1024-1024",
-        image_suffix="_leftImg8bit",
-    ),
     "folder": DatasetSpec(
         name="folder",
         classes=None,
@@ -232,6 +221,9 @@ DATASETS: dict[str, DatasetSpec] = {
         default_amg_preset="default",
     ),
 }
+
+# Foggy Driving: Cityscapes' classes and layout, test split (public + pedestrian).
+DATASETS["foggy_driving"] = replace(DATASETS["cityscapes"], name="foggy_driving", default_split="test")
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -81,19 +81,28 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
 def _hard_vote_counts_cpu(
     masks: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
-    """`hard_vote_counts` on the CPU: numpy's bincount of the labels under each mask is several
-    times faster there than torch's (which widens every element to int64)."""
+    """`hard_vote_counts` on the CPU, one vectorised pass in numpy (torch's bincount widens
+    every element to int64 and is several times slower here): for a chunk of masks, the key
+    `mask * (C + 1) + label` of every covered pixel, counted by one bincount."""
     import numpy as np
 
+    num_masks = masks.shape[0]
     flat = labels.reshape(-1).cpu().numpy()
-    valid = (flat >= 0) & (flat < num_classes)
     # Labels outside 0..C-1 go to an extra bin C that is dropped.
-    small = np.where(valid, flat, num_classes).astype(np.uint16 if num_classes < 65535 else np.int64)
-    flat_masks = masks.reshape(masks.shape[0], -1).numpy()
-    counts = np.zeros((masks.shape[0], num_classes), dtype=np.int64)
-    for i, mask in enumerate(flat_masks):
-        counts[i] = np.bincount(small[mask], minlength=num_classes + 1)[:num_classes]
-    return torch.from_numpy(counts).float()
+    bins = num_classes + 1
+    chunks = _mask_chunks(num_masks, flat.size)
+    widest = max(c.stop - c.start for c in chunks) * bins
+    dtype = np.uint32 if widest < 2**32 else np.int64  # narrow keys: half the bytes to gather
+    keys = np.where((flat >= 0) & (flat < num_classes), flat, num_classes).astype(dtype)
+    stack = masks.reshape(num_masks, -1).numpy()
+    counts = np.zeros((num_masks, bins), dtype=np.int64)
+    for chunk in chunks:
+        n = chunk.stop - chunk.start
+        offsets = np.arange(n, dtype=dtype)[:, None] * dtype(bins)
+        counts[chunk] = np.bincount(
+            (keys[None, :] + offsets)[stack[chunk]], minlength=n * bins
+        ).reshape(n, bins)
+    return torch.from_numpy(counts[:, :num_classes]).float()
 
 
 def rank_votes(counts: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,7 +143,7 @@ def paint(
     if num_masks == 0:
         return out
     if areas is None:
-        areas = masks.reshape(num_masks, base.numel()).sum(dim=1)
+        areas = mask_areas(masks)
     order = torch.sort(areas, descending=True, stable=True).indices
     # rank[i] = 1 + painting position of mask i; the winner at a pixel is its highest rank.
     rank = torch.empty(num_masks, dtype=torch.int32, device=masks.device)
@@ -144,19 +153,12 @@ def paint(
         painted = painted | keep_branch.to(masks.device)
     rank = torch.where(painted, rank, torch.zeros_like(rank))
     if masks.device.type == "cpu":
-        # One in-place fill per mask in painting order (the last painted wins, as the highest
-        # rank below): a pass over each mask's bytes, no int32 copies of the stack.
-        for i in order.tolist():
-            if keep_branch is not None and bool(keep_branch[i]):
-                out = torch.where(masks[i], base.long(), out)
-            elif classes[i] >= 0:
-                out.masked_fill_(masks[i], int(classes[i]))
-        return out
-    winner = torch.zeros(base.shape, dtype=torch.int32, device=masks.device)
-    flat_pixels = base.numel()
-    for chunk in _mask_chunks(num_masks, flat_pixels):
-        weighted = masks[chunk].to(torch.int32) * rank[chunk].view(-1, 1, 1)
-        winner = torch.maximum(winner, weighted.amax(dim=0))
+        winner = torch.from_numpy(_winner_cpu(masks, rank))
+    else:
+        winner = torch.zeros(base.shape, dtype=torch.int32, device=masks.device)
+        for chunk in _mask_chunks(num_masks, base.numel()):
+            weighted = masks[chunk].to(torch.int32) * rank[chunk].view(-1, 1, 1)
+            winner = torch.maximum(winner, weighted.amax(dim=0))
     by_rank = torch.zeros(num_masks + 1, dtype=torch.int64, device=masks.device)
     by_rank[rank.long()] = classes.long()
     if keep_branch is not None:
@@ -165,6 +167,34 @@ def paint(
     painted_map = by_rank[winner.long()]
     painted_map = torch.where(painted_map == _BRANCH, out, painted_map)
     return torch.where(winner > 0, painted_map, out)
+
+
+def mask_areas(masks: torch.Tensor) -> torch.Tensor:
+    """`(N,) int64` pixel counts of an `(N, H, W) bool` stack, without an int64 copy of it."""
+    if masks.device.type == "cpu":
+        import numpy as np
+
+        flat = masks.reshape(masks.shape[0], -1).numpy()
+        return torch.from_numpy(np.count_nonzero(flat, axis=1).astype(np.int64))
+    return masks.reshape(masks.shape[0], -1).sum(dim=1)
+
+
+def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
+    """`(H, W) int32`: the highest `rank` among the masks covering each pixel (0: none).
+
+    numpy's multiply-and-max over chunks of the bool stack, in the narrowest integer type that
+    holds the ranks: as fast on the CPU as filling mask by mask, and one vectorised pass.
+    """
+    import numpy as np
+
+    num_masks = masks.shape[0]
+    dtype = np.uint8 if num_masks < 256 else np.uint16 if num_masks < 65536 else np.int32
+    ranks = rank.cpu().numpy().astype(dtype)
+    stack = masks.numpy()
+    winner = np.zeros(stack.shape[1:], dtype=dtype)
+    for chunk in _mask_chunks(num_masks, winner.size):
+        np.maximum(winner, (stack[chunk] * ranks[chunk, None, None]).max(axis=0), out=winner)
+    return winner.astype(np.int32)
 
 
 def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

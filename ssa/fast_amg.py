@@ -3,7 +3,9 @@
 `FastMaskGenerator` takes `SamAutomaticMaskGenerator`'s keywords and returns the same records, but
 keeps every candidate at the decoder's resolution (`256x256` logits) through the predicted-IoU
 filter, the stability filter, the crop-edge filter and box NMS, and upsamples only the masks it
-keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own.
+keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own; the
+decoder runs through `ssa.sam_speedups.decode_shared` (the image side of its first block
+projected once per image instead of once per prompt, same outputs).
 
 Why the low-resolution decisions are the stock ones. The stock generator upsamples logits with
 two bilinear resizes (`256 -> 1024`, crop to the input size, `-> crop size`). Bilinear
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -231,6 +234,9 @@ class FastMaskGenerator:
             from ssa.sam_speedups import use_sdpa
 
             use_sdpa(model.image_encoder)
+        # The compiled stock decoder where compiling was asked for (decode_shared would call
+        # the uncompiled submodules).
+        self.shared_decoder = not compile
         if compile:
             model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
             model.mask_decoder = torch.compile(model.mask_decoder, dynamic=True)
@@ -354,6 +360,8 @@ class FastMaskGenerator:
 
     def _decode(self, points: np.ndarray, crop_size: tuple[int, int]):
         """Low-res logits `(B, 3, 256, 256)` and predicted IoUs `(B, 3)` for `B` point prompts."""
+        from ssa.sam_speedups import decode_shared
+
         predictor = self.predictor
         coords = predictor.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(coords, device=self.device)[:, None, :]
@@ -361,7 +369,9 @@ class FastMaskGenerator:
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(in_points, in_labels), boxes=None,
                                                       masks=None)
-            logits, iou = self.model.mask_decoder(
+            decoder = self.model.mask_decoder
+            decode = partial(decode_shared, decoder) if self.shared_decoder else decoder
+            logits, iou = decode(
                 image_embeddings=predictor.features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,

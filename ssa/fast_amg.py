@@ -460,26 +460,63 @@ class FastMaskGenerator:
 
     def _upsample(self, logits: torch.Tensor, input_size: tuple[int, int],
                   crop_size: tuple[int, int]):
-        """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`."""
+        """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`.
+
+        The stock `Sam.postprocess_masks` (bilinear to the encoder size, crop, bilinear to the
+        crop size), by the same kernel, written into buffers reused across chunks: fresh
+        multi-GB outputs cost about as much in page faults as the interpolation. A yielded
+        tensor is overwritten by the next chunk.
+        """
         per = max(1, _CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
+        size = self.model.image_encoder.img_size
+        first = min(per, len(logits))
+        mid = logits.new_empty(first, 1, size, size)
+        full = logits.new_empty(first, 1, *crop_size)
+        upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
         for i in range(0, len(logits), per):
             part = logits[i : i + per, None]
-            full = self.model.postprocess_masks(part, input_size, crop_size)
-            yield slice(i, i + len(part)), full[:, 0]
+            k = len(part)
+            up = upsample(part, (size, size), False, out=mid[:k])
+            out = upsample(up[..., : input_size[0], : input_size[1]], tuple(crop_size), False,
+                           out=full[:k])
+            yield slice(i, i + k), out[:, 0]
 
     def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
         """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
-
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         stab = torch.empty(len(cands.iou), device=cands.logits.device)
         boxes = torch.empty(len(cands.iou), 4, dtype=torch.int64, device=cands.logits.device)
+        finite = bool(torch.isfinite(cands.logits).all())
+        buf = None
         for sl, full in self._upsample(cands.logits, cands.input_size, crop_size):
-            stab[sl] = calculate_stability_score(full, self.model.mask_threshold,
-                                                 self.stability_score_offset)
-            boxes[sl] = batched_mask_to_box(full > self.model.mask_threshold)
+            if buf is None:
+                buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
+            stab[sl] = self._stability(full, buf[: len(full)])
+            boxes[sl] = self._boxes(full, buf[: len(full)], finite)
         self.stats.exact_fallback += len(cands.iou)
         return stab, boxes
+
+    def _stability(self, full: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        """segment-anything's `calculate_stability_score(full, thr, offset)` `(n,)`, the same
+        int16 row / int32 total counts, through the reused bool buffer `buf` (full's shape)."""
+        thr, off = self.model.mask_threshold, self.stability_score_offset
+        torch.gt(full, thr + off, out=buf)
+        inter = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        torch.gt(full, thr - off, out=buf)
+        union = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        return inter / union
+
+    def _boxes(self, full: torch.Tensor, buf: torch.Tensor, finite: bool) -> torch.Tensor:
+        """segment-anything's `batched_mask_to_box(full > thr)` `(n, 4) int64` XYXY. A row (column)
+        holds a pixel above thr iff its maximum is above thr, for finite logits: one float
+        max-reduction per axis instead of two bool max-with-index passes. Non-finite logits
+        (`finite` False) take the stock function on `buf`."""
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        thr = self.model.mask_threshold
+        if not finite:
+            return batched_mask_to_box(torch.gt(full, thr, out=buf))
+        return _box_from_lines(full.amax(-1) > thr, full.amax(-2) > thr)
 
     def _resolve(self, cands: _Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
         """Replace the bounds of candidates `need` (bool) by their exact values."""
@@ -532,30 +569,33 @@ class FastMaskGenerator:
 
     def _finish(self, per_crop, owners: torch.Tensor, rows: torch.Tensor, orig_size):
         """Upsample the kept candidates once; exact records; small-region removal; RLE."""
-        from segment_anything.utils.amg import (
-            batched_mask_to_box,
-            calculate_stability_score,
-        )
-
         start = time.perf_counter()
         height, width = orig_size
         n = len(rows)
         masks = torch.zeros(n, height, width, dtype=torch.bool, device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
+        thr = self.model.mask_threshold
         for c, (cands, crop_box) in enumerate(per_crop):
             pos = (owners == c).nonzero(as_tuple=True)[0]
             if len(pos) == 0:
                 continue
             sub = cands.logits[rows[pos].to(cands.logits.device)]
+            finite = bool(torch.isfinite(sub).all())
             x0, y0, x1, y1 = crop_box
+            buf = None
             for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
+                if buf is None:
+                    buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
+                part = buf[: len(full)]
                 at = pos[sl].to(self.device)
-                stab[at] = calculate_stability_score(full, self.model.mask_threshold,
-                                                     self.stability_score_offset)
-                binary = full > self.model.mask_threshold
-                boxes[at] = batched_mask_to_box(binary) + _offset(crop_box, self.device).long()
-                masks[at, y0:y1, x0:x1] = binary
+                stab[at] = self._stability(full, part)
+                boxes[at] = self._boxes(full, part, finite) + _offset(crop_box, self.device).long()
+                lo = int(at[0])
+                if bool((at == torch.arange(lo, lo + len(at), device=at.device)).all()):
+                    torch.gt(full, thr, out=masks[lo : lo + len(at), y0:y1, x0:x1])
+                else:
+                    masks[at, y0:y1, x0:x1] = torch.gt(full, thr, out=part)
         _sync(self.device)
         start = self.stats.add("mask_upsample", start)
         iou = torch.cat([c.iou for c, _ in per_crop]) if per_crop else torch.zeros(0)
@@ -624,6 +664,20 @@ def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     coded = [dict(r, counts=r["counts"].encode()) for r in rles]
     # Chunks of < 256: pycocotools' area() overflows a uint8 on longer lists (numpy 2).
     return [int(a) for i in range(0, len(coded), 255) for a in mask_utils.area(coded[i : i + 255])]
+
+
+def _box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """segment-anything's `batched_mask_to_box` from its per-row `(n, H)` and per-column `(n, W)`
+    "has a pixel" flags (bool): the same arithmetic, `(n, 4) int64` XYXY, empty -> zeros."""
+    h, w = rows.shape[-1], cols.shape[-1]
+    in_h = rows * torch.arange(h, device=rows.device)[None, :]
+    bottom = in_h.max(-1).values
+    top = (in_h + h * (~rows)).min(-1).values
+    in_w = cols * torch.arange(w, device=cols.device)[None, :]
+    right = in_w.max(-1).values
+    left = (in_w + w * (~cols)).min(-1).values
+    empty = (right < left) | (bottom < top)
+    return torch.stack([left, top, right, bottom], dim=-1) * (~empty).unsqueeze(-1)
 
 
 def _offset(crop_box: list[int], device: Any) -> torch.Tensor:

@@ -250,3 +250,43 @@ def test_shared_image_decoder_matches_stock(sams, multimask: bool) -> None:
         torch.testing.assert_close(fast_masks, masks, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fast_iou, iou, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stock_b, masks, atol=1e-5, rtol=1e-5)
+
+
+def test_upsample_stability_boxes_match_stock(sams) -> None:
+    """The buffered upsampling, stability and boxes of kept masks against segment-anything's
+    `postprocess_masks`, `calculate_stability_score` and `batched_mask_to_box`, bit for bit:
+    chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+    from ssa import fast_amg
+    from ssa.fast_amg import FastMaskGenerator
+
+    sam = sams["sharp"]
+    gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
+    g = torch.Generator().manual_seed(3)
+    logits = torch.nn.functional.interpolate(torch.randn(7, 1, 8, 8, generator=g) * 4, (256, 256),
+                                             mode="bilinear")[:, 0]
+    logits[1] = -5.0  # empty at every level
+    logits[2] = -5.0
+    logits[2, 100:140, 37] = 5.0  # a thin vertical line
+    input_size, crop_size = (80, 128), (97, 151)
+    old = fast_amg._CHUNK_PIXELS
+    fast_amg._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
+    try:
+        for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
+            finite = bool(torch.isfinite(data).all())
+            with torch.inference_mode():
+                ref = sam.postprocess_masks(data[:, None], input_size, crop_size)[:, 0]
+                got = torch.cat([full.clone() for _, full in gen._upsample(data, input_size,
+                                                                           crop_size)])
+                buf = torch.empty(ref.shape, dtype=torch.bool)
+                stab = gen._stability(ref, buf)
+                boxes = gen._boxes(ref, buf, finite)
+            torch.testing.assert_close(got, ref, atol=0, rtol=0, equal_nan=True)
+            stock = calculate_stability_score(ref, sam.mask_threshold, 1.0)  # empty: 0/0 NaN
+            torch.testing.assert_close(stab, stock, atol=0, rtol=0, equal_nan=True)
+            assert torch.equal(boxes, batched_mask_to_box(ref > sam.mask_threshold))
+            assert boxes[1].tolist() == [0, 0, 0, 0]
+            assert boxes[2, 0] == boxes[2, 2]  # one column wide
+    finally:
+        fast_amg._CHUNK_PIXELS = old

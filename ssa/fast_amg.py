@@ -468,17 +468,32 @@ class FastMaskGenerator:
         tensor is overwritten by the next chunk.
         """
         per = max(1, _CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
-        size = self.model.image_encoder.img_size
+        size, low = self.model.image_encoder.img_size, logits.shape[-1]
         first = min(per, len(logits))
-        mid = logits.new_empty(first, 1, size, size)
-        full = logits.new_empty(first, 1, *crop_size)
         upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
+        # The first resize is cropped to the input size right after: with an integer factor,
+        # the same kernel given that factor as its scale computes the same source indices and
+        # weights for the kept rows/columns, which read only the first ceil(kept / factor) + 1
+        # low-res cells (+1 so the clamp at the last cell is not hit early). Rows past the
+        # crop (a third of a landscape image's) are never computed.
+        factor = size // low
+        crop_first = size % low == 0 and logits.shape[-2] == low
+        if crop_first:
+            cells = [min(low, -(-n // factor) + 2) for n in input_size]
+            mid = logits.new_empty(first, 1, *input_size)
+        else:
+            mid = logits.new_empty(first, 1, size, size)
+        full = logits.new_empty(first, 1, *crop_size)
         for i in range(0, len(logits), per):
             part = logits[i : i + per, None]
             k = len(part)
-            up = upsample(part, (size, size), False, out=mid[:k])
-            out = upsample(up[..., : input_size[0], : input_size[1]], tuple(crop_size), False,
-                           out=full[:k])
+            if crop_first:
+                up = upsample(part[..., : cells[0], : cells[1]], tuple(input_size), False,
+                              float(factor), float(factor), out=mid[:k])
+            else:
+                up = upsample(part, (size, size), False, out=mid[:k])
+                up = up[..., : input_size[0], : input_size[1]]
+            out = upsample(up, tuple(crop_size), False, out=full[:k])
             yield slice(i, i + k), out[:, 0]
 
     def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):

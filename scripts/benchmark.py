@@ -229,9 +229,13 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
     if summary.failed:
         raise SystemExit(f"ssa pipeline failed: {summary.failed}")
     gen_total = t.pop("mask_generator", 0.0)
-    t["mask_postprocess"] = gen_total - t["image_encoder"] - t["mask_decoder"]
     fast = generators[0].generator if generators else None
     detail = dict(getattr(getattr(fast, "stats", None), "seconds", {}))
+    if not t["mask_decoder"] and "mask_decoder" in detail and len(images) == 1:
+        # The fast generator's shared-image decoder (ssa.sam_speedups.decode_shared) does not
+        # call MaskDecoder.forward, so the hook saw nothing: take the generator's own timer.
+        t["mask_decoder"] = detail["mask_decoder"]
+    t["mask_postprocess"] = gen_total - t["image_encoder"] - t["mask_decoder"]
     return {"seconds": seconds, "stages": dict(t), "masks": summary.num_masks,
             "fast_stats_last_image": detail,
             "exact_fallback_last_image": getattr(getattr(fast, "stats", None), "exact_fallback",

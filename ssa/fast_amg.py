@@ -3,7 +3,9 @@
 `FastMaskGenerator` takes `SamAutomaticMaskGenerator`'s keywords and returns the same records, but
 keeps every candidate at the decoder's resolution (`256x256` logits) through the predicted-IoU
 filter, the stability filter, the crop-edge filter and box NMS, and upsamples only the masks it
-keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own.
+keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own; the
+decoder runs through `ssa.sam_speedups.decode_shared` (the image side of its first block
+projected once per image instead of once per prompt, same outputs).
 
 Why the low-resolution decisions are the stock ones. The stock generator upsamples logits with
 two bilinear resizes (`256 -> 1024`, crop to the input size, `-> crop size`). Bilinear
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -231,6 +234,9 @@ class FastMaskGenerator:
             from ssa.sam_speedups import use_sdpa
 
             use_sdpa(model.image_encoder)
+        # The compiled stock decoder where compiling was asked for (decode_shared would call
+        # the uncompiled submodules).
+        self.shared_decoder = not compile
         if compile:
             model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
             model.mask_decoder = torch.compile(model.mask_decoder, dynamic=True)
@@ -354,6 +360,8 @@ class FastMaskGenerator:
 
     def _decode(self, points: np.ndarray, crop_size: tuple[int, int]):
         """Low-res logits `(B, 3, 256, 256)` and predicted IoUs `(B, 3)` for `B` point prompts."""
+        from ssa.sam_speedups import decode_shared
+
         predictor = self.predictor
         coords = predictor.transform.apply_coords(points, crop_size)
         in_points = torch.as_tensor(coords, device=self.device)[:, None, :]
@@ -361,7 +369,9 @@ class FastMaskGenerator:
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=(in_points, in_labels), boxes=None,
                                                       masks=None)
-            logits, iou = self.model.mask_decoder(
+            decoder = self.model.mask_decoder
+            decode = partial(decode_shared, decoder) if self.shared_decoder else decoder
+            logits, iou = decode(
                 image_embeddings=predictor.features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
@@ -450,26 +460,78 @@ class FastMaskGenerator:
 
     def _upsample(self, logits: torch.Tensor, input_size: tuple[int, int],
                   crop_size: tuple[int, int]):
-        """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`."""
+        """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`.
+
+        The stock `Sam.postprocess_masks` (bilinear to the encoder size, crop, bilinear to the
+        crop size), by the same kernel, written into buffers reused across chunks: fresh
+        multi-GB outputs cost about as much in page faults as the interpolation. A yielded
+        tensor is overwritten by the next chunk.
+        """
         per = max(1, _CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
+        size, low = self.model.image_encoder.img_size, logits.shape[-1]
+        first = min(per, len(logits))
+        upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
+        # The first resize is cropped to the input size right after: with an integer factor,
+        # the same kernel given that factor as its scale computes the same source indices and
+        # weights for the kept rows/columns, which read only the first ceil(kept / factor) + 1
+        # low-res cells (+1 so the clamp at the last cell is not hit early). Rows past the
+        # crop (a third of a landscape image's) are never computed.
+        factor = size // low
+        crop_first = size % low == 0 and logits.shape[-2] == low
+        if crop_first:
+            cells = [min(low, -(-n // factor) + 2) for n in input_size]
+            mid = logits.new_empty(first, 1, *input_size)
+        else:
+            mid = logits.new_empty(first, 1, size, size)
+        full = logits.new_empty(first, 1, *crop_size)
         for i in range(0, len(logits), per):
             part = logits[i : i + per, None]
-            full = self.model.postprocess_masks(part, input_size, crop_size)
-            yield slice(i, i + len(part)), full[:, 0]
+            k = len(part)
+            if crop_first:
+                up = upsample(part[..., : cells[0], : cells[1]], tuple(input_size), False,
+                              float(factor), float(factor), out=mid[:k])
+            else:
+                up = upsample(part, (size, size), False, out=mid[:k])
+                up = up[..., : input_size[0], : input_size[1]]
+            out = upsample(up, tuple(crop_size), False, out=full[:k])
+            yield slice(i, i + k), out[:, 0]
 
     def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
         """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
-
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         stab = torch.empty(len(cands.iou), device=cands.logits.device)
         boxes = torch.empty(len(cands.iou), 4, dtype=torch.int64, device=cands.logits.device)
+        finite = bool(torch.isfinite(cands.logits).all())
+        buf = None
         for sl, full in self._upsample(cands.logits, cands.input_size, crop_size):
-            stab[sl] = calculate_stability_score(full, self.model.mask_threshold,
-                                                 self.stability_score_offset)
-            boxes[sl] = batched_mask_to_box(full > self.model.mask_threshold)
+            if buf is None:
+                buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
+            stab[sl] = self._stability(full, buf[: len(full)])
+            boxes[sl] = self._boxes(full, buf[: len(full)], finite)
         self.stats.exact_fallback += len(cands.iou)
         return stab, boxes
+
+    def _stability(self, full: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+        """segment-anything's `calculate_stability_score(full, thr, offset)` `(n,)`, the same
+        int16 row / int32 total counts, through the reused bool buffer `buf` (full's shape)."""
+        thr, off = self.model.mask_threshold, self.stability_score_offset
+        torch.gt(full, thr + off, out=buf)
+        inter = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        torch.gt(full, thr - off, out=buf)
+        union = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+        return inter / union
+
+    def _boxes(self, full: torch.Tensor, buf: torch.Tensor, finite: bool) -> torch.Tensor:
+        """segment-anything's `batched_mask_to_box(full > thr)` `(n, 4) int64` XYXY. A row (column)
+        holds a pixel above thr iff its maximum is above thr, for finite logits: one float
+        max-reduction per axis instead of two bool max-with-index passes. Non-finite logits
+        (`finite` False) take the stock function on `buf`."""
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        thr = self.model.mask_threshold
+        if not finite:
+            return batched_mask_to_box(torch.gt(full, thr, out=buf))
+        return _box_from_lines(full.amax(-1) > thr, full.amax(-2) > thr)
 
     def _resolve(self, cands: _Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
         """Replace the bounds of candidates `need` (bool) by their exact values."""
@@ -522,30 +584,33 @@ class FastMaskGenerator:
 
     def _finish(self, per_crop, owners: torch.Tensor, rows: torch.Tensor, orig_size):
         """Upsample the kept candidates once; exact records; small-region removal; RLE."""
-        from segment_anything.utils.amg import (
-            batched_mask_to_box,
-            calculate_stability_score,
-        )
-
         start = time.perf_counter()
         height, width = orig_size
         n = len(rows)
         masks = torch.zeros(n, height, width, dtype=torch.bool, device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
+        thr = self.model.mask_threshold
         for c, (cands, crop_box) in enumerate(per_crop):
             pos = (owners == c).nonzero(as_tuple=True)[0]
             if len(pos) == 0:
                 continue
             sub = cands.logits[rows[pos].to(cands.logits.device)]
+            finite = bool(torch.isfinite(sub).all())
             x0, y0, x1, y1 = crop_box
+            buf = None
             for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
+                if buf is None:
+                    buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
+                part = buf[: len(full)]
                 at = pos[sl].to(self.device)
-                stab[at] = calculate_stability_score(full, self.model.mask_threshold,
-                                                     self.stability_score_offset)
-                binary = full > self.model.mask_threshold
-                boxes[at] = batched_mask_to_box(binary) + _offset(crop_box, self.device).long()
-                masks[at, y0:y1, x0:x1] = binary
+                stab[at] = self._stability(full, part)
+                boxes[at] = self._boxes(full, part, finite) + _offset(crop_box, self.device).long()
+                lo = int(at[0])
+                if bool((at == torch.arange(lo, lo + len(at), device=at.device)).all()):
+                    torch.gt(full, thr, out=masks[lo : lo + len(at), y0:y1, x0:x1])
+                else:
+                    masks[at, y0:y1, x0:x1] = torch.gt(full, thr, out=part)
         _sync(self.device)
         start = self.stats.add("mask_upsample", start)
         iou = torch.cat([c.iou for c, _ in per_crop]) if per_crop else torch.zeros(0)
@@ -614,6 +679,20 @@ def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     coded = [dict(r, counts=r["counts"].encode()) for r in rles]
     # Chunks of < 256: pycocotools' area() overflows a uint8 on longer lists (numpy 2).
     return [int(a) for i in range(0, len(coded), 255) for a in mask_utils.area(coded[i : i + 255])]
+
+
+def _box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """segment-anything's `batched_mask_to_box` from its per-row `(n, H)` and per-column `(n, W)`
+    "has a pixel" flags (bool): the same arithmetic, `(n, 4) int64` XYXY, empty -> zeros."""
+    h, w = rows.shape[-1], cols.shape[-1]
+    in_h = rows * torch.arange(h, device=rows.device)[None, :]
+    bottom = in_h.max(-1).values
+    top = (in_h + h * (~rows)).min(-1).values
+    in_w = cols * torch.arange(w, device=cols.device)[None, :]
+    right = in_w.max(-1).values
+    left = (in_w + w * (~cols)).min(-1).values
+    empty = (right < left) | (bottom < top)
+    return torch.stack([left, top, right, bottom], dim=-1) * (~empty).unsqueeze(-1)
 
 
 def _offset(crop_box: list[int], device: Any) -> torch.Tensor:

@@ -98,10 +98,11 @@ def _hard_vote_counts_cpu(
     counts = np.zeros((num_masks, bins), dtype=np.int64)
     for chunk in chunks:
         n = chunk.stop - chunk.start
-        offsets = np.arange(n, dtype=dtype)[:, None] * dtype(bins)
-        counts[chunk] = np.bincount(
-            (keys[None, :] + offsets)[stack[chunk]], minlength=n * bins
-        ).reshape(n, bins)
+        covered = stack[chunk]
+        # The labels of every covered pixel, mask after mask, then each mask's key offset.
+        labels_under = np.broadcast_to(keys, covered.shape)[covered]
+        offsets = np.repeat(np.arange(n, dtype=dtype) * dtype(bins), np.count_nonzero(covered, axis=1))
+        counts[chunk] = np.bincount(labels_under + offsets, minlength=n * bins).reshape(n, bins)
     return torch.from_numpy(counts[:, :num_classes]).float()
 
 

@@ -131,13 +131,7 @@ def write_label_png(path: str | Path, labels: np.ndarray, num_classes: int) -> N
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a class-index PNG as `(H, W) int64`, values as written (see `no_label_value`)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img).astype(np.int64)
-    if arr.ndim != 2:
-        raise SSAError(f"label map {path} is not a single-channel PNG; pass class-index PNGs")
-    return arr
+    return read_label_map(path).astype(np.int64)
 
 
 def write_overlay(

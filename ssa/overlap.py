@@ -8,32 +8,17 @@ JSON exists". A read or write failure is that image's failure, as in `pipeline.p
 from __future__ import annotations
 
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ssa.errors import FatalError, SSAError
+from ssa.errors import FatalError
 
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2
 MAX_PENDING_WRITES = 2
-
-
-def _message(exc: BaseException) -> str:
-    """As `pipeline.process_image` reports a failure (and frees CUDA memory after an OOM)."""
-    import torch
-
-    from ssa.pipeline import _error_message
-
-    oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-    if not isinstance(exc, SSAError) and not oom:
-        traceback.print_exception(exc)
-    if oom:
-        torch.cuda.empty_cache()
-    return _error_message(exc)
 
 
 def prefetch(items: list[Any], read: Callable[[Any], Any], depth: int = PREFETCH) -> Iterator:
@@ -55,7 +40,7 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
     Yields one `ImageResult` per image, in order, once it is written (or has failed).
     """
     from ssa import io
-    from ssa.pipeline import ImageResult, output_paths
+    from ssa.pipeline import ImageResult, failure_message, output_paths
 
     pending: deque[tuple[Path, float, Future | None, ImageResult | None]] = deque()
 
@@ -70,13 +55,11 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
                 except FatalError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one image never stops the run
-                    result = ImageResult(rel, "failed", stage="write", error=_message(exc))
+                    result = ImageResult(rel, "failed", stage="write", error=failure_message(exc))
                 result.seconds = time.perf_counter() - start
             yield result
 
     def write(out: dict[str, Any], paths: dict[str, Path], image: Any) -> int:
-        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
-        paths["semantic"].unlink(missing_ok=True)
         labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
         return len(out["records"])
 
@@ -91,7 +74,7 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
             except FatalError:
                 raise  # a run-wide problem (as in pipeline.process_image), not this image's
             except Exception as exc:  # noqa: BLE001 - one image never stops the run
-                failed = ImageResult(rel, "failed", stage=stage, error=_message(exc),
+                failed = ImageResult(rel, "failed", stage=stage, error=failure_message(exc),
                                      seconds=time.perf_counter() - start)
                 pending.append((rel, start, None, failed))
             else:

@@ -199,6 +199,8 @@ class Labeller:
         save_vis: bool,
     ) -> None:
         """Write the PNGs and the overlay, then the JSON last (it marks the image as done)."""
+        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
+        paths["semantic"].unlink(missing_ok=True)
         label_map = out["votes"].label_map.cpu().numpy()
         io.write_label_png(paths["label"], label_map, self.num_classes)
         if save_branch:
@@ -376,38 +378,38 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def failure_message(exc: BaseException) -> str:
+    """Report one image's failure: a traceback for unexpected errors, CUDA memory given back
+    after an out-of-memory error; returns the one-line message for the summary."""
+    oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+    if not isinstance(exc, SSAError) and not oom:
+        traceback.print_exception(exc)
+    if oom:
+        torch.cuda.empty_cache()
+    return _error_message(exc)
+
+
 def process_image(
     labeller: Labeller, root: Path, rel: Path, out_dir: Path, cfg: RunConfig
 ) -> ImageResult:
     """Label and write one image; any failure (bad file, CUDA out of memory, a bug that one
-    image triggers) is returned, not raised, so the run goes on."""
+    image triggers) is returned, not raised, so the run goes on. `ssa.overlap` does the same
+    with reads and writes in background threads."""
     start = time.perf_counter()
     stage = "read"
-    oom = False
-    paths = output_paths(out_dir, rel)
     try:
         image = io.read_image(root / rel)
         stage = "label"
         out = labeller.label(image, rel)
         stage = "write"
-        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
-        paths["semantic"].unlink(missing_ok=True)
-        labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
+        labeller.write(out, output_paths(out_dir, rel), image, cfg.save_branch, cfg.save_vis)
     except FatalError:
         raise
     except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
-        message = _error_message(exc)
-        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-        if not isinstance(exc, SSAError) and not oom:
-            traceback.print_exc()
-        result = ImageResult(rel, "failed", stage=stage, error=message,
-                             seconds=time.perf_counter() - start)
-    else:
-        return ImageResult(rel, "done", num_masks=len(out["records"]),
+        return ImageResult(rel, "failed", stage=stage, error=failure_message(exc),
                            seconds=time.perf_counter() - start)
-    if oom:  # the exception (and the tensors its frames held) is gone now: give the memory back
-        torch.cuda.empty_cache()
-    return result
+    return ImageResult(rel, "done", num_masks=len(out["records"]),
+                       seconds=time.perf_counter() - start)
 
 
 def check_run(cfg: RunConfig) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -180,7 +179,3 @@ class HFSegmentor:
         # Universal models give class mass (class prob x mask prob summed over queries).
         full /= full.sum(dim=0, keepdim=True).clamp_min_(1e-12)
         return full
-
-
-def is_local_folder(model_id: str) -> bool:
-    return Path(model_id).expanduser().is_dir()

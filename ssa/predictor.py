@@ -195,7 +195,7 @@ class SemanticPredictor:
         import torch
         from segment_anything.utils.amg import batched_mask_to_box
 
-        from ssa.voting import NO_CLASS, vote
+        from ssa.voting import NO_CLASS, mask_areas, vote
 
         size = self._need_image().shape[:2]
         coords, lab, box_arr = check_prompt(points, labels, box, size)
@@ -204,7 +204,7 @@ class SemanticPredictor:
                 point_coords=coords, point_labels=lab, box=box_arr, multimask_output=True
             )
             stack = torch.from_numpy(masks).to(self.device)
-            areas = stack.flatten(1).sum(dim=1)
+            areas = mask_areas(stack)
             result = vote(stack, self.branch_labels, self.num_classes, self.top_k, areas=areas)
             xyxy = batched_mask_to_box(stack)
             # XYWH as SAM's generator writes it (w = x1 - x0 with inclusive x1; zeros when empty).

@@ -4,8 +4,8 @@
 keeps every candidate at the decoder's resolution (`256x256` logits) through the predicted-IoU
 filter, the stability filter, the crop-edge filter and box NMS, and upsamples only the masks it
 keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own; the
-decoder runs through `ssa.sam_speedups.decode_shared` (the image side of its first block
-projected once per image instead of once per prompt, same outputs).
+decoder runs through `ssa.sam_speedups.decode_fused` (the same function with the image side
+never projected per prompt; logits equal up to float rounding).
 
 Why the low-resolution decisions are the stock ones. The stock generator upsamples logits with
 two bilinear resizes (`256 -> 1024`, crop to the input size, `-> crop size`). Bilinear
@@ -234,7 +234,7 @@ class FastMaskGenerator:
             from ssa.sam_speedups import use_sdpa
 
             use_sdpa(model.image_encoder)
-        # The compiled stock decoder where compiling was asked for (decode_shared would call
+        # The compiled stock decoder where compiling was asked for (decode_fused would call
         # the uncompiled submodules).
         self.shared_decoder = not compile
         if compile:
@@ -360,7 +360,7 @@ class FastMaskGenerator:
 
     def _decode(self, points: np.ndarray, crop_size: tuple[int, int]):
         """Low-res logits `(B, 3, 256, 256)` and predicted IoUs `(B, 3)` for `B` point prompts."""
-        from ssa.sam_speedups import decode_shared
+        from ssa.sam_speedups import decode_fused
 
         predictor = self.predictor
         coords = predictor.transform.apply_coords(points, crop_size)
@@ -370,7 +370,7 @@ class FastMaskGenerator:
             sparse, dense = self.model.prompt_encoder(points=(in_points, in_labels), boxes=None,
                                                       masks=None)
             decoder = self.model.mask_decoder
-            decode = partial(decode_shared, decoder) if self.shared_decoder else decoder
+            decode = partial(decode_fused, decoder) if self.shared_decoder else decoder
             logits, iou = decode(
                 image_embeddings=predictor.features,
                 image_pe=self.model.prompt_encoder.get_dense_pe(),

@@ -5,14 +5,23 @@
 passed as an additive mask: the same softmax(q k^T * scale + bias) v, computed by a fused kernel
 (flash/memory-efficient on CUDA). Used by the fast generator on CUDA by default.
 
-`decode_shared(mask_decoder, ...)` is `MaskDecoder.forward` for many prompts on one image: the
-stock decoder `repeat_interleave`s the image embedding (+ the dense embedding, which is the same
-`no_mask_embed` for every point prompt) and its positional encoding once per prompt, and the
-first two-way block then projects that identical image side per prompt (keys and values of the
-token->image attention, queries of the image->token attention). Here they are projected once and
-broadcast; from the first block's image->token residual on the image side differs per prompt
-and the stock code runs unchanged. Same outputs up to float rounding (summation order of the
-GEMMs); used by the fast generator.
+`decode_fused(mask_decoder, ...)` is `MaskDecoder.forward` for many point prompts on one image.
+The stock decoder copies the image embedding once per prompt and then, per prompt, projects the
+whole `(64*64, 256)` image side in every attention (keys and values of token->image, queries and
+output of image->token) and runs the upscaling in NCHW through several elementwise passes. Only
+the few tokens (7 per point prompt) differ between prompts, so the same products are taken in
+another order, with the small token-side factors multiplied first:
+- token->image: scores `Q_h W_k,h (keys + pe)^T` (the `q.b_k` term is constant along the softmax
+  and cancels) and output `(P_h keys) W_v,h^T + b_v` (softmax rows sum to one), never `keys W_k`;
+- image->token: scores `(keys + pe) (W_q,h^T K_h^T)` and output `P (V_h W_o,h^T)`, the residual
+  `keys +` added by the same GEMM; the first block's image side is shared by all prompts;
+- upscaling: each 2x2 stride-2 transposed convolution is one channels-last GEMM
+  (`C_in -> 2*2*C_out`), LayerNorm2d a `layer_norm` over channels, GELU the decoder's own module;
+  pixels stay in GEMM order until the small mask logits are put back in raster order; only the
+  masks asked for (3 multimask or 1) are produced.
+Same function, other summation order: logits agree with the stock decoder to about 1e-6
+relative (tested with `atol=1e-5`); on vit_b-sized random weights 4 of 12.6 million logits
+changed sign in one batch of 64 prompts. 2-2.5x fewer seconds than the stock decoder on CPU.
 """
 
 from __future__ import annotations
@@ -22,11 +31,11 @@ import types
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def _sdpa_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """segment-anything `Attention.forward` (x: `(B, H, W, C)`), attention by SDPA."""
-    import torch.nn.functional as F
     from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
     B, H, W, _ = x.shape
@@ -53,49 +62,72 @@ def use_sdpa(image_encoder: torch.nn.Module) -> int:
     return count
 
 
-def _attention(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment-anything `Attention.forward` where q or k/v may have batch 1 (broadcast).
+def _heads(attn: Any, x: torch.Tensor, proj: torch.nn.Linear) -> torch.Tensor:
+    """`proj(x)` split into heads: `(B, heads, N, d)`."""
+    b, n, _ = x.shape
+    return proj(x).view(b, n, attn.num_heads, -1).transpose(1, 2)
 
-    q: `(Bq, Nq, C)`, k/v: `(Bk, Nk, C)`, Bq and Bk equal or one of them 1; returns
-    `(max(Bq, Bk), Nq, C)`. Batch-1 keys/values are attended by all queries in one GEMM.
-    """
-    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)  # (Bq, heads, Nq, c)
-    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
-    v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
-    bq, heads, nq, c_per_head = q.shape
-    if k.shape[0] == 1 and bq > 1:
-        # Every prompt's tokens against the one image: (1, heads, Bq * Nq, c) @ (1, heads, c, Nk).
-        flat = q.transpose(0, 1).reshape(1, heads, bq * nq, c_per_head)
-        a = torch.softmax(flat @ k.permute(0, 1, 3, 2) / math.sqrt(c_per_head), dim=-1)
-        out = (a @ v).reshape(heads, bq, nq, c_per_head).transpose(0, 1)
+
+def _head_weights(attn: Any, proj: torch.nn.Linear) -> torch.Tensor:
+    """A projection's weight per head: `(heads, d, C)`."""
+    return proj.weight.view(attn.num_heads, -1, proj.weight.shape[1])
+
+
+def _token_to_image(attn: Any, q: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor):
+    """`attn(q=q, k=keys + key_pe, v=keys)` (tokens attend to the image), without projecting the
+    image side: scores `Q_h W_k,h (keys + pe)^T` and values `(P_h keys) W_v,h^T + b_v` (rows of
+    the softmax sum to one). q: `(B, N, C)`; keys: `(B or 1, HW, C)`; key_pe: `(1, HW, C)`."""
+    b, n, c = q.shape
+    qh = _heads(attn, q, attn.q_proj)  # (B, h, N, d)
+    d = qh.shape[-1]
+    # The query-key bias term q.b_k is constant along the softmax axis and cancels.
+    a = torch.einsum("bhnd,hdc->bhnc", qh, _head_weights(attn, attn.k_proj)) / math.sqrt(d)
+    a = a.reshape(b, -1, c)  # (B, h*N, C)
+    if keys.shape[0] == 1:
+        k0 = (keys + key_pe)[0]
+        scores = (a.reshape(-1, c) @ k0.T).view(b, -1, k0.shape[0])
+        probs = scores.softmax(-1)
+        pk = (probs.view(-1, k0.shape[0]) @ keys[0]).view(b, -1, c)
     else:
-        a = torch.softmax(q @ k.permute(0, 1, 3, 2) / math.sqrt(c_per_head), dim=-1)
-        out = a @ v
-    return attn.out_proj(attn._recombine_heads(out))
+        scores = torch.baddbmm(a @ key_pe[0].T, a, keys.transpose(1, 2))
+        probs = scores.softmax(-1)
+        pk = torch.bmm(probs, keys)  # (B, h*N, C)
+    pk = pk.view(b, attn.num_heads, n, c)
+    out = torch.einsum("bhnc,hdc->bhnd", pk, _head_weights(attn, attn.v_proj))
+    out = out + attn.v_proj.bias.view(attn.num_heads, 1, -1)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-def _first_block(layer: Any, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                 key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`TwoWayAttentionBlock.forward` with `keys`/`key_pe` of batch 1 (the shared image side).
-
-    queries/query_pe: `(B, N, C)`; keys/key_pe: `(1, HW, C)`; returns `(B, N, C)`, `(B, HW, C)`.
-    """
-    if layer.skip_first_layer_pe:
-        queries = layer.self_attn(q=queries, k=queries, v=queries)
+def _image_to_token(attn: Any, keys: torch.Tensor, key_pe: torch.Tensor, t: torch.Tensor,
+                    tokens: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """`norm(keys + attn(q=keys + key_pe, k=t, v=tokens))` (the image attends to the tokens),
+    without projecting the image side: scores `(keys + pe) (W_q,h^T K_h^T)`, output
+    `P @ (V_h W_o,h^T)`, the residual added by the same GEMM. keys: `(B or 1, HW, C)`."""
+    b, n, c = t.shape
+    h = attn.num_heads
+    kh = _heads(attn, t, attn.k_proj)  # (B, h, N, d)
+    vh = _heads(attn, tokens, attn.v_proj)
+    d = kh.shape[-1]
+    # Columns ordered (token, head): the softmax over tokens then runs on a middle axis with
+    # the heads contiguous, three times faster on CPU than over a last axis of 7.
+    g = torch.einsum("hdc,bhnd->bcnh", _head_weights(attn, attn.q_proj), kh) / math.sqrt(d)
+    g = g.reshape(b, c, n * h)
+    bias = torch.einsum("hd,bhnd->bnh", attn.q_proj.bias.view(h, d), kh).reshape(b, 1, n * h)
+    bias = bias / math.sqrt(d)
+    wo = attn.out_proj.weight.view(c, h, d)
+    # Each head's softmax rows sum to one, so b_o / h on every row of M adds b_o once.
+    m = torch.einsum("bhnd,chd->bnhc", vh, wo).reshape(b, n * h, c) + attn.out_proj.bias / h
+    hw = keys.shape[1]
+    if keys.shape[0] == 1:
+        scores = torch.matmul((keys + key_pe)[0], g) + bias  # (B, HW, h*N)
     else:
-        q = queries + query_pe
-        queries = queries + layer.self_attn(q=q, k=q, v=queries)
-    queries = layer.norm1(queries)
-    q = queries + query_pe
-    k = keys + key_pe  # once per image, not per prompt
-    queries = layer.norm2(queries + _attention(layer.cross_attn_token_to_image, q, k, keys))
-    queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    keys = layer.norm4(keys + _attention(layer.cross_attn_image_to_token, k, q, queries))
-    return queries, keys
+        scores = torch.baddbmm(torch.matmul(key_pe[0], g) + bias, keys, g)
+    probs = scores.view(b, hw, n, h).softmax(-2).view(b, hw, n * h)
+    out = torch.baddbmm(keys.expand(b, -1, -1), probs, m)
+    return norm(out)
 
 
-def decode_shared(
+def decode_fused(
     decoder: Any,
     image_embeddings: torch.Tensor,
     image_pe: torch.Tensor,
@@ -108,7 +140,7 @@ def decode_shared(
     image_embeddings/image_pe: `(1, C, h, w)`; sparse: `(B, N, C)`; dense: `(B, C, h, w)`, the
     same for every prompt (batch 1 or stride 0, as the prompt encoder gives without mask input).
     Returns masks `(B, M, 4h, 4w)` and IoU predictions `(B, M)` as the stock forward; other
-    inputs go to the stock forward.
+    inputs (a dense embedding per prompt, from mask inputs) go to the stock forward.
     """
     dense = dense_prompt_embeddings
     shared = image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0)
@@ -121,26 +153,60 @@ def decode_shared(
     output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
     tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
     src = image_embeddings + dense[:1]
-    b, (_, c, h, w) = tokens.shape[0], src.shape
-
-    # TwoWayTransformer.forward, the first block on the shared image side.
-    keys = src.flatten(2).permute(0, 2, 1)  # (1, hw, C)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
-    first, *rest = transformer.layers
-    queries, keys = _first_block(first, tokens, keys, tokens, key_pe)
-    for layer in rest:
-        queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
-    attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+    b, (h, w) = tokens.shape[0], src.shape[-2:]
+    # TwoWayTransformer.forward; the image side stays (1, hw, C) until the first residual.
+    keys = src.flatten(2).permute(0, 2, 1).contiguous()
+    key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
+    queries, query_pe = tokens, tokens
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image,
+                                                        queries + query_pe, keys, key_pe))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        keys = _image_to_token(layer.cross_attn_image_to_token, keys, key_pe,
+                               queries + query_pe, queries, layer.norm4)
+    attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys,
+                               key_pe)
     hs = transformer.norm_final_attn(queries + attn_out)
 
     # MaskDecoder.predict_masks from the transformer on.
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
-    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
-                            for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    iou_pred = decoder.iou_prediction_head(hs[:, 0, :])
+    picked = range(1, decoder.num_mask_tokens) if multimask_output else range(1)
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in picked],
+                        dim=1)  # (B, M, C/8)
+    masks = _upscale_masks(decoder.output_upscaling, keys.expand(b, -1, -1), hyper, h, w)
     mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-    return masks[:, mask_slice], iou_pred[:, mask_slice]
+    return masks, iou_pred[:, mask_slice]
+
+
+def _upscale_masks(
+    up: Any, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """`hyper @ output_upscaling(keys as (B, C, h, w))` as `(B, M, 4h, 4w)`, channels last: each
+    2x2 stride-2 transposed convolution is one GEMM per pixel (`C_in -> 2*2*C_out`), the
+    LayerNorm2d is `layer_norm` over the channels, and the pixels stay in GEMM order
+    `(i, j, di, dj, di2, dj2)` until the small mask logits are put back in raster order."""
+    conv1, norm, act1, conv2, act2 = up
+    b = keys.shape[0]
+
+    def as_gemm(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor, int]:
+        # Output column (di, dj, c_out) of one input pixel; stride = kernel, so no overlaps.
+        cin, cout, kh, kw = conv.weight.shape
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, kh * kw * cout)
+        return weight, conv.bias.repeat(kh * kw), cout
+
+    w1, b1, c1 = as_gemm(conv1)
+    x = torch.addmm(b1, keys.reshape(-1, keys.shape[-1]), w1).view(-1, c1)
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2, b2, c2 = as_gemm(conv2)
+    x = act2(torch.addmm(b2, x, w2)).view(b, -1, c2)  # (B, hw*16, C/8)
+    m = hyper.shape[1]
+    masks = torch.bmm(x, hyper.transpose(1, 2))  # (B, hw*16, M)
+    # Pixel (i, j, di, dj, di2, dj2) is row 4i + 2di + di2, column 4j + 2dj + dj2.
+    masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(b, m, 4 * h, 4 * w)

@@ -220,12 +220,12 @@ def _decoder_inputs(sam: torch.nn.Module, n: int, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-def test_shared_image_decoder_matches_stock(sams, multimask: bool) -> None:
-    """decode_shared against MaskDecoder.forward: the tiny checkpoint, and vit_b's real decoder
+def test_fused_decoder_matches_stock(sams, multimask: bool) -> None:
+    """decode_fused against MaskDecoder.forward: the tiny checkpoint, and vit_b's real decoder
     shapes (256 channels, 64x64 embedding, two blocks, 8 heads) with random weights."""
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-    from ssa.sam_speedups import decode_shared
+    from ssa.sam_speedups import decode_fused
 
     torch.manual_seed(0)
     full = torch.nn.Module()
@@ -242,10 +242,10 @@ def test_shared_image_decoder_matches_stock(sams, multimask: bool) -> None:
         with torch.inference_mode():
             inputs = _decoder_inputs(sam, n, seed=n)
             masks, iou = decoder(**inputs, multimask_output=multimask)
-            fast_masks, fast_iou = decode_shared(decoder, **inputs, multimask_output=multimask)
+            fast_masks, fast_iou = decode_fused(decoder, **inputs, multimask_output=multimask)
             # A dense embedding per prompt (as from mask inputs) takes the stock path.
             own = dict(inputs, dense_prompt_embeddings=inputs["dense_prompt_embeddings"].clone())
-            stock_b, _ = decode_shared(decoder, **own, multimask_output=multimask)
+            stock_b, _ = decode_fused(decoder, **own, multimask_output=multimask)
         assert fast_masks.shape == masks.shape == (n, 3 if multimask else 1, 256, 256)
         torch.testing.assert_close(fast_masks, masks, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fast_iou, iou, atol=1e-5, rtol=1e-5)

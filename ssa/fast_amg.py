@@ -23,6 +23,7 @@ to float rounding; records (box, area, stability) are computed exactly on the ke
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -167,7 +168,8 @@ class FastMaskGenerator:
 
     Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on CPU,
     at least 256 on CUDA), `precision` (`"fp32"` default; `"bf16"`/`"fp16"` autocast on CUDA
-    only), `sdpa` (fused attention in the image encoder; default on for CUDA, off on CPU),
+    only), `sdpa` (fused attention in the image encoder; default on for CUDA, off on CPU; where
+    it is off the encoder's attention runs chunked, `ssa.sam_speedups.chunked_attention`),
     `compile` (`torch.compile` the encoder and decoder; default off).
     """
 
@@ -230,7 +232,8 @@ class FastMaskGenerator:
         self.autocast_dtype = (
             {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
         )
-        if sdpa if sdpa is not None else cuda:
+        self.sdpa = sdpa if sdpa is not None else cuda
+        if self.sdpa:
             from ssa.sam_speedups import use_sdpa
 
             use_sdpa(model.image_encoder)
@@ -306,7 +309,7 @@ class FastMaskGenerator:
         crop = image[y0:y1, x0:x1, :]
         crop_size = crop.shape[:2]
         start = time.perf_counter()
-        with self._autocast():
+        with self._autocast(), self._encoder_attention():
             self.predictor.set_image(crop)
         _sync(self.device)
         start = self.stats.add("image_encoder", start)
@@ -352,6 +355,15 @@ class FastMaskGenerator:
         return self.box_nms_thresh < 1.0 or not whole or (
             self.crop_n_layers > 0 and self.crop_nms_thresh < 1.0
         )
+
+    def _encoder_attention(self) -> Any:
+        """Chunked encoder attention for this call where SDPA is not used (the model keeps its
+        stock forwards outside it)."""
+        from ssa.sam_speedups import chunked_attention
+
+        if self.sdpa:
+            return contextlib.nullcontext()
+        return chunked_attention(self.model.image_encoder)
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:

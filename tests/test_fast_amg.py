@@ -290,3 +290,34 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
             assert boxes[2, 0] == boxes[2, 2]  # one column wide
     finally:
         fast_amg._CHUNK_PIXELS = old
+
+
+def test_chunked_encoder_attention_matches_stock(sams) -> None:
+    """chunked_attention against the stock encoder: the tiny checkpoint's (windowed and global
+    blocks), and one vit_b-sized global block (768 channels, 12 heads, 64x64 tokens) with
+    several chunk sizes, including ones that split the heads and leave a ragged last block.
+    The stock forwards are back afterwards."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from ssa.sam_speedups import chunked_attention
+
+    gen = torch.Generator().manual_seed(0)
+    encoder = sams["plain"].image_encoder
+    x = torch.randn(1, 3, 1024, 1024, generator=gen)
+    with torch.inference_mode():
+        expected = encoder(x)
+        with chunked_attention(encoder) as patched:
+            got = encoder(x)
+        assert patched == len(encoder.blocks)
+        assert not any("forward" in vars(m) for m in encoder.modules())
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+        block = torch.nn.Module()
+        block.attn = Attention(768, num_heads=12, use_rel_pos=True, input_size=(64, 64))
+        torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
+        tokens = torch.randn(1, 64, 64, 768, generator=gen)
+        expected = block.attn(tokens)
+        for budget in (1 << 21, 5 * 4096 * 3, 4096 * 7):
+            with chunked_attention(block, budget=budget):
+                torch.testing.assert_close(block.attn(tokens), expected, atol=1e-5, rtol=1e-5)

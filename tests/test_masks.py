@@ -138,4 +138,5 @@ def test_masks_equal_stock_generator(sam_checkpoint, settings):
     for a, b in zip(ours, stock):
         np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
         assert a["bbox"] == b["bbox"] and a["area"] == b["area"]
-        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"])
+        # The fused decoder sums in another order: scores agree to float rounding.
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], rel=1e-5, abs=1e-6)

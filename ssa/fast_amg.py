@@ -143,7 +143,8 @@ class _Separable:
     CPU): the same operations on the same operands, so the same bits, at a fraction of the cost.
     `get` checks that on a random input of the exact geometry once (the weights' rounding,
     the compiler's contractions) and returns None where it does not hold, or off the CPU, or
-    where the kernel would take its vectorised path (small outputs): callers then use the kernel.
+    where the kernel would take its vectorised path (small outputs) or copy (an axis of equal
+    sizes): callers then use the kernel.
     """
 
     def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], rows: tuple) -> None:
@@ -155,7 +156,10 @@ class _Separable:
     @classmethod
     def get(cls, in_size: tuple[int, int], out_size: tuple[int, int],
             device: torch.device) -> _Separable | None:
-        if torch.device(device).type != "cpu" or sum(out_size) <= 128 or min(in_size) < 2:
+        # An axis of equal sizes: the kernel copies along it (infinities stay where zero weights
+        # would make NaNs).
+        if (torch.device(device).type != "cpu" or sum(out_size) <= 128 or min(in_size) < 2
+                or in_size[0] == out_size[0] or in_size[1] == out_size[1]):
             return None
         key = (in_size, out_size)
         if key not in cls._cache:
@@ -166,10 +170,12 @@ class _Separable:
     def _build(cls, in_size: tuple[int, int], out_size: tuple[int, int]) -> _Separable | None:
         g = torch.Generator().manual_seed(0)
         probe = torch.randn(1, 1, *in_size, generator=g) * 8
+        probe[0, 0, 1, 1], probe[0, 0, -1, -2] = torch.inf, -torch.inf  # non-finite logits too
         ref = torch._C._nn.upsample_bilinear2d(probe, out_size, False)[:, 0]
         for fused in (False, True):
             sep = cls(in_size, out_size, _linear_rows(in_size[0], out_size[0], fused))
-            if torch.equal(sep(probe[:, 0], sep.buffers(1)), ref):
+            got = sep(probe[:, 0], sep.buffers(1))
+            if torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num()):
                 return sep
         return None
 

@@ -63,9 +63,10 @@ def _flat_masks(masks: torch.Tensor) -> torch.Tensor:
     """`(N, H * W)` pixels of an `(N, H, W)` stack in its storage order (a view, never a copy of
     the stack for a row- or column-major one). Voting is the same under any pixel order as long
     as labels and scores are flattened alike (`_flat_pixels`)."""
+    num_masks, height, width = masks.shape
     if _column_major(masks):
-        return masks.transpose(1, 2).reshape(masks.shape[0], -1)
-    return masks.reshape(masks.shape[0], -1)
+        return masks.transpose(1, 2).reshape(num_masks, height * width)
+    return masks.reshape(num_masks, height * width)
 
 
 def _flat_pixels(plane: torch.Tensor, column_major: bool) -> torch.Tensor:

@@ -74,7 +74,7 @@ def test_rle_of_column_major_stack_matches_pycocotools():
 
 
 @pytest.mark.parametrize("in_size,out_size", [((80, 128), (97, 151)), ((683, 1024), (1467, 2200)),
-                                              ((7, 5), (120, 40)), ((40, 64), (40, 64))])
+                                              ((7, 5), (120, 40)), ((40, 64), (41, 90))])
 def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
     from ssa.fast_amg import _Separable
 
@@ -93,6 +93,8 @@ def test_separable_resize_declines_small_outputs_and_other_devices():
 
     assert _Separable.get((16, 16), (60, 60), torch.device("cpu")) is None  # vectorised kernel
     assert _Separable.get((80, 128), (97, 151), torch.device("meta")) is None
+    assert _Separable.get((97, 151), (97, 151), torch.device("cpu")) is None  # the kernel copies
+    assert _Separable.get((40, 64), (40, 90), torch.device("cpu")) is None
 
 
 def test_count_buffer_counts_like_a_sum():

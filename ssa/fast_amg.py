@@ -27,7 +27,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ import torch.nn.functional as F
 _LOWRES = 256
 # Full-resolution float pixels upsampled at once (about 256 MB of float32).
 _CHUNK_PIXELS = 1 << 26
+# Chunks of the separable CPU resize: a few full-resolution masks, so passes hit the cache.
+_SEPARABLE_CHUNK_PIXELS = 1 << 23
 # The upper end of an unknown box coordinate: finite, so interval arithmetic stays finite.
 _UNKNOWN = 1e7
 
@@ -94,6 +96,124 @@ class _Axis:
         return out.movedim(-1, dim)
 
 
+def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst `(k, w, h)` = src `(k, h, w)` transposed. Mask by mask where dst is contiguous: torch
+    copies a 2-D transposed tensor in cache blocks, about twice as fast as the 3-D strided copy."""
+    if dst.device.type == "cpu" and len(src) and dst[0].is_contiguous() and src[0].is_contiguous():
+        for i in range(len(src)):
+            dst[i].copy_(src[i].t())
+    else:
+        dst.copy_(src.transpose(1, 2))
+
+
+class _CountBuffer:
+    """A reused `(k, h, w) bool` buffer whose rows are zero-padded to a multiple of 2040 bytes,
+    so pixels above a level are counted without widening them: 255 int64 words summed per
+    byte lane (each lane stays <= 255), then the bytes summed. On other devices, a plain sum."""
+
+    _ROW = 8 * 255
+
+    def __init__(self, shape: torch.Size, device: torch.device) -> None:
+        k, h, w = shape
+        self.hw, self.shape = h * w, (h, w)
+        padded = -(-self.hw // self._ROW) * self._ROW
+        self.rows = torch.zeros(k, padded, dtype=torch.bool, device=device)
+
+    def mask(self, k: int) -> torch.Tensor:
+        return self.rows[:k, : self.hw].view(k, *self.shape)
+
+    def count_above(self, full: torch.Tensor, level: float) -> torch.Tensor:
+        """`(k,) int64`: pixels of each `full[i]` above `level`; leaves the mask in the buffer."""
+        k = len(full)
+        torch.gt(full, level, out=self.mask(k))
+        rows = self.rows[:k]
+        if rows.device.type != "cpu":
+            return rows.sum(1)
+        words = rows.view(torch.int64).view(k, -1, 255).sum(2)
+        return words.view(torch.uint8).view(k, -1).sum(1)
+
+
+class _Separable:
+    """The CPU bilinear kernel's resize `(in_h, in_w) -> (out_h, out_w)` in two separable passes.
+
+    torch's generic CPU kernel (`upsample_bilinear2d`, one channel, not channels-last) computes
+    every output pixel as `fma(t0, h0, t1 * h1)` of two width-interpolated rows
+    `t = fma(x0, w0, x1 * w1)`, gathering four inputs and four weights per pixel. Here the width
+    pass is torch's 1-D linear kernel (the same expression, on `in_h` rows only) and the height
+    pass is two whole-row gathers, one multiply and one `addcmul` (a fused multiply-add on the
+    CPU): the same operations on the same operands, so the same bits, at a fraction of the cost.
+    `get` checks that on a random input of the exact geometry once (the weights' rounding,
+    the compiler's contractions) and returns None where it does not hold, or off the CPU, or
+    where the kernel would take its vectorised path (small outputs) or copy (an axis of equal
+    sizes): callers then use the kernel.
+    """
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], rows: tuple) -> None:
+        self.in_size, self.out_size = in_size, out_size
+        self.i0, self.i1, self.l0, self.l1 = rows  # (out_h,) int64 and (out_h, 1) float32
+
+    _cache: ClassVar[dict[tuple, _Separable | None]] = {}
+
+    @classmethod
+    def get(cls, in_size: tuple[int, int], out_size: tuple[int, int],
+            device: torch.device) -> _Separable | None:
+        # An axis of equal sizes: the kernel copies along it (infinities stay where zero weights
+        # would make NaNs).
+        if (torch.device(device).type != "cpu" or sum(out_size) <= 128 or min(in_size) < 2
+                or in_size[0] == out_size[0] or in_size[1] == out_size[1]):
+            return None
+        key = (in_size, out_size)
+        if key not in cls._cache:
+            cls._cache[key] = cls._build(in_size, out_size)
+        return cls._cache[key]
+
+    @classmethod
+    def _build(cls, in_size: tuple[int, int], out_size: tuple[int, int]) -> _Separable | None:
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(1, 1, *in_size, generator=g) * 8
+        probe[0, 0, 1, 1], probe[0, 0, -1, -2] = torch.inf, -torch.inf  # non-finite logits too
+        ref = torch._C._nn.upsample_bilinear2d(probe, out_size, False)[:, 0]
+        for fused in (False, True):
+            sep = cls(in_size, out_size, _linear_rows(in_size[0], out_size[0], fused))
+            got = sep(probe[:, 0], sep.buffers(1))
+            if torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num()):
+                return sep
+        return None
+
+    def buffers(self, n: int) -> list[torch.Tensor]:
+        (ih, _), (oh, ow) = self.in_size, self.out_size
+        return [torch.empty(n, ih, ow), torch.empty(n, oh, ow), torch.empty(n, oh, ow)]
+
+    def __call__(self, x: torch.Tensor, bufs: list[torch.Tensor]) -> torch.Tensor:
+        """x: `(k, in_h, in_w) float32` -> `(k, out_h, out_w)`, written into `bufs[2]`."""
+        width, top, out = bufs
+        torch._C._nn.upsample_linear1d(x, (self.out_size[1],), False, out=width)
+        torch.index_select(width, 1, self.i0, out=top)
+        torch.index_select(width, 1, self.i1, out=out)
+        out.mul_(self.l1)
+        return out.addcmul_(top, self.l0)  # out = fma(top, l0, out)
+
+
+def _linear_rows(n_in: int, n_out: int, fused: bool) -> tuple:
+    """Source rows and weights of torch's linear resize `n_in -> n_out` (align_corners False):
+    `src = scale * (dst + 0.5) - 0.5` in float32 (`fused`: as one fused multiply-add), clamped
+    at 0; `i0 = floor(src)` capped at the last row, `i1 = i0 + 1` capped, `l1 = src - i0` in
+    [0, 1], `l0 = 1 - l1`."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    dst = np.arange(n_out, dtype=np.float64) + 0.5
+    if fused:  # the float64 product is exact; one rounding to float32, as an FMA does
+        src = (np.float64(scale) * dst - 0.5).astype(np.float32)
+    else:
+        src = dst.astype(np.float32) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    l1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+    l0 = np.float32(1) - l1
+    i1 = i0 + (i0 < n_in - 1)
+    return (torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(l0)[:, None],
+            torch.from_numpy(l1)[:, None])
+
+
 @dataclass
 class _Bounds:
     """Per-candidate bounds from low-res logits: boxes `(N, 4)` XYXY as intervals, stability.
@@ -136,7 +256,9 @@ class FastMasks:
     """What `FastMaskGenerator.generate_masks` returns for one image.
 
     records: the stock records, `segmentation` as COCO RLE (`counts` str);
-    masks: `(N, H, W) bool` on the model's device, in record order.
+    masks: `(N, H, W) bool` on the model's device, in record order: the transposed view of an
+    `(N, W, H)` contiguous stack (each mask column-major, as COCO RLE runs); flatten its pixels
+    in storage order (`ssa.voting` does) rather than `.reshape`, which would copy it.
     """
 
     records: list[dict[str, Any]]
@@ -254,7 +376,7 @@ class FastMaskGenerator:
         if self.output_mode == "binary_mask":
             masks = out.masks.cpu().numpy()
             for record, mask in zip(out.records, masks):
-                record["segmentation"] = mask
+                record["segmentation"] = np.ascontiguousarray(mask)  # C-order, as the stock gives
         return out.records
 
     @torch.inference_mode()
@@ -475,12 +597,15 @@ class FastMaskGenerator:
         """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`.
 
         The stock `Sam.postprocess_masks` (bilinear to the encoder size, crop, bilinear to the
-        crop size), by the same kernel, written into buffers reused across chunks: fresh
-        multi-GB outputs cost about as much in page faults as the interpolation. A yielded
-        tensor is overwritten by the next chunk.
+        crop size), bit for bit, written into buffers reused across chunks: fresh multi-GB
+        outputs cost about as much in page faults as the interpolation. A yielded tensor is
+        overwritten by the next chunk. On the CPU the second resize is `_Separable` (the same
+        arithmetic as the kernel, in two cheap passes) over chunks that fit in the cache.
         """
-        per = max(1, _CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
         size, low = self.model.image_encoder.img_size, logits.shape[-1]
+        sep = _Separable.get(tuple(input_size), tuple(crop_size), logits.device)
+        budget = _SEPARABLE_CHUNK_PIXELS if sep is not None else _CHUNK_PIXELS
+        per = max(1, budget // max(1, crop_size[0] * crop_size[1]))
         first = min(per, len(logits))
         upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
         # The first resize is cropped to the input size right after: with an integer factor,
@@ -495,7 +620,8 @@ class FastMaskGenerator:
             mid = logits.new_empty(first, 1, *input_size)
         else:
             mid = logits.new_empty(first, 1, size, size)
-        full = logits.new_empty(first, 1, *crop_size)
+        bufs = sep.buffers(first) if sep is not None else None
+        full = logits.new_empty(first, 1, *crop_size) if sep is None else None
         for i in range(0, len(logits), per):
             part = logits[i : i + per, None]
             k = len(part)
@@ -505,8 +631,10 @@ class FastMaskGenerator:
             else:
                 up = upsample(part, (size, size), False, out=mid[:k])
                 up = up[..., : input_size[0], : input_size[1]]
-            out = upsample(up, tuple(crop_size), False, out=full[:k])
-            yield slice(i, i + k), out[:, 0]
+            if sep is not None:
+                yield slice(i, i + k), sep(up[:, 0], [b[:k] for b in bufs])
+            else:
+                yield slice(i, i + k), upsample(up, tuple(crop_size), False, out=full[:k])[:, 0]
 
     def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
         """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""
@@ -544,6 +672,21 @@ class FastMaskGenerator:
         if not finite:
             return batched_mask_to_box(torch.gt(full, thr, out=buf))
         return _box_from_lines(full.amax(-1) > thr, full.amax(-2) > thr)
+
+    def _kept_stats(self, full: torch.Tensor, buf: _CountBuffer):
+        """Of a chunk of full-resolution logits `(k, h, w)`: the stock stability `(k,) float32`,
+        the rows and columns holding a pixel, the area `(k,) int64`, and the mask `full > thr` `(k, h, w) bool`
+        (a view into `buf`, overwritten by the next chunk). Three thresholds of the chunk, each
+        counted by `buf`; the box from the mask's per-row/column maxima `(k, h)`, `(k, w)`
+        (as bytes: 1 where the row/column has a pixel)."""
+        thr, off = self.model.mask_threshold, self.stability_score_offset
+        inter = buf.count_above(full, thr + off)
+        union = buf.count_above(full, thr - off)
+        area = buf.count_above(full, thr)
+        mask = buf.mask(len(full))
+        as_bytes = mask.view(torch.uint8)
+        # int32 / int32 as segment-anything divides them (counts < 2**24: exact in float32).
+        return inter.int() / union.int(), as_bytes.amax(-1), as_bytes.amax(-2), area, mask
 
     def _resolve(self, cands: _Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
         """Replace the bounds of candidates `need` (bool) by their exact values."""
@@ -595,34 +738,49 @@ class FastMaskGenerator:
     # ---------------------------------------------------------------- kept masks
 
     def _finish(self, per_crop, owners: torch.Tensor, rows: torch.Tensor, orig_size):
-        """Upsample the kept candidates once; exact records; small-region removal; RLE."""
+        """Upsample the kept candidates once; exact records; small-region removal; RLE.
+
+        The mask stack is built as `(N, W, H)` (each mask column-major, the order COCO RLE
+        runs in, so `encode_rle_device` reads it without a transposed copy) and returned as
+        its `(N, H, W)` view `masks_t.transpose(1, 2)`; voting flattens pixels in storage order.
+        Stability, box and area of each chunk are counted while it is in the cache.
+        """
         start = time.perf_counter()
         height, width = orig_size
         n = len(rows)
-        masks = torch.zeros(n, height, width, dtype=torch.bool, device=self.device)
+        # Crops that are the whole image write every pixel: no zero fill (a pass over the stack).
+        whole = all(list(b) == [0, 0, width, height] for _, b in per_crop)
+        masks_t = (torch.empty if whole else torch.zeros)(n, width, height, dtype=torch.bool,
+                                                           device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
-        thr = self.model.mask_threshold
+        areas = torch.empty(n, dtype=torch.int64, device=self.device)
         for c, (cands, crop_box) in enumerate(per_crop):
             pos = (owners == c).nonzero(as_tuple=True)[0]
             if len(pos) == 0:
                 continue
             sub = cands.logits[rows[pos].to(cands.logits.device)]
-            finite = bool(torch.isfinite(sub).all())
             x0, y0, x1, y1 = crop_box
+            # Which crop rows / columns hold a pixel, per mask: the boxes at the end, in one go.
+            line_rows = torch.empty(n, y1 - y0, dtype=torch.uint8, device=self.device)
+            line_cols = torch.empty(n, x1 - x0, dtype=torch.uint8, device=self.device)
             buf = None
             for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
                 if buf is None:
-                    buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
-                part = buf[: len(full)]
+                    buf = _CountBuffer(full.shape, full.device)
                 at = pos[sl].to(self.device)
-                stab[at] = self._stability(full, part)
-                boxes[at] = self._boxes(full, part, finite) + _offset(crop_box, self.device).long()
+                k = len(at)
+                stats = self._kept_stats(full, buf)
+                stab[at], line_rows[at], line_cols[at], areas[at], mask = stats
                 lo = int(at[0])
-                if bool((at == torch.arange(lo, lo + len(at), device=at.device)).all()):
-                    torch.gt(full, thr, out=masks[lo : lo + len(at), y0:y1, x0:x1])
+                if bool((at == torch.arange(lo, lo + k, device=at.device)).all()):
+                    _copy_transposed(masks_t[lo : lo + k, x0:x1, y0:y1], mask)
                 else:
-                    masks[at, y0:y1, x0:x1] = torch.gt(full, thr, out=part)
+                    masks_t[at, x0:x1, y0:y1] = mask.transpose(1, 2)
+            pos = pos.to(self.device)
+            boxes[pos] = _box_from_lines(line_rows[pos] > 0, line_cols[pos] > 0)
+            boxes[pos] += _offset(crop_box, self.device).long()
+        masks = masks_t.transpose(1, 2)
         _sync(self.device)
         start = self.stats.add("mask_upsample", start)
         iou = torch.cat([c.iou for c, _ in per_crop]) if per_crop else torch.zeros(0)
@@ -638,7 +796,10 @@ class FastMaskGenerator:
             iou, stab, points = iou[keep], stab[keep.to(stab.device)], points[keep.cpu()]
             crop_boxes = [crop_boxes[int(i)] for i in keep]
         rles = encode_rle_device(masks)
-        areas = _rle_areas(rles)  # in C from the runs: reducing the bool stack would widen it
+        if self.min_mask_region_area > 0 and n:
+            areas = _rle_areas(rles)  # some masks changed: count them again
+        else:
+            areas = areas.tolist()
         start = self.stats.add("rle", start)
         records = []
         boxes_l, iou_l, stab_l = boxes.tolist(), iou.tolist(), stab.tolist()
@@ -658,13 +819,17 @@ class FastMaskGenerator:
         return masks, records
 
     def _remove_small_regions(self, masks: torch.Tensor, boxes: torch.Tensor):
-        """The stock `postprocess_small_regions` on the kept masks (same order, same NMS)."""
+        """The stock `postprocess_small_regions` on the kept masks (same order, same NMS).
+
+        masks: `(N, H, W) bool`, any layout; the returned stack keeps it (rows taken from the
+        storage tensor, so a column-major stack stays one)."""
         from segment_anything.utils.amg import batched_mask_to_box, remove_small_regions
         from torchvision.ops.boxes import batched_nms
 
         cpu = masks.cpu().numpy()
         new_masks, scores = [], []
         for mask in cpu:
+            mask = np.ascontiguousarray(mask)  # OpenCV reads C-order arrays
             mask, changed = remove_small_regions(mask, self.min_mask_region_area, mode="holes")
             unchanged = not changed
             mask, changed = remove_small_regions(mask, self.min_mask_region_area, mode="islands")
@@ -675,14 +840,16 @@ class FastMaskGenerator:
         keep = batched_nms(new_boxes.float(), torch.as_tensor(scores), torch.zeros(len(stack)),
                            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
         changed = torch.as_tensor(scores)[keep] == 0.0
-        out_masks = masks[keep.to(masks.device)]
+        transposed = not masks.is_contiguous() and masks.transpose(1, 2).is_contiguous()
+        storage = masks.transpose(1, 2) if transposed else masks
+        out_masks = storage[keep.to(masks.device)]
         out_boxes = boxes[keep.to(boxes.device)]
         if changed.any():
             sel = changed.nonzero(as_tuple=True)[0]
-            out_masks[sel.to(masks.device)] = stack[keep[sel]].to(masks.device)
+            new = stack[keep[sel]].to(masks.device)
+            out_masks[sel.to(masks.device)] = new.transpose(1, 2) if transposed else new
             out_boxes[sel.to(boxes.device)] = new_boxes[keep[sel]].to(boxes.device)
-        return keep, out_masks, out_boxes
-
+        return keep, out_masks.transpose(1, 2) if transposed else out_masks, out_boxes
 
 def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     """Pixels set per COCO RLE (pycocotools, as the stock `area_from_rle` counts them)."""
@@ -816,17 +983,23 @@ def _interval_nms(
 
 
 def encode_rle_device(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """COCO RLE (`counts` str) of an `(N, H, W) bool` tensor, via pycocotools, in chunks so the
-    column-major copy it needs stays small."""
+    """COCO RLE (`counts` str) of an `(N, H, W) bool` tensor, via pycocotools.
+
+    A stack stored column-major per mask (`masks.transpose(1, 2)` contiguous on the CPU, as
+    `FastMaskGenerator` builds it) is read in place; any other is copied to that order in chunks
+    so the copy stays small."""
     from pycocotools import mask as mask_utils
 
     n, h, w = masks.shape
     out: list[dict[str, Any]] = []
-    per = max(1, (1 << 27) // max(1, h * w))
+    in_place = masks.device.type == "cpu" and masks.transpose(1, 2).is_contiguous()
+    per = max(1, n if in_place else (1 << 27) // max(1, h * w))
     for i in range(0, n, per):
-        # (c, W, H) C-order is (H, W, c) Fortran order: what pycocotools reads, with no extra copy.
-        part = masks[i : i + per].transpose(1, 2).contiguous().cpu().numpy().view(np.uint8)
-        rles = mask_utils.encode(part.transpose(2, 1, 0))
+        # (c, W, H) C-order is (H, W, c) Fortran order: what pycocotools reads.
+        part = masks[i : i + per].transpose(1, 2)
+        if not in_place:
+            part = part.contiguous().cpu()
+        rles = mask_utils.encode(part.numpy().view(np.uint8).transpose(2, 1, 0))
         for rle in rles:
             rle["counts"] = rle["counts"].decode("ascii")
         out.extend(rles)

@@ -52,6 +52,37 @@ class VoteResult:
     trusted: torch.Tensor | None = None
 
 
+def _column_major(masks: torch.Tensor) -> bool:
+    """Whether an `(N, H, W)` stack is stored column-major per mask: the transposed view of a
+    contiguous `(N, W, H)` tensor, as `ssa.fast_amg` builds it for RLE encoding."""
+    return (masks.dim() == 3 and not masks.is_contiguous()
+            and masks.transpose(1, 2).is_contiguous())
+
+
+def _flat_masks(masks: torch.Tensor) -> torch.Tensor:
+    """`(N, H * W)` pixels of an `(N, H, W)` stack in its storage order (a view, never a copy of
+    the stack for a row- or column-major one). Voting is the same under any pixel order as long
+    as labels and scores are flattened alike (`_flat_pixels`)."""
+    num_masks, height, width = masks.shape
+    if _column_major(masks):
+        return masks.transpose(1, 2).reshape(num_masks, height * width)
+    return masks.reshape(num_masks, height * width)
+
+
+def _flat_pixels(plane: torch.Tensor, column_major: bool) -> torch.Tensor:
+    """`(..., H, W)` -> `(..., H * W)` in the pixel order of `_flat_masks`."""
+    if column_major:
+        plane = plane.transpose(-1, -2)
+    return plane.reshape(*plane.shape[:-2], -1)
+
+
+def _unflat_pixels(flat: torch.Tensor, shape: tuple[int, int], column_major: bool):
+    """Inverse of `_flat_pixels` for one `(H * W,)` plane -> `(H, W)` (contiguous)."""
+    if column_major:
+        return flat.view(shape[1], shape[0]).t().contiguous()
+    return flat.view(shape)
+
+
 def _mask_chunks(num_masks: int, num_pixels: int) -> list[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(num_pixels, 1))
     return [slice(i, min(i + step, num_masks)) for i in range(0, num_masks, step)]
@@ -65,11 +96,11 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
     num_masks = masks.shape[0]
     if masks.device.type == "cpu" and num_masks:
         return _hard_vote_counts_cpu(masks, labels, num_classes)
-    flat_labels = labels.reshape(-1).long()
+    flat_labels = _flat_pixels(labels, _column_major(masks)).long()
     valid = (flat_labels >= 0) & (flat_labels < num_classes)
     flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
     counts = torch.zeros(num_masks * num_classes, dtype=torch.int64, device=masks.device)
-    flat_masks = masks.reshape(num_masks, flat_labels.numel())
+    flat_masks = _flat_masks(masks)
     for chunk in _mask_chunks(num_masks, flat_labels.numel()):
         sel = flat_masks[chunk] & valid
         rows, cols = sel.nonzero(as_tuple=True)
@@ -87,14 +118,14 @@ def _hard_vote_counts_cpu(
     import numpy as np
 
     num_masks = masks.shape[0]
-    flat = labels.reshape(-1).cpu().numpy()
+    flat = _flat_pixels(labels.cpu(), _column_major(masks)).numpy()
     # Labels outside 0..C-1 go to an extra bin C that is dropped.
     bins = num_classes + 1
     chunks = _mask_chunks(num_masks, flat.size)
     widest = max(c.stop - c.start for c in chunks) * bins
     dtype = np.uint32 if widest < 2**32 else np.int64  # narrow keys: half the bytes to gather
     keys = np.where((flat >= 0) & (flat < num_classes), flat, num_classes).astype(dtype)
-    stack = masks.reshape(num_masks, -1).numpy()
+    stack = _flat_masks(masks).numpy()
     counts = np.zeros((num_masks, bins), dtype=np.int64)
     for chunk in chunks:
         n = chunk.stop - chunk.start
@@ -153,13 +184,15 @@ def paint(
     if keep_branch is not None:
         painted = painted | keep_branch.to(masks.device)
     rank = torch.where(painted, rank, torch.zeros_like(rank))
+    flat = _flat_masks(masks)
     if masks.device.type == "cpu":
-        winner = torch.from_numpy(_winner_cpu(masks, rank))
+        winner = torch.from_numpy(_winner_cpu(flat, rank))
     else:
-        winner = torch.zeros(base.shape, dtype=torch.int32, device=masks.device)
+        winner = torch.zeros(flat.shape[1], dtype=torch.int32, device=masks.device)
         for chunk in _mask_chunks(num_masks, base.numel()):
-            weighted = masks[chunk].to(torch.int32) * rank[chunk].view(-1, 1, 1)
+            weighted = flat[chunk].to(torch.int32) * rank[chunk].view(-1, 1)
             winner = torch.maximum(winner, weighted.amax(dim=0))
+    winner = _unflat_pixels(winner, tuple(base.shape), _column_major(masks))
     by_rank = torch.zeros(num_masks + 1, dtype=torch.int64, device=masks.device)
     by_rank[rank.long()] = classes.long()
     if keep_branch is not None:
@@ -175,13 +208,14 @@ def mask_areas(masks: torch.Tensor) -> torch.Tensor:
     if masks.device.type == "cpu":
         import numpy as np
 
-        flat = masks.reshape(masks.shape[0], -1).numpy()
+        flat = _flat_masks(masks).numpy()
         return torch.from_numpy(np.count_nonzero(flat, axis=1).astype(np.int64))
-    return masks.reshape(masks.shape[0], -1).sum(dim=1)
+    return _flat_masks(masks).sum(dim=1)
 
 
 def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
-    """`(H, W) int32`: the highest `rank` among the masks covering each pixel (0: none).
+    """`(P,) int32`: the highest `rank` among the masks `(N, P) bool` covering each pixel
+    (0: none).
 
     numpy's multiply-and-max over chunks of the bool stack, in the narrowest integer type that
     holds the ranks: as fast on the CPU as filling mask by mask, and one vectorised pass.
@@ -194,7 +228,7 @@ def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
     stack = masks.numpy()
     winner = np.zeros(stack.shape[1:], dtype=dtype)
     for chunk in _mask_chunks(num_masks, winner.size):
-        np.maximum(winner, (stack[chunk] * ranks[chunk, None, None]).max(axis=0), out=winner)
+        np.maximum(winner, (stack[chunk] * ranks[chunk, None]).max(axis=0), out=winner)
     return winner.astype(np.int32)
 
 
@@ -205,9 +239,9 @@ def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     The argmax of the sum is the argmax of the mean: every class shares the mask's area.
     """
     num_masks = masks.shape[0]
-    probs = as_probabilities(scores).reshape(scores.shape[0], -1).to(masks.device)
+    probs = _flat_pixels(as_probabilities(scores), _column_major(masks)).to(masks.device)
     counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32, device=masks.device)
-    flat_masks = masks.reshape(num_masks, probs.shape[1])
+    flat_masks = _flat_masks(masks)
     for chunk in _mask_chunks(num_masks, probs.shape[1]):
         counts[chunk] = flat_masks[chunk].to(probs.dtype) @ probs.T
     return counts

@@ -1,0 +1,107 @@
+"""The column-major mask stack of the fast generator and the passes over it: the separable
+resize against torch's kernel, the padded counts against sums, RLE of the column-major layout
+against pycocotools on the plain masks, and voting on it against the brute-force rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_voting import brute_force
+
+from ssa.voting import NO_CLASS, mask_areas, paint, vote
+
+
+def column_major(masks: np.ndarray) -> torch.Tensor:
+    """`(N, H, W)` view of a contiguous `(N, W, H)` tensor: the fast generator's layout."""
+    stack = torch.from_numpy(np.ascontiguousarray(masks.transpose(0, 2, 1)))
+    view = stack.transpose(1, 2)
+    assert len(masks) == 0 or not view.is_contiguous()
+    return view
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vote_on_column_major_stack_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=(17, 23))
+    labels[rng.random(labels.shape) < 0.1] = 255
+    masks = rng.random((9, 17, 23)) < rng.random((9, 1, 1))
+    result = vote(column_major(masks), torch.from_numpy(labels), 6, 4)
+    classes, proposals, label_map = brute_force(masks, labels, 6, 4)
+    assert result.classes.tolist() == classes
+    assert [[p for p in row if p != NO_CLASS] for row in result.proposals.tolist()] == proposals
+    assert result.label_map.shape == (17, 23)
+    np.testing.assert_array_equal(result.label_map.numpy(), label_map)
+    assert mask_areas(column_major(masks)).tolist() == masks.sum((1, 2)).tolist()
+
+
+@pytest.mark.parametrize("policy,share", [("soft", 0.0), ("hard", 0.6), ("soft", 0.5)])
+def test_policies_agree_on_both_layouts(policy, share, monkeypatch):
+    from ssa import voting
+
+    rng = np.random.default_rng(7)
+    labels = torch.from_numpy(rng.integers(0, 5, size=(13, 19)))
+    scores = torch.from_numpy(rng.normal(size=(5, 13, 19)).astype(np.float32))
+    masks = rng.random((11, 13, 19)) < rng.random((11, 1, 1))
+    monkeypatch.setattr(voting, "_CHUNK_ELEMENTS", 600)  # several chunks of masks
+    kw = {"scores": scores, "policy": policy, "min_vote_share": share}
+    plain = vote(torch.from_numpy(masks), labels, 5, 3, **kw)
+    cm = vote(column_major(masks), labels, 5, 3, **kw)
+    for field in ("classes", "counts", "proposals", "shares", "label_map", "trusted"):
+        torch.testing.assert_close(getattr(cm, field), getattr(plain, field), atol=1e-5, rtol=0)
+
+
+def test_chunked_paint_on_column_major_stack(monkeypatch):
+    from ssa import voting
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=(20, 21))
+    masks = rng.random((12, 20, 21)) < 0.3
+    classes = torch.from_numpy(rng.integers(-1, 4, size=12))
+    monkeypatch.setattr(voting, "_CHUNK_ELEMENTS", 450)
+    got = paint(column_major(masks), classes, torch.from_numpy(labels))
+    want = paint(torch.from_numpy(masks), classes, torch.from_numpy(labels))
+    assert torch.equal(got, want)
+
+
+def test_rle_of_column_major_stack_matches_pycocotools():
+    from ssa import io
+    from ssa.fast_amg import encode_rle_device
+
+    masks = np.random.default_rng(1).random((5, 37, 23)) > 0.5
+    assert encode_rle_device(column_major(masks)) == io.encode_rle(masks)
+    assert encode_rle_device(column_major(masks[:0])) == []
+
+
+@pytest.mark.parametrize("in_size,out_size", [((80, 128), (97, 151)), ((683, 1024), (1467, 2200)),
+                                              ((7, 5), (120, 40)), ((40, 64), (41, 90))])
+def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
+    from ssa.fast_amg import _Separable
+
+    sep = _Separable.get(in_size, out_size, torch.device("cpu"))
+    assert sep is not None
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, *in_size, generator=g) * 20
+    x[1, 2, 3] = torch.inf  # the same operations: the same infinities and NaNs
+    x[2, 0, :] = -torch.inf
+    ref = torch.nn.functional.interpolate(x[:, None], out_size, mode="bilinear")[:, 0]
+    torch.testing.assert_close(sep(x, sep.buffers(3)), ref, atol=0, rtol=0, equal_nan=True)
+
+
+def test_separable_resize_declines_small_outputs_and_other_devices():
+    from ssa.fast_amg import _Separable
+
+    assert _Separable.get((16, 16), (60, 60), torch.device("cpu")) is None  # vectorised kernel
+    assert _Separable.get((80, 128), (97, 151), torch.device("meta")) is None
+    assert _Separable.get((97, 151), (97, 151), torch.device("cpu")) is None  # the kernel copies
+    assert _Separable.get((40, 64), (40, 90), torch.device("cpu")) is None
+
+
+def test_count_buffer_counts_like_a_sum():
+    from ssa.fast_amg import _CountBuffer
+
+    x = torch.randn(3, 47, 61, generator=torch.Generator().manual_seed(4))
+    buf = _CountBuffer(x.shape, x.device)
+    for level in (-1.0, 0.0, 1.0, 10.0):
+        assert buf.count_above(x[:2], level).tolist() == (x[:2] > level).flatten(1).sum(1).tolist()
+        assert torch.equal(buf.mask(2), x[:2] > level)

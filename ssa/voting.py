@@ -92,49 +92,64 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
     """Votes per mask and class: `(N, C) float32` counts of each branch label inside each mask.
 
     masks: `(N, H, W) bool`; labels: `(H, W)` integer class indices (others do not vote).
+    One integer GEMM: the stack read as `(N, pixels) int8` (a view) times the one-hot
+    `(pixels, K) int8` of the classes present, int32 accumulation, so the counts are exact and
+    the stack is read once per 32 classes present (`_onehot_counts`).
     """
     num_masks = masks.shape[0]
-    if masks.device.type == "cpu" and num_masks:
-        return _hard_vote_counts_cpu(masks, labels, num_classes)
-    flat_labels = _flat_pixels(labels, _column_major(masks)).long()
+    counts = torch.zeros(num_masks, num_classes, dtype=torch.float32, device=masks.device)
+    if num_masks == 0:
+        return counts
+    column_major = _column_major(masks)
+    flat_labels = _flat_pixels(labels.to(masks.device), column_major).long()
     valid = (flat_labels >= 0) & (flat_labels < num_classes)
-    flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
-    counts = torch.zeros(num_masks * num_classes, dtype=torch.int64, device=masks.device)
+    present = torch.unique(flat_labels[valid])
+    if len(present) == 0:
+        return counts
+    # Compact class index per pixel (-1: does not vote).
+    compact = torch.full((num_classes,), -1, dtype=torch.int64, device=masks.device)
+    compact[present] = torch.arange(len(present), device=masks.device)
+    index = torch.where(valid, compact[flat_labels.clamp(0, num_classes - 1)], -1)
     flat_masks = _flat_masks(masks)
-    for chunk in _mask_chunks(num_masks, flat_labels.numel()):
-        sel = flat_masks[chunk] & valid
-        rows, cols = sel.nonzero(as_tuple=True)
-        keys = (rows + chunk.start) * num_classes + flat_labels[cols]
-        counts += torch.bincount(keys, minlength=counts.numel())
-    return counts.view(num_masks, num_classes).float()
+    try:
+        found = _onehot_counts(flat_masks, index, len(present))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        # torch builds without an int8 GEMM for this device or shape.
+        found = _bincount_counts(flat_masks, index, len(present))
+    counts[:, present] = found.float()
+    return counts
 
 
-def _hard_vote_counts_cpu(
-    masks: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """`hard_vote_counts` on the CPU, one vectorised pass in numpy (torch's bincount widens
-    every element to int64 and is several times slower here): for a chunk of masks, the key
-    `mask * (C + 1) + label` of every covered pixel, counted by one bincount."""
-    import numpy as np
+# Classes counted per pass over the stack (one-hot columns of one integer GEMM).
+_CLASSES_PER_PASS = 32
 
-    num_masks = masks.shape[0]
-    flat = _flat_pixels(labels.cpu(), _column_major(masks)).numpy()
-    # Labels outside 0..C-1 go to an extra bin C that is dropped.
-    bins = num_classes + 1
-    chunks = _mask_chunks(num_masks, flat.size)
-    widest = max(c.stop - c.start for c in chunks) * bins
-    dtype = np.uint32 if widest < 2**32 else np.int64  # narrow keys: half the bytes to gather
-    keys = np.where((flat >= 0) & (flat < num_classes), flat, num_classes).astype(dtype)
-    stack = _flat_masks(masks).numpy()
-    counts = np.zeros((num_masks, bins), dtype=np.int64)
-    for chunk in chunks:
-        n = chunk.stop - chunk.start
-        covered = stack[chunk]
-        # The labels of every covered pixel, mask after mask, then each mask's key offset.
-        labels_under = np.broadcast_to(keys, covered.shape)[covered]
-        offsets = np.repeat(np.arange(n, dtype=dtype) * dtype(bins), np.count_nonzero(covered, axis=1))
-        counts[chunk] = np.bincount(labels_under + offsets, minlength=n * bins).reshape(n, bins)
-    return torch.from_numpy(counts[:, :num_classes]).float()
+
+def _onehot_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """`(N, k) int32`: pixels of each mask (`(N, P) bool`) whose `index` (`(P,)`, -1 = none) is
+    each of 0..k-1, by `torch._int_mm` on the bool stack's bytes (0/1 read as int8)."""
+    num_masks = flat_masks.shape[0]
+    stack = flat_masks.view(torch.int8)
+    out = torch.empty(num_masks, k, dtype=torch.int32, device=flat_masks.device)
+    for first in range(0, k, _CLASSES_PER_PASS):
+        width = min(_CLASSES_PER_PASS, k - first)
+        cols = -(-width // 8) * 8  # GEMM kernels want multiples of 8 columns
+        onehot = torch.zeros(index.numel(), cols, dtype=torch.int8, device=flat_masks.device)
+        rows = ((index >= first) & (index < first + width)).nonzero(as_tuple=True)[0]
+        onehot[rows, index[rows] - first] = 1
+        for chunk in _mask_chunks(num_masks, index.numel()):
+            out[chunk, first : first + width] = torch._int_mm(stack[chunk], onehot)[:, :width]
+    return out
+
+
+def _bincount_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """`_onehot_counts` by one bincount of `mask * k + class` keys per chunk of masks."""
+    num_masks = flat_masks.shape[0]
+    valid = index >= 0
+    counts = torch.zeros(num_masks * k, dtype=torch.int64, device=flat_masks.device)
+    for chunk in _mask_chunks(num_masks, index.numel()):
+        rows, cols = (flat_masks[chunk] & valid).nonzero(as_tuple=True)
+        counts += torch.bincount((rows + chunk.start) * k + index[cols], minlength=counts.numel())
+    return counts.view(num_masks, k)
 
 
 def rank_votes(counts: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

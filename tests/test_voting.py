@@ -149,3 +149,31 @@ def test_paint_skips_masks_without_class():
     masks = torch.ones((1, 2, 2), dtype=torch.bool)
     out = paint(masks, torch.tensor([NO_CLASS]), torch.tensor([[0, 1], [1, 0]]))
     assert out.tolist() == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize("shape", [(7, 13, 11), (40, 16, 24)])
+def test_counts_many_classes_against_brute_force(monkeypatch, shape):
+    """The one-hot integer GEMM with more classes present than one pass takes (70 of 80, passes
+    of 32 and a ragged last one), pixels not a multiple of 8, labels that do not vote (-1, 80,
+    255), chunks of a few masks; and the bincount fallback on the same input."""
+    import ssa.voting as voting
+
+    rng = np.random.default_rng(sum(shape))
+    n, h, w = shape
+    masks = rng.random((n, h, w)) < 0.4
+    labels = rng.choice(np.r_[np.arange(70), -1, 80, 255], size=(h, w))
+    expected = np.zeros((n, 80), dtype=np.int64)
+    for i in range(n):
+        under = labels[masks[i]]
+        under = under[(under >= 0) & (under < 80)]
+        expected[i] = np.bincount(under, minlength=80)
+    monkeypatch.setattr(voting, "_CHUNK_ELEMENTS", h * w * 3)
+    got = voting.hard_vote_counts(torch.from_numpy(masks), torch.from_numpy(labels), 80)
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+    def no_int_mm(*_):
+        raise RuntimeError("no int8 GEMM here")
+
+    monkeypatch.setattr(voting, "_onehot_counts", no_int_mm)
+    got = voting.hard_vote_counts(torch.from_numpy(masks), torch.from_numpy(labels), 80)
+    np.testing.assert_array_equal(got.numpy(), expected)

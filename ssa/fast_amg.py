@@ -97,11 +97,15 @@ class _Axis:
 
 
 def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst `(k, w, h)` = src `(k, h, w)` transposed. Mask by mask where dst is contiguous: torch
-    copies a 2-D transposed tensor in cache blocks, about twice as fast as the 3-D strided copy."""
+    """dst `(k, w, h)` = src `(k, h, w)` transposed. On the CPU, mask by mask with OpenCV's SIMD
+    transpose where both are contiguous per mask (about 0.2 ms for a 2200x1467 bool mask,
+    against about 2.5 ms for torch's or numpy's strided copy)."""
     if dst.device.type == "cpu" and len(src) and dst[0].is_contiguous() and src[0].is_contiguous():
-        for i in range(len(src)):
-            dst[i].copy_(src[i].t())
+        import cv2
+
+        out = dst.numpy().view(np.uint8)
+        for i, plane in enumerate(src.numpy().view(np.uint8)):
+            cv2.transpose(plane, dst=out[i])
     else:
         dst.copy_(src.transpose(1, 2))
 

@@ -135,6 +135,10 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
     from ssa.segmentors.base import BranchOutput, class_names
 
     device = args.device
+    if args.stock_keep_heap:
+        from ssa.allocator import keep_freed_memory
+
+        keep_freed_memory()
     load_start = time.perf_counter()
     segmentor = load_segmentor(f"hf:{args.segformer}", device=device)
     names = class_names(segmentor)
@@ -185,7 +189,7 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
         masks_total += len(records)
     t[LOAD] = load_seconds
     return {"seconds": time.perf_counter() - start_all, "stages": dict(t), "masks": masks_total,
-            **peak_memory()}
+            "keep_heap": _heap_kept(), **peak_memory()}
 
 
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
@@ -249,7 +253,14 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
             "fast_stats_last_image": detail,
             "exact_fallback_last_image": getattr(getattr(fast, "stats", None), "exact_fallback",
                                                  None),
-            "overlap_module": ssa.overlap.__name__, **peak_memory()}
+            "overlap_module": ssa.overlap.__name__, "keep_heap": _heap_kept(), **peak_memory()}
+
+
+def _heap_kept() -> bool:
+    """Whether `ssa.allocator.keep_freed_memory` is in force in this process."""
+    import ssa.allocator
+
+    return bool(ssa.allocator._applied)
 
 
 def _lap(t: dict, stage: str, start: float) -> float:
@@ -331,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amg", action="append", default=[], help="more generator knobs KEY=VALUE")
     p.add_argument("--amg-impl", default="fast", help="the ssa side's generator: fast | stock")
     p.add_argument("--skip-stock", action="store_true", help="reuse the last stock run's outputs")
+    p.add_argument("--stock-keep-heap", action="store_true",
+                   help="give the stock run ssa's allocator setting too (ssa.allocator), to "
+                        "see how much of the ratio it accounts for")
     p.add_argument("--only", choices=["stock", "ssa"], help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--segformer", help=argparse.SUPPRESS)

@@ -525,6 +525,10 @@ def run_images(
             # One download per machine, before its other ranks load the file.
             ensure_checkpoint(*sam, download_progress)
         group.wait_all("checkpoint")
+    if mine:
+        from ssa.allocator import keep_freed_memory
+
+        keep_freed_memory()  # large tensors reused from the heap, not faulted in per image
     worker = make_worker() if mine else None
     if on_start:
         on_start(len(rels), summary.skipped, len(mine))

@@ -156,7 +156,7 @@ def test_counts_many_classes_against_brute_force(monkeypatch, shape):
     """The one-hot integer GEMM with more classes present than one pass takes (70 of 80, passes
     of 32 and a ragged last one), pixels not a multiple of 8, labels that do not vote (-1, 80,
     255), chunks of a few masks; and the bincount fallback on the same input."""
-    import ssa.voting as voting
+    from ssa import voting
 
     rng = np.random.default_rng(sum(shape))
     n, h, w = shape

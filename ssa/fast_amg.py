@@ -645,37 +645,14 @@ class FastMaskGenerator:
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         stab = torch.empty(len(cands.iou), device=cands.logits.device)
         boxes = torch.empty(len(cands.iou), 4, dtype=torch.int64, device=cands.logits.device)
-        finite = bool(torch.isfinite(cands.logits).all())
         buf = None
         for sl, full in self._upsample(cands.logits, cands.input_size, crop_size):
             if buf is None:
-                buf = torch.empty(full.shape, dtype=torch.bool, device=full.device)
-            stab[sl] = self._stability(full, buf[: len(full)])
-            boxes[sl] = self._boxes(full, buf[: len(full)], finite)
+                buf = _CountBuffer(full.shape, full.device)
+            stab[sl], rows, cols, _, _ = self._kept_stats(full, buf)
+            boxes[sl] = _box_from_lines(rows > 0, cols > 0)
         self.stats.exact_fallback += len(cands.iou)
         return stab, boxes
-
-    def _stability(self, full: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-        """segment-anything's `calculate_stability_score(full, thr, offset)` `(n,)`, the same
-        int16 row / int32 total counts, through the reused bool buffer `buf` (full's shape)."""
-        thr, off = self.model.mask_threshold, self.stability_score_offset
-        torch.gt(full, thr + off, out=buf)
-        inter = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-        torch.gt(full, thr - off, out=buf)
-        union = buf.sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-        return inter / union
-
-    def _boxes(self, full: torch.Tensor, buf: torch.Tensor, finite: bool) -> torch.Tensor:
-        """segment-anything's `batched_mask_to_box(full > thr)` `(n, 4) int64` XYXY. A row (column)
-        holds a pixel above thr iff its maximum is above thr, for finite logits: one float
-        max-reduction per axis instead of two bool max-with-index passes. Non-finite logits
-        (`finite` False) take the stock function on `buf`."""
-        from segment_anything.utils.amg import batched_mask_to_box
-
-        thr = self.model.mask_threshold
-        if not finite:
-            return batched_mask_to_box(torch.gt(full, thr, out=buf))
-        return _box_from_lines(full.amax(-1) > thr, full.amax(-2) > thr)
 
     def _kept_stats(self, full: torch.Tensor, buf: _CountBuffer):
         """Of a chunk of full-resolution logits `(k, h, w)`: the stock stability `(k,) float32`,

@@ -259,7 +259,7 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
     from ssa import fast_amg
-    from ssa.fast_amg import FastMaskGenerator
+    from ssa.fast_amg import FastMaskGenerator, _box_from_lines, _CountBuffer
 
     sam = sams["sharp"]
     gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
@@ -274,15 +274,15 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     fast_amg._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
     try:
         for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
-            finite = bool(torch.isfinite(data).all())
             with torch.inference_mode():
                 ref = sam.postprocess_masks(data[:, None], input_size, crop_size)[:, 0]
                 got = torch.cat([full.clone() for _, full in gen._upsample(data, input_size,
                                                                            crop_size)])
-                buf = torch.empty(ref.shape, dtype=torch.bool)
-                stab = gen._stability(ref, buf)
-                boxes = gen._boxes(ref, buf, finite)
+                stab, rows, cols, area, mask = gen._kept_stats(ref, _CountBuffer(ref.shape, "cpu"))
+                boxes = _box_from_lines(rows > 0, cols > 0)
             torch.testing.assert_close(got, ref, atol=0, rtol=0, equal_nan=True)
+            assert torch.equal(mask, ref > sam.mask_threshold)
+            assert area.tolist() == (ref > sam.mask_threshold).sum((1, 2)).tolist()
             stock = calculate_stability_score(ref, sam.mask_threshold, 1.0)  # empty: 0/0 NaN
             torch.testing.assert_close(stab, stock, atol=0, rtol=0, equal_nan=True)
             assert torch.equal(boxes, batched_mask_to_box(ref > sam.mask_threshold))

@@ -45,20 +45,31 @@ import torch
 import torch.nn.functional as F
 
 
+def _split_qkv(attn: Any, x: torch.Tensor) -> torch.Tensor:
+    """segment-anything `Attention`'s q, k, v of x `(B, H, W, C)`: `(3, B * heads, H * W, d)`."""
+    b, h, w, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return qkv.reshape(3, b * attn.num_heads, h * w, -1)
+
+
+def _merge_heads(attn: Any, out: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """`(B * heads, H * W, d)` attention output -> `attn.proj` of it, `(B, H, W, C)`."""
+    out = out.view(b, attn.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out)
+
+
 def _sdpa_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """segment-anything `Attention.forward` (x: `(B, H, W, C)`), attention by SDPA."""
     from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
     B, H, W, _ = x.shape
-    qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
+    q, k, v = _split_qkv(self, x).unbind(0)
     bias = None
     if self.use_rel_pos:
         zeros = q.new_zeros(B * self.num_heads, H * W, H * W)
         bias = add_decomposed_rel_pos(zeros, q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-    out = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-    return self.proj(out)
+    return _merge_heads(self, out, B, H, W)
 
 
 def use_sdpa(image_encoder: torch.nn.Module) -> int:
@@ -83,8 +94,7 @@ def _chunked_forward(self: Any, x: torch.Tensor, budget: int = _SCORE_BUDGET) ->
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     b, h, w, _ = x.shape
-    qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+    q, k, v = _split_qkv(self, x).unbind(0)
     groups, n = q.shape[:2]
     if self.use_rel_pos:
         # add_decomposed_rel_pos's two terms, kept apart: (groups, queries, key rows/cols).
@@ -106,8 +116,7 @@ def _chunked_forward(self: Any, x: torch.Tensor, budget: int = _SCORE_BUDGET) ->
                 grid = scores.view(scores.shape[0], scores.shape[1], h, w)
                 grid.add_(rel_h[gs, rs]).add_(rel_w[gs, rs])
             torch.bmm(scores.softmax(dim=-1), v[gs], out=out[gs, rs])
-    out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return self.proj(out)
+    return _merge_heads(self, out, b, h, w)
 
 
 @contextlib.contextmanager

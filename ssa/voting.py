@@ -127,17 +127,17 @@ _CLASSES_PER_PASS = 32
 def _onehot_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
     """`(N, k) int32`: pixels of each mask (`(N, P) bool`) whose `index` (`(P,)`, -1 = none) is
     each of 0..k-1, by `torch._int_mm` on the bool stack's bytes (0/1 read as int8)."""
-    num_masks = flat_masks.shape[0]
     stack = flat_masks.view(torch.int8)
-    out = torch.empty(num_masks, k, dtype=torch.int32, device=flat_masks.device)
+    out = torch.empty(flat_masks.shape[0], k, dtype=torch.int32, device=flat_masks.device)
     for first in range(0, k, _CLASSES_PER_PASS):
         width = min(_CLASSES_PER_PASS, k - first)
         cols = -(-width // 8) * 8  # GEMM kernels want multiples of 8 columns
         onehot = torch.zeros(index.numel(), cols, dtype=torch.int8, device=flat_masks.device)
         rows = ((index >= first) & (index < first + width)).nonzero(as_tuple=True)[0]
         onehot[rows, index[rows] - first] = 1
-        for chunk in _mask_chunks(num_masks, index.numel()):
-            out[chunk, first : first + width] = torch._int_mm(stack[chunk], onehot)[:, :width]
+        # All masks in one call: the stack is a view and the output small, so nothing to chunk
+        # (one call is also what CUDA's kernel wants: more than 16 rows).
+        out[:, first : first + width] = torch._int_mm(stack, onehot)[:, :width]
     return out
 
 

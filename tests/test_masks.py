@@ -104,7 +104,7 @@ def test_missing_and_bad_checkpoints(tmp_path, monkeypatch):
 
 
 def test_failed_download_leaves_no_partial(tmp_path, monkeypatch):
-    from ssa import masks
+    from ssa.masks import sam as masks
 
     monkeypatch.setattr(masks, "CHECKPOINT_URL", "http://127.0.0.1:9/")
     dest = tmp_path / "ckp" / "sam_vit_b_01ec64.pth"

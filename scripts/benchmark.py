@@ -245,7 +245,7 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
     fast = generators[0].generator if generators else None
     detail = dict(getattr(getattr(fast, "stats", None), "seconds", {}))
     if not t["mask_decoder"] and "mask_decoder" in detail and len(images) == 1:
-        # The fast generator's shared-image decoder (ssa.sam_speedups.decode_fused) does not
+        # The fast generator's shared-image decoder (ssa.masks.sam_speedups.decode_fused) does not
         # call MaskDecoder.forward, so the hook saw nothing: take the generator's own timer.
         t["mask_decoder"] = detail["mask_decoder"]
     t["mask_postprocess"] = gen_total - t["image_encoder"] - t["mask_decoder"]

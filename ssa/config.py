@@ -22,7 +22,7 @@ class RunConfig:
     sam_checkpoint: Path | None = None
     amg_preset: str | None = None
     amg: dict[str, Any] = field(default_factory=dict)
-    amg_impl: str = "fast"  # "fast" (ssa.fast_amg) | "stock" (SamAutomaticMaskGenerator)
+    amg_impl: str = "fast"  # "fast" (ssa.masks.fast_amg) | "stock" (SamAutomaticMaskGenerator)
     segmentor: str | None = None
     segmentor_args: dict[str, Any] = field(default_factory=dict)
     classes: Path | None = None

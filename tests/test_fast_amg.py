@@ -71,7 +71,7 @@ CASES = {
 def test_fast_matches_stock(case: str, sams) -> None:
     from segment_anything import SamAutomaticMaskGenerator
 
-    from ssa.fast_amg import FastMaskGenerator
+    from ssa.masks.fast_amg import FastMaskGenerator
 
     model, image_kind, settings = CASES[case]
     image = _image(image_kind)
@@ -95,7 +95,7 @@ def _disk_logits() -> torch.Tensor:
 def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
     """Smooth synthetic logits: the stock upsampling's box and stability lie within the bounds
     from the low-res grid, and the box bounds are tight (a few low-res cells)."""
-    from ssa.fast_amg import FastMaskGenerator, _Candidates
+    from ssa.masks.fast_amg import FastMaskGenerator, _Candidates
 
     gen = FastMaskGenerator(sams["plain"], points_per_side=2)
     h, w = size
@@ -118,7 +118,7 @@ def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
 def test_interval_nms_matches_torchvision() -> None:
     from torchvision.ops import batched_nms
 
-    from ssa.fast_amg import Stats, _interval_nms
+    from ssa.masks.fast_amg import Stats, _interval_nms
 
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=gen) * 100
@@ -142,7 +142,7 @@ def test_interval_nms_matches_torchvision() -> None:
 
 def test_device_rle_matches_pycocotools() -> None:
     from ssa import io
-    from ssa.fast_amg import _rle_areas, encode_rle_device
+    from ssa.masks.fast_amg import _rle_areas, encode_rle_device
 
     masks = torch.rand(300, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
     rles = encode_rle_device(masks)
@@ -168,7 +168,7 @@ def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:
 def test_sdpa_encoder_matches_stock(sams) -> None:
     import copy
 
-    from ssa.sam_speedups import use_sdpa
+    from ssa.masks.sam_speedups import use_sdpa
 
     encoder = sams["plain"].image_encoder
     patched = copy.deepcopy(encoder)
@@ -225,7 +225,7 @@ def test_fused_decoder_matches_stock(sams, multimask: bool) -> None:
     shapes (256 channels, 64x64 embedding, two blocks, 8 heads) with random weights."""
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-    from ssa.sam_speedups import decode_fused
+    from ssa.masks.sam_speedups import decode_fused
 
     torch.manual_seed(0)
     full = torch.nn.Module()
@@ -258,8 +258,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    from ssa import fast_amg
-    from ssa.fast_amg import FastMaskGenerator, _box_from_lines, _CountBuffer
+    from ssa.masks import fast_amg
+    from ssa.masks.fast_amg import FastMaskGenerator, _box_from_lines, _CountBuffer
 
     sam = sams["sharp"]
     gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
@@ -299,7 +299,7 @@ def test_chunked_encoder_attention_matches_stock(sams) -> None:
     The stock forwards are back afterwards."""
     from segment_anything.modeling.image_encoder import Attention
 
-    from ssa.sam_speedups import chunked_attention
+    from ssa.masks.sam_speedups import chunked_attention
 
     gen = torch.Generator().manual_seed(0)
     encoder = sams["plain"].image_encoder

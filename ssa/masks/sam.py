@@ -322,7 +322,7 @@ class MaskGenerator:
     """SAM's automatic mask generator with ssa's presets: `generate(image) -> list[record]`.
 
     image: `HWC uint8 RGB`. Records as in the module docstring, `segmentation` as `HW bool`.
-    impl: `"fast"` (`ssa.fast_amg.FastMaskGenerator`, the same masks without the stock work
+    impl: `"fast"` (`ssa.masks.fast_amg.FastMaskGenerator`, the same masks without the stock work
     outside the network) or `"stock"` (segment-anything's `SamAutomaticMaskGenerator`).
     """
 
@@ -330,7 +330,7 @@ class MaskGenerator:
         self.settings = dict(settings)
         self.impl = impl
         if impl == "fast":
-            from ssa.fast_amg import FastMaskGenerator
+            from ssa.masks.fast_amg import FastMaskGenerator
 
             self.generator = FastMaskGenerator(sam, output_mode="binary_mask", **settings)
         elif impl == "stock":

@@ -17,11 +17,6 @@ A factory that takes a `device` keyword gets the run's device unless the argumen
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ssa.errors import SSAError
+from ssa.plugins import call_factory as _call_factory
+from ssa.plugins import entry_point_names, load_entry_point, load_py_factory, split_py_target
 
 ENTRY_POINT_GROUP = "ssa.segmentors"
 
@@ -53,8 +50,6 @@ ACCEPTED_FORMS = (
     + ", ".join(SHORT_NAMES)
     + ") | an installed plug-in's name"
 )
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -73,9 +68,7 @@ def _bad(spec: str, why: str) -> SSAError:
 
 def plugin_names() -> set[str]:
     """Names registered under the `ssa.segmentors` entry-point group."""
-    from importlib.metadata import entry_points
-
-    return {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return entry_point_names(ENTRY_POINT_GROUP)
 
 
 def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec:
@@ -95,13 +88,7 @@ def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec
     if not rest:
         raise _bad(spec, f"nothing after {kind + ':'!r}")
     if kind == "py":
-        module, sep, factory = (part.strip() for part in rest.rpartition(":"))
-        if not sep or not module:
-            raise _bad(spec, "py: needs a module or .py file and a factory, separated by ':'")
-        if not _IDENTIFIER.fullmatch(factory):
-            raise _bad(spec, f"factory {factory!r} is not a Python identifier")
-        if not module.endswith(".py") and not _MODULE.fullmatch(module):
-            raise _bad(spec, f"{module!r} is neither a dotted module name nor a .py file")
+        module, factory = split_py_target(rest, lambda why: _bad(spec, why))
         return SegmentorSpec("py", module, factory)
     if kind == "plugin":
         names = plugin_names() if plugins is None else set(plugins)
@@ -137,69 +124,9 @@ def _hint(spec: str) -> str:
 
 def parse_segmentor_args(items: Iterable[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings to keyword arguments; values are YAML scalars (`3` is an int)."""
-    import yaml
+    from ssa.keyvalue import parse_key_values
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not _IDENTIFIER.fullmatch(key):
-            raise SSAError(
-                f"--segmentor-arg {item!r} is not KEY=VALUE; write e.g. --segmentor-arg crop_size=512"
-            )
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
-        out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else raw
-    return out
-
-
-def _call_factory(factory: Any, where: str, device: str, args: Mapping[str, Any]) -> Any:
-    """Call a factory with the arguments, refusing unknown keywords with the accepted ones."""
-    if not callable(factory):
-        raise SSAError(f"{where} is not callable; point the spec at a factory function or class")
-    kwargs = dict(args)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "device" in params and "device" not in kwargs:
-        kwargs["device"] = device
-    if params and not takes_any:
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            accepted = ", ".join(k for k in params if k != "self") or "none"
-            raise SSAError(
-                f"{where} takes no argument {unknown[0]!r}; its keyword arguments: {accepted}"
-            )
-    try:
-        return factory(**kwargs)
-    except TypeError as exc:
-        raise SSAError(f"{where}: {exc}; check --segmentor-arg") from None
-
-
-def _import_target(target: str) -> Any:
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise SSAError(f"py:{target}: no such file; pass the path of a .py file")
-        name = f"ssa_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise SSAError(f"py:{target}: cannot import this file; pass a Python source file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses and pickling look the module up by name
-        module_spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        raise SSAError(
-            f"py:{target}: cannot import module ({exc}); install it, add it to PYTHONPATH, "
-            f"or pass a path/to/file.py"
-        ) from None
+    return parse_key_values(items, "--segmentor-arg", "crop_size=512")
 
 
 def load_segmentor(
@@ -225,14 +152,7 @@ def load_segmentor(
 
         return _call_factory(partial(HFSegmentor, parsed.target), f"segmentor {spec}", device, kwargs)
     if parsed.kind == "py":
-        module = _import_target(parsed.target)
-        factory = getattr(module, parsed.factory or "", None)
-        if factory is None:
-            public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-            raise SSAError(
-                f"py:{parsed.target} has no {parsed.factory!r}; its callables: "
-                f"{', '.join(public) or 'none'}"
-            )
+        factory = load_py_factory(parsed.target, parsed.factory or "")
         return _call_factory(factory, f"segmentor {spec}", device, kwargs)
     if parsed.kind == "labels":
         from ssa.segmentors.labels import LabelsSegmentor
@@ -244,16 +164,7 @@ def load_segmentor(
             )
         factory = partial(LabelsSegmentor, parsed.target, list(classes), label_map)
         return _call_factory(factory, f"segmentor {spec}", device, kwargs)
-    from importlib.metadata import entry_points
-
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == parsed.target]
-    try:
-        factory = found[0].load()
-    except Exception as exc:  # noqa: BLE001 - a broken third-party package can raise anything
-        raise SSAError(
-            f"plug-in {parsed.target!r} ({found[0].value}) fails to load "
-            f"({type(exc).__name__}: {exc}); reinstall the package that provides it"
-        ) from None
+    factory = load_entry_point(ENTRY_POINT_GROUP, parsed.target)
     return _call_factory(factory, f"plug-in {parsed.target!r}", device, kwargs)
 
 

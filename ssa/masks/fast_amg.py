@@ -4,7 +4,7 @@
 keeps every candidate at the decoder's resolution (`256x256` logits) through the predicted-IoU
 filter, the stability filter, the crop-edge filter and box NMS, and upsamples only the masks it
 keeps. The network (image encoder, prompt encoder, mask decoder) is segment-anything's own; the
-decoder runs through `ssa.sam_speedups.decode_fused` (the same function with the image side
+decoder runs through `ssa.masks.sam_speedups.decode_fused` (the same function with the image side
 never projected per prompt; logits equal up to float rounding).
 
 Why the low-resolution decisions are the stock ones. The stock generator upsamples logits with
@@ -295,7 +295,7 @@ class FastMaskGenerator:
     Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on CPU,
     at least 256 on CUDA), `precision` (`"fp32"` default; `"bf16"`/`"fp16"` autocast on CUDA
     only), `sdpa` (fused attention in the image encoder; default on for CUDA, off on CPU; where
-    it is off the encoder's attention runs chunked, `ssa.sam_speedups.chunked_attention`),
+    it is off the encoder's attention runs chunked, `ssa.masks.sam_speedups.chunked_attention`),
     `compile` (`torch.compile` the encoder and decoder; default off).
     """
 
@@ -360,7 +360,7 @@ class FastMaskGenerator:
         )
         self.sdpa = sdpa if sdpa is not None else cuda
         if self.sdpa:
-            from ssa.sam_speedups import use_sdpa
+            from ssa.masks.sam_speedups import use_sdpa
 
             use_sdpa(model.image_encoder)
         # The compiled stock decoder where compiling was asked for (decode_fused would call
@@ -485,7 +485,7 @@ class FastMaskGenerator:
     def _encoder_attention(self) -> Any:
         """Chunked encoder attention for this call where SDPA is not used (the model keeps its
         stock forwards outside it)."""
-        from ssa.sam_speedups import chunked_attention
+        from ssa.masks.sam_speedups import chunked_attention
 
         if self.sdpa:
             return contextlib.nullcontext()
@@ -498,7 +498,7 @@ class FastMaskGenerator:
 
     def _decode(self, points: np.ndarray, crop_size: tuple[int, int]):
         """Low-res logits `(B, 3, 256, 256)` and predicted IoUs `(B, 3)` for `B` point prompts."""
-        from ssa.sam_speedups import decode_fused
+        from ssa.masks.sam_speedups import decode_fused
 
         predictor = self.predictor
         coords = predictor.transform.apply_coords(points, crop_size)

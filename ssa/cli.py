@@ -67,7 +67,17 @@ SamCheckpointOpt = Annotated[
 AmgOpt = Annotated[
     list[str] | None,
     typer.Option(
-        help="Any SamAutomaticMaskGenerator knob, KEY=VALUE; repeatable.",
+        help="A generation knob of the mask source, KEY=VALUE; repeatable (sam: every "
+        "SamAutomaticMaskGenerator keyword; a typo lists the valid keys).",
+        rich_help_panel="Mask branch",
+    ),
+]
+MasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The mask source: sam:<vit_h|vit_l|vit_b>[:<file.pth>] | hf:<hub id or folder> | "
+        "json:<folder of SA-1B <stem>.json> (a bare folder too) | py:<module or file.py>:"
+        "<factory> | plugin:<name>. Default: sam:<--sam-model>.",
         rich_help_panel="Mask branch",
     ),
 ]
@@ -128,14 +138,7 @@ def run(
             rich_help_panel="Mask branch",
         ),
     ] = None,
-    masks: Annotated[
-        Path | None,
-        typer.Option(
-            help="Read SA-1B-style <stem>.json masks from this folder (mirroring the images' "
-            "relative paths) instead of running SAM.",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    masks: MasksOpt = None,
     segmentor: Annotated[
         str | None,
         typer.Option(
@@ -216,13 +219,11 @@ def run(
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
     from ssa.evaluate import check_run_eval
-    from ssa.masks import parse_amg
+    from ssa.keyvalue import parse_key_values
     from ssa.segmentors.spec import parse_segmentor_args
 
     try:
         file_values = config_mod.load_yaml(config) if config else {}
-        if "amg" in file_values and isinstance(file_values["amg"], dict):
-            parse_amg(f"{k}={v}" for k, v in file_values["amg"].items())
         cli_values = {
             "dataset": dataset,
             "data_dir": data_dir,
@@ -232,7 +233,8 @@ def run(
             "sam_model": sam_model,
             "sam_checkpoint": sam_checkpoint,
             "amg_preset": amg_preset,
-            "amg": parse_amg(amg or []) or None,
+            # Checked against the mask source's knobs once the spec is known (check_run).
+            "amg": parse_key_values(amg or [], "--amg", "points_per_side=32") or None,
             "amg_impl": amg_impl,
             "masks": masks,
             "segmentor": segmentor,
@@ -254,7 +256,7 @@ def run(
     except SSAError as exc:
         fail(exc)
         return
-    from ssa.pipeline import check_run
+    from ssa.runner import check_run
 
     _launch_or_run(cfg, world_size, check_run)
 
@@ -435,6 +437,15 @@ def predict(
             rich_help_panel="Semantic branch",
         ),
     ] = "folder",
+    masks: Annotated[
+        str | None,
+        typer.Option(
+            help="A promptable mask source: sam:<vit_h|vit_l|vit_b>[:<file.pth>] | hf:<hub id "
+            "or folder> | py:<module or file.py>:<factory> | plugin:<name>. Default: "
+            "sam:<--sam-model>.",
+            rich_help_panel="Mask branch",
+        ),
+    ] = None,
     sam_model: Annotated[
         str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
     ] = "vit_h",
@@ -458,7 +469,8 @@ def predict(
         Path | None, typer.Option("--save-vis", help="Write an overlay JPEG here.")
     ] = None,
 ) -> None:
-    """Click or box -> SAM's three masks (whole, part, subpart), each with a semantic label."""
+    """Click or box -> the model's three masks (whole, part, subpart), each with a semantic
+    label; any promptable mask source (sam:, hf:)."""
     from ssa.config import RunConfig
     from ssa.io import read_image, write_json
     from ssa.predictor import build_predictor, check_prompt
@@ -473,7 +485,7 @@ def predict(
         # Check the prompt against the image before any model loads.
         check_prompt(points, labels, box_xyxy, array.shape[:2])
         cfg = RunConfig(
-            dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
+            dataset=dataset, masks=masks, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
             segmentor=segmentor, device=device, top_k=top_k,
         )
         predictor = build_predictor(cfg)
@@ -496,14 +508,7 @@ def predict(
 def engine(
     data_dir: DataDirOpt = None,
     out_dir: OutDirOpt = None,
-    masks: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of SA-1B-style JSON masks (<stem>.json per image, mirroring its path "
-            "or flat); without it SAM makes the masks.",
-            rich_help_panel="Mask branch",
-        ),
-    ] = None,
+    masks: MasksOpt = None,
     limit: LimitOpt = None,
     sam_model: Annotated[
         str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
@@ -513,6 +518,10 @@ def engine(
         str, typer.Option(help="default | ssa", rich_help_panel="Mask branch")
     ] = "default",
     amg: AmgOpt = None,
+    amg_impl: Annotated[
+        str,
+        typer.Option(help="sam: fast | stock (see ssa run).", rich_help_panel="Mask branch"),
+    ] = "fast",
     top_k: Annotated[
         int, typer.Option(help="Open-vocabulary proposals kept per mask.")
     ] = 3,
@@ -572,17 +581,18 @@ def engine(
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
     from ssa.engine.runner import EngineConfig, check_engine
-    from ssa.masks import parse_amg
+    from ssa.keyvalue import parse_key_values
 
     try:
         cfg = EngineConfig(
             data_dir=data_dir,
             out_dir=out_dir,
-            masks_dir=masks,
+            masks=masks,
             sam_model=sam_model,
             sam_checkpoint=sam_checkpoint,
             amg_preset=amg_preset,
-            amg=parse_amg(amg or []) if masks is None else {},
+            amg=parse_key_values(amg or [], "--amg", "points_per_side=32"),
+            amg_impl=amg_impl,
             models={
                 "captioner": captioner,
                 "clip": clip,

@@ -11,23 +11,34 @@ from ssa.errors import SSAError
 
 
 @dataclass
-class RunConfig:
+class MaskBranchConfig:
+    """The mask branch's fields, shared by `RunConfig` and the engine's `EngineConfig`.
+
+    masks: a mask spec (`ssa.masks.spec`: `sam:`, `hf:`, `json:`, `py:`, a plug-in, or a folder
+    of SA-1B JSON); None means `sam:<sam_model>[:<sam_checkpoint>]`. amg: `--amg` knobs, checked
+    against the source's table when the run starts; amg_preset None: the dataset's preset.
+    """
+
+    sam_model: str = "vit_h"
+    sam_checkpoint: Path | None = None
+    amg_preset: str | None = None
+    amg: dict[str, Any] = field(default_factory=dict)
+    amg_impl: str = "fast"  # "fast" (ssa.masks.fast_amg) | "stock" (SamAutomaticMaskGenerator)
+    masks: str | None = None
+
+
+@dataclass
+class RunConfig(MaskBranchConfig):
     """Everything `ssa run` needs; `None` means "the dataset's default"."""
 
     dataset: str = "folder"
     data_dir: Path | None = None
     out_dir: Path | None = None
     split: str | None = None
-    sam_model: str = "vit_h"
-    sam_checkpoint: Path | None = None
-    amg_preset: str | None = None
-    amg: dict[str, Any] = field(default_factory=dict)
-    amg_impl: str = "fast"  # "fast" (ssa.masks.fast_amg) | "stock" (SamAutomaticMaskGenerator)
     segmentor: str | None = None
     segmentor_args: dict[str, Any] = field(default_factory=dict)
     classes: Path | None = None
     label_map: Path | None = None
-    masks: Path | None = None
     vote: str = "hard"
     min_vote_share: float = 0.0
     device: str | None = None
@@ -49,7 +60,7 @@ class RunConfig:
         return self.device
 
 
-_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "masks", "gt_dir"}
+_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "gt_dir"}
 _DICT_FIELDS = ("amg", "segmentor_args")
 
 
@@ -97,4 +108,6 @@ def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any])
                 merged[key] = value
     for key in _PATH_FIELDS & merged.keys():
         merged[key] = Path(merged[key])
+    if "masks" in merged:
+        merged["masks"] = str(merged["masks"])  # a spec; a YAML/CLI Path is a folder
     return RunConfig(**merged, **dicts)

@@ -428,7 +428,7 @@ def check_run_eval(cfg: Any) -> None:
 def plan_run_eval(cfg: Any, allow_missing: bool = False) -> EvalPlan:
     """The plan that scores a finished `ssa run` (a `RunConfig`): the same images (`--limit`
     included), its out_dir as the predictions, class names from its JSON for `folder`."""
-    from ssa.pipeline import list_images
+    from ssa.runner import list_images
 
     _, rels = list_images(cfg)
     return plan_eval(cfg.dataset, cfg.data_dir, cfg.out_dir, cfg.split, cfg.gt_dir, None, rels,
@@ -436,3 +436,47 @@ def plan_run_eval(cfg: Any, allow_missing: bool = False) -> EvalPlan:
 
 
 EVAL_JSON = "eval.json"  # written into the out_dir by `ssa run --eval`
+
+
+def evaluate_run(
+    cfg: Any,
+    group: Any,
+    summary: Any,
+    single: Callable[[EvalPlan, Path], dict[str, Any]] | None = None,
+    on_report: Callable[[dict[str, Any], EvalPlan], None] | None = None,
+) -> dict[str, Any] | None:
+    """`--eval` after a run (`ssa.runner.run_rank`): each rank scores a strided share of the
+    images, the confusion matrices are summed with one all-reduce, and rank 0 writes
+    `<out_dir>/eval.json` and returns the report (None on the other ranks, and on every rank when
+    an image failed: the summary covers all ranks, so all of them skip).
+
+    single(plan, json_path): scores one process's run instead (e.g. with a progress bar);
+    on_report(report, plan): called on rank 0 with the report (e.g. to print it).
+    """
+    import torch
+
+    from ssa.distributed import shard
+
+    if summary.failed:
+        return None
+    out_json = Path(cfg.out_dir or ".") / EVAL_JSON
+    main = group.info.is_main
+    if not group.info.distributed and single is not None:
+        return single(plan_run_eval(cfg), out_json)
+    group.barrier()  # every rank's outputs are in place before any rank reads them
+    plan = plan_run_eval(cfg)  # the same on every rank: built from the sorted image list
+    counts = score(plan, items=shard(plan.items, group.info.rank, group.info.world_size))
+    parts = [counts.voted.mat, torch.tensor([counts.num_images], dtype=torch.int64)]
+    if counts.branch is not None:
+        parts.append(counts.branch.mat)
+    summed = group.all_reduce_sum_many(parts)
+    counts.voted.mat, counts.num_images = summed[0], int(summed[1].item())
+    if counts.branch is not None:
+        counts.branch.mat = summed[2]
+    if not main:
+        return None
+    report = build_report(counts, plan.class_names)
+    if on_report is not None:
+        on_report(report, plan)
+    write_json(out_json, report)
+    return report

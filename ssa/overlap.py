@@ -2,7 +2,8 @@
 the current one is labelled, and one background writer writes the finished ones.
 
 Results come back in input order, each once its files are written, so "done" still means "its
-JSON exists". A read or write failure is that image's failure, as in `pipeline.process_image`.
+JSON exists". Every step goes through `ssa.labeller.guarded`, as in `labeller.process_image`:
+a read, label or write failure is that image's failure.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ssa.errors import FatalError
+from ssa.labeller import ImageLabeller, guarded
+from ssa.outputs import ImageResult, output_paths
 
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2
@@ -34,13 +36,14 @@ def prefetch(items: list[Any], read: Callable[[Any], Any], depth: int = PREFETCH
             yield ahead.popleft()
 
 
-def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Path, cfg: Any):
-    """`pipeline.process_image` over `rels` with reads and writes in background threads.
+def process_overlapped(
+    labeller: ImageLabeller, root: Path, rels: list[Path], out_dir: Path
+) -> Iterator[ImageResult]:
+    """`labeller.process_image` over `rels` with reads and writes in background threads.
 
     Yields one `ImageResult` per image, in order, once it is written (or has failed).
     """
     from ssa import io
-    from ssa.pipeline import ImageResult, failure_message, output_paths
 
     pending: deque[tuple[Path, float, Future | None, ImageResult | None]] = deque()
 
@@ -49,37 +52,23 @@ def process_overlapped(labeller: Any, root: Path, rels: list[Path], out_dir: Pat
                            or len(pending) > MAX_PENDING_WRITES):
             rel, start, future, result = pending.popleft()
             if result is None:
-                try:
-                    num_masks = future.result()
-                    result = ImageResult(rel, "done", num_masks=num_masks)
-                except FatalError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one image never stops the run
-                    result = ImageResult(rel, "failed", stage="write", error=failure_message(exc))
-                result.seconds = time.perf_counter() - start
+                num_masks, result = guarded(rel, start, "write", future.result)
+                if result is None:
+                    result = ImageResult(rel, "done", num_masks=num_masks,
+                                         seconds=time.perf_counter() - start)
             yield result
 
-    def write(out: dict[str, Any], paths: dict[str, Path], image: Any) -> int:
-        labeller.write(out, paths, image, cfg.save_branch, cfg.save_vis)
-        return len(out["records"])
-
     with ThreadPoolExecutor(1, thread_name_prefix="ssa-write") as writer:
-        for rel, read in prefetch(rels, lambda r: io.read_image(root / r)):
+        for rel, read in prefetch(rels, lambda r: io.read_image(Path(root) / r)):
             start = time.perf_counter()
-            stage = "read"
-            try:
-                image = read.result()
-                stage = "label"
-                out = labeller.label(image, rel)
-            except FatalError:
-                raise  # a run-wide problem (as in pipeline.process_image), not this image's
-            except Exception as exc:  # noqa: BLE001 - one image never stops the run
-                failed = ImageResult(rel, "failed", stage=stage, error=failure_message(exc),
-                                     seconds=time.perf_counter() - start)
+            image, failed = guarded(rel, start, "read", read.result)
+            if failed is None:
+                out, failed = guarded(rel, start, "label", labeller.label, image, rel)
+            if failed is not None:
                 pending.append((rel, start, None, failed))
             else:
-                future = writer.submit(write, out, output_paths(out_dir, rel), image)
-                pending.append((rel, start, future, None))
+                paths = output_paths(Path(out_dir), rel)
+                pending.append((rel, start, writer.submit(labeller.write, out, paths, image), None))
                 del out, image
             yield from finish(block=False)
         yield from finish(block=True)

@@ -1,8 +1,10 @@
 """Click or box -> SAM's three masks (whole, part, subpart), each labelled by semantic voting.
 
-`SemanticPredictor` is segment-anything's `SamPredictor` with a semantic branch beside it:
-`set_image` runs SAM's image encoder and the segmentor once per image, then every `predict`
-(a click, several clicks, a box) costs only the prompt encoder and mask decoder plus one vote.
+`SemanticPredictor` is a promptable mask source (`ssa.masks.base.PromptableMaskSource`: SAM's
+`SamPredictor` for `sam:`, a transformers SAM-family model for `hf:`) with a semantic branch
+beside it: `set_image` runs the image encoder and the segmentor once per image, then every
+`predict` (a click, several clicks, a box) costs only the prompt encoder and mask decoder plus
+one vote.
 
 Granularity: SAM's `multimask_output=True` gives three masks for a prompt, but in no guaranteed
 order of size. Here they are ordered by area, largest first (ties keep SAM's output order), and
@@ -105,7 +107,9 @@ def granularity_order(areas: Sequence[int]) -> list[int]:
 class SemanticPredictor:
     """A per-image predictor: prompts -> three masks with semantic labels.
 
-    sam: a `segment_anything.modeling.Sam` (e.g. from `ssa.masks.load_sam`).
+    masks: a `PromptableMaskSource` (`ssa.masks.spec.load_prompt_source`), or a
+      `segment_anything.modeling.Sam` (e.g. from `ssa.masks.load_sam`), wrapped in
+      `ssa.masks.sam.SamPromptSource`.
     segmentor: a semantic branch (`ssa.segmentors.base.Segmentor`): image -> `(C, H, W)` scores
       or `(H, W)` labels.
     class_names: the names of classes 0..C-1 (default: the segmentor's own).
@@ -114,7 +118,7 @@ class SemanticPredictor:
 
     def __init__(
         self,
-        sam: Any,
+        masks: Any,
         segmentor: Callable[[np.ndarray], Any],
         class_names: Sequence[str] | None = None,
         device: str = "cpu",
@@ -122,14 +126,17 @@ class SemanticPredictor:
         palette: np.ndarray | None = None,
     ) -> None:
         import torch
-        from segment_anything import SamPredictor
 
         from ssa.datasets import default_palette
         from ssa.segmentors.base import class_names as segmentor_names
 
         if top_k < 1:
             raise SSAError(f"--top-k {top_k} must be at least 1")
-        self.sam_predictor = SamPredictor(sam)
+        if isinstance(masks, torch.nn.Module):
+            from ssa.masks.sam import SamPromptSource
+
+            masks = SamPromptSource(masks)
+        self.masks = masks
         self.segmentor = segmentor
         self.class_names = list(class_names) if class_names is not None else segmentor_names(
             segmentor
@@ -145,7 +152,7 @@ class SemanticPredictor:
         return len(self.class_names)
 
     def set_image(self, image: np.ndarray) -> None:
-        """Run SAM's image encoder and the semantic branch once on `image` (`HWC uint8 RGB`)."""
+        """Run the image encoder and the semantic branch once on `image` (`HWC uint8 RGB`)."""
         import torch
 
         from ssa.segmentors.base import BranchOutput
@@ -157,8 +164,8 @@ class SemanticPredictor:
                 f"read it with ssa.io.read_image"
             )
         height, width = image.shape[:2]
+        self.masks.set_image(image)
         with torch.inference_mode():
-            self.sam_predictor.set_image(image, image_format="RGB")
             branch = BranchOutput.from_raw(
                 self.segmentor(image), self.num_classes, (height, width), self.device
             )
@@ -171,7 +178,8 @@ class SemanticPredictor:
         return self.image
 
     def reset_image(self) -> None:
-        self.sam_predictor.reset_image()
+        if callable(getattr(self.masks, "reset_image", None)):
+            self.masks.reset_image()
         self.image = None
         self.branch_labels = None
 
@@ -193,22 +201,20 @@ class SemanticPredictor:
         (their vote shares).
         """
         import torch
-        from segment_anything.utils.amg import batched_mask_to_box
 
+        from ssa.masks.base import mask_bbox
         from ssa.voting import NO_CLASS, mask_areas, vote
 
         size = self._need_image().shape[:2]
         coords, lab, box_arr = check_prompt(points, labels, box, size)
+        answer = self.masks.predict(coords, lab, box_arr, multimask=True)
         with torch.inference_mode():
-            masks, ious, _ = self.sam_predictor.predict(
-                point_coords=coords, point_labels=lab, box=box_arr, multimask_output=True
-            )
-            stack = torch.from_numpy(masks).to(self.device)
+            stack = answer.masks.to(self.device)
             areas = mask_areas(stack)
             result = vote(stack, self.branch_labels, self.num_classes, self.top_k, areas=areas)
-            xyxy = batched_mask_to_box(stack)
-            # XYWH as SAM's generator writes it (w = x1 - x0 with inclusive x1; zeros when empty).
-            boxes = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()
+        masks = stack.cpu().numpy()
+        ious = [float(r.get("predicted_iou", float("nan"))) for r in answer.records]
+        boxes = [r.get("bbox") or mask_bbox(m) for r, m in zip(answer.records, masks)]
         areas_list = areas.tolist()
         classes = result.classes.tolist()
         proposals = result.proposals.tolist()
@@ -218,7 +224,7 @@ class SemanticPredictor:
             voted = [p for p in proposals[i] if p != NO_CLASS]
             records.append(
                 {
-                    "segmentation": masks[i],
+                    "segmentation": np.ascontiguousarray(masks[i]),
                     "area": int(areas_list[i]),
                     "bbox": [int(v) for v in boxes[i]],
                     "predicted_iou": float(ious[i]),
@@ -269,21 +275,22 @@ class SemanticPredictor:
 def build_predictor(
     cfg: Any, download_progress: Callable[[int, int | None], None] | None = None
 ) -> SemanticPredictor:
-    """A SemanticPredictor from a `RunConfig` (sam_model, sam_checkpoint, segmentor, dataset,
-    device, top_k), with the same loaders and class-name rules as `ssa run`."""
+    """A SemanticPredictor from a `RunConfig` (masks or sam_model/sam_checkpoint, segmentor,
+    dataset, device, top_k), with the same loaders and class-name rules as `ssa run`."""
     from ssa.datasets import get_dataset
-    from ssa.masks import ensure_checkpoint, load_sam
-    from ssa.pipeline import build_segmentor
+    from ssa.labeller import build_segmentor
+    from ssa.masks.spec import check_mask_source, load_prompt_source, spec_from_config
 
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()
     if cfg.top_k < 1:
         raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
+    mask_spec = spec_from_config(cfg)
+    check_mask_source(mask_spec)
     segmentor, names = build_segmentor(cfg, spec, device)
-    checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
-    sam = load_sam(cfg.sam_model, checkpoint, device)
+    masks = load_prompt_source(mask_spec, device, download_progress)
     return SemanticPredictor(
-        sam, segmentor, names, device=device, top_k=cfg.top_k,
+        masks, segmentor, names, device=device, top_k=cfg.top_k,
         palette=spec.palette_array(len(names)),
     )
 
@@ -294,6 +301,7 @@ def predict(
     labels: Any = None,
     box: Any = None,
     *,
+    masks: str | None = None,
     sam_model: str = "vit_h",
     sam_checkpoint: str | Path | None = None,
     segmentor: str | None = None,
@@ -312,6 +320,7 @@ def predict(
     array = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
     cfg = RunConfig(
         dataset=dataset,
+        masks=masks,
         sam_model=sam_model,
         sam_checkpoint=Path(sam_checkpoint) if sam_checkpoint is not None else None,
         segmentor=segmentor,

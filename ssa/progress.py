@@ -19,9 +19,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ssa.config import RunConfig
-from ssa.distributed import Group, RankInfo, rank_device, shard
-from ssa.pipeline import FAILURES_FILE, ImageResult, RunSummary, run
+from ssa.distributed import Group, RankInfo
+from ssa.outputs import FAILURES_FILE, ImageResult
+from ssa.runner import RunSummary, run_rank
 
 LOG_EVERY_S = 30.0  # how often ranks other than 0 log their count
 
@@ -36,74 +36,52 @@ class _Rate(TextColumn):
 
 
 def run_with_progress(
-    cfg: RunConfig | Any,
+    cfg: Any,
     console: Console,
     info: RankInfo | None = None,
     runner: Callable[..., RunSummary] | None = None,
 ) -> RunSummary:
-    """`pipeline.run` (or another `runner` with its signature and a config with `out_dir` and
-    `resolved_device()`, e.g. `ssa.engine.runner.run_engine`) for one rank (or the only
-    process) with the progress this rank shows.
+    """`ssa.runner.run_rank` (the run, or another `runner` with its signature and a config with
+    `out_dir` and `resolved_device()`, e.g. `ssa.engine.runner.run_engine`) with the progress
+    this rank shows.
 
     Rank 0 shows a download bar, an image bar of every rank's images (done/total, images/s,
-    ETA) and the summary of all ranks; the other ranks log plain lines to stderr (start,
-    failures, every LOG_EVERY_S seconds, end), so one terminal shared by the ranks holds one
-    bar.
+    ETA), the summary of all ranks and the `--eval` report; the other ranks log plain lines to
+    stderr (start, failures, every LOG_EVERY_S seconds, end), so one terminal shared by the
+    ranks holds one bar.
     """
     info = info or RankInfo()
-    runner = runner or run
-    cfg.device = rank_device(cfg.resolved_device(), info)
-    with Group(info, cfg.device) as group:
-        if info.is_main:
-            summary = _run_with_bar(cfg, console, group, runner)
-            _print_summary(cfg, console, summary)
-        else:
-            summary = runner(cfg, *_rank_logger(info), group=group)
-        if getattr(cfg, "evaluate", False):
-            _evaluate(cfg, console, group, summary)
-    return summary
+
+    def drive(group: Group, call: Callable[..., RunSummary]) -> RunSummary:
+        if not group.info.is_main:
+            return call(*_rank_logger(group.info))
+        summary = _run_with_bar(console, group, call)
+        _print_summary(cfg, console, summary)
+        return summary
+
+    def evaluate(cfg: Any, group: Group, summary: RunSummary) -> None:
+        from ssa.evaluate import evaluate_run
+        from ssa.report import evaluate_with_progress, print_report
+
+        main = group.info.is_main
+        if summary.failed:  # every rank holds the summary of all ranks, so all of them skip
+            if main:
+                console.print(
+                    f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, "
+                    f"or score the rest with `ssa eval --allow-missing`",
+                    highlight=False,
+                )
+            return
+        evaluate_run(
+            cfg, group, summary,
+            single=lambda plan, out_json: evaluate_with_progress(plan, console, out_json),
+            on_report=lambda report, plan: print_report(report, plan, console),
+        )
+
+    return run_rank(cfg, info, runner, drive, evaluate)
 
 
-def _evaluate(cfg: RunConfig, console: Console, group: Group, summary: RunSummary) -> None:
-    """`--eval` after the run: each rank scores a strided share of the images, the confusion
-    matrices are summed with one all-reduce, and rank 0 prints and writes the report."""
-    import torch
-
-    from ssa.evaluate import EVAL_JSON, build_report, plan_run_eval, score, write_json
-    from ssa.report import evaluate_with_progress, print_report
-
-    main = group.info.is_main
-    if summary.failed:  # every rank holds the summary of all ranks, so all of them skip
-        if main:
-            console.print(
-                f"[yellow]not scored:[/] {len(summary.failed)} images failed; rerun them, or "
-                f"score the rest with `ssa eval --allow-missing`",
-                highlight=False,
-            )
-        return
-    out_json = Path(cfg.out_dir or ".") / EVAL_JSON
-    if not group.info.distributed:
-        evaluate_with_progress(plan_run_eval(cfg), console, out_json)
-        return
-    group.barrier()  # every rank's outputs are in place before any rank reads them
-    plan = plan_run_eval(cfg)  # the same on every rank: built from the sorted image list
-    counts = score(plan, items=shard(plan.items, group.info.rank, group.info.world_size))
-    parts = [counts.voted.mat, torch.tensor([counts.num_images], dtype=torch.int64)]
-    if counts.branch is not None:
-        parts.append(counts.branch.mat)
-    summed = group.all_reduce_sum_many(parts)
-    counts.voted.mat, counts.num_images = summed[0], int(summed[1].item())
-    if counts.branch is not None:
-        counts.branch.mat = summed[2]
-    if main:
-        report = build_report(counts, plan.class_names)
-        print_report(report, plan, console)
-        write_json(out_json, report)
-
-
-def _run_with_bar(
-    cfg: RunConfig | Any, console: Console, group: Group, runner: Callable[..., RunSummary] = run
-) -> RunSummary:
+def _run_with_bar(console: Console, group: Group, call: Callable[..., RunSummary]) -> RunSummary:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -146,7 +124,7 @@ def _run_with_bar(
                 progress.advance(state["images"])
 
         try:
-            summary = runner(cfg, on_start, on_image, on_download, group=group)
+            summary = call(on_start, on_image, on_download)
         finally:
             stop.set()
         if "images" in state:
@@ -181,7 +159,7 @@ def _rank_logger(info: RankInfo) -> tuple[Callable[..., None], Callable[[ImageRe
     return on_start, on_image
 
 
-def _print_summary(cfg: RunConfig | Any, console: Console, summary: RunSummary) -> None:
+def _print_summary(cfg: Any, console: Console, summary: RunSummary) -> None:
     if summary.removed_temps:
         console.print(
             f"removed {summary.removed_temps} temporary files an interrupted run had left",

@@ -20,14 +20,13 @@ import torch
 from conftest import KEEP_ALL, make_image
 
 from ssa import io
-from ssa.config import RunConfig
 from ssa.distributed import RankInfo, rank_info_from_env, shard, shard_indices
 from ssa.errors import SSAError
-from ssa.pipeline import (
+from ssa.labeller import process_image
+from ssa.outputs import (
     FAILURES_FILE,
     ImageResult,
     output_paths,
-    process_image,
     read_failures,
     write_failures,
 )
@@ -103,9 +102,10 @@ class _FakeLabeller:
             raise self.fail[key]
         return {"records": [], "shape": image.shape}
 
-    def write(self, out: dict, paths: dict, image: np.ndarray, *flags: bool) -> None:
+    def write(self, out: dict, paths: dict, image: np.ndarray) -> int:
         io.write_label_png(paths["label"], np.zeros(image.shape[:2], np.uint8), 5)
         io.write_json(paths["semantic"], {"annotations": []})
+        return 0
 
 
 def test_cuda_oom_and_errors_fail_one_image_only(tmp_path: Path) -> None:
@@ -116,8 +116,7 @@ def test_cuda_oom_and_errors_fail_one_image_only(tmp_path: Path) -> None:
         {"40x30": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB"),
          "50x30": KeyError("a bug one image triggers")}
     )
-    cfg = RunConfig(out_dir=out)
-    results = [process_image(labeller, root, Path(f"im{i}.png"), out, cfg) for i in range(3)]
+    results = [process_image(labeller, root, Path(f"im{i}.png"), out) for i in range(3)]
     assert [r.status for r in results] == ["failed", "failed", "done"]
     assert results[0].stage == "label" and "CUDA out of memory" in results[0].error
     assert results[1].error.startswith("KeyError")

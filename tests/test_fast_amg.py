@@ -156,9 +156,11 @@ def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:
 
     image = _image("city")
     settings = {**KEEP_ALL, "points_per_side": 2}
-    stock_records, stock_masks = MaskGenerator(sams["plain"], impl="stock",
-                                               **settings).generate_masks(image)
-    fast_records, fast_masks = MaskGenerator(sams["plain"], **settings).generate_masks(image)
+    stock = MaskGenerator(sams["plain"], impl="stock", **settings).generate(image)
+    fast = MaskGenerator(sams["plain"], **settings).generate(image)
+    stock_records, stock_masks, fast_records, fast_masks = (
+        stock.records, stock.masks, fast.records, fast.masks
+    )
     assert torch.equal(stock_masks, fast_masks.cpu())
     assert [r["segmentation"] for r in stock_records] == [r["segmentation"] for r in fast_records]
     with pytest.raises(SSAError, match="--amg-impl"):
@@ -179,7 +181,6 @@ def test_sdpa_encoder_matches_stock(sams) -> None:
 
 
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
-    from types import SimpleNamespace
 
     from ssa.overlap import process_overlapped
     from tests.conftest import make_image
@@ -194,13 +195,13 @@ def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> Non
         def label(self, image, rel=None):
             return {"records": [1] * int(image.shape[0] // 32)}
 
-        def write(self, out, paths, image, save_branch, save_vis):
+        def write(self, out, paths, image):
             if paths["semantic"].name.startswith("c"):
                 raise OSError("disk full")
             written.append(paths["semantic"].name)
+            return len(out["records"])
 
-    cfg = SimpleNamespace(save_branch=False, save_vis=False)
-    results = list(process_overlapped(FakeLabeller(), tmp_path / "in", rels, tmp_path / "out", cfg))
+    results = list(process_overlapped(FakeLabeller(), tmp_path / "in", rels, tmp_path / "out"))
     assert [r.rel for r in results] == rels
     assert [r.status for r in results] == ["done", "failed", "done", "failed"]
     assert results[1].stage == "read" and results[3].stage == "write"

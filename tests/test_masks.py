@@ -132,7 +132,7 @@ def test_masks_equal_stock_generator(sam_checkpoint, settings):
 
     image = read_image(need(CITYSCAPES) / f"{CITY_STEM}_leftImg8bit.png")
     sam = load_sam("vit_b", sam_checkpoint)
-    ours = MaskGenerator(sam, **resolve_amg("default", settings)).generate(image)
+    ours = MaskGenerator(sam, **resolve_amg("default", settings)).generate_records(image)
     stock = _stock(load_sam("vit_b", sam_checkpoint), image, **settings)
     assert len(ours) == len(stock) > 0
     for a, b in zip(ours, stock):

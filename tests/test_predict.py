@@ -168,7 +168,7 @@ def test_several_clicks_run_the_encoder_once(tiny_sam, image):
     segmentor = LabelSegmentor(np.zeros(image.shape[:2], dtype=np.int64), ["thing"])
     pred = SemanticPredictor(tiny_sam, segmentor)
     calls = []
-    hook = pred.sam_predictor.model.image_encoder.register_forward_hook(
+    hook = pred.masks.predictor.model.image_encoder.register_forward_hook(
         lambda *args: calls.append(1)
     )
     try:

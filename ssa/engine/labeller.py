@@ -121,15 +121,27 @@ class EngineLabeller:
         names = [props[w] if props else None for props, w in zip(proposals, winners)]
         return MaskNames(names, proposals, scores, captions)
 
-    def label(self, image: np.ndarray, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """image: `HWC uint8 RGB`; records: SAM or SA-1B mask records -> annotations (each
-        record's fields, COCO RLE `segmentation`, `class_name`, `class_proposals`,
-        `proposal_scores`, `caption`) and the `(N, H, W) bool` masks."""
-        from ssa.pipeline import _jsonable
+    def label(self, image: np.ndarray, masks: Any) -> dict[str, Any]:
+        """image: `HWC uint8 RGB`; masks: a mask source's `MaskResult` (or a list of SAM/SA-1B
+        records) -> annotations (each record's fields, COCO RLE `segmentation`, `class_name`,
+        `class_proposals`, `proposal_scores`, `caption`) and the `(N, H, W) bool` numpy masks."""
+        from ssa.masks.base import MaskResult
+        from ssa.outputs import jsonable as _jsonable
 
         height, width = image.shape[:2]
-        stack, rles = masks_from_records(records, height, width)
-        masks = torch.from_numpy(stack).to(self.device)
+        if isinstance(masks, MaskResult):
+            records = masks.records
+            rles = [r["segmentation"] for r in records]
+            stack = masks.masks.cpu().numpy()
+            if stack.shape[1:] != (height, width):
+                raise SSAError(
+                    f"masks are {stack.shape[2]}x{stack.shape[1]} but the image is "
+                    f"{width}x{height}; pass the masks made for this image"
+                )
+        else:
+            records = masks
+            stack, rles = masks_from_records(records, height, width)
+        masks = torch.from_numpy(np.ascontiguousarray(stack)).to(self.device)
         if len(stack):
             result = self.name_masks(image, masks, self.close_set(image, masks))
         else:

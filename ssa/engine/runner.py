@@ -1,15 +1,13 @@
-"""`ssa engine` over a folder: list images, skip the done ones, get masks (SA-1B JSON files or
-SAM), name them, write `<stem>_semantic.json` (and `<stem>_vis.jpg`) mirroring each image's
+"""`ssa engine` over a folder: list images, skip the done ones, get masks (any mask source:
+`--masks SPEC`, SAM by default), name them, write `<stem>_semantic.json` (and `<stem>_vis.jpg`) mirroring each image's
 relative path under the output folder; a failing image is recorded and the run goes on.
 
 Under torchrun (or any launcher setting RANK/WORLD_SIZE) the images still to do are sharded
 across the ranks exactly as `ssa run` shards them (`ssa.distributed.shard`), with the same
-resume, clean-up and failure report (`ssa.pipeline`'s helpers)."""
+resume, clean-up and failure report (`ssa.runner.run_images`, `ssa.overlap`)."""
 
 from __future__ import annotations
 
-import time
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +16,20 @@ from typing import Any
 import numpy as np
 
 from ssa import io
-from ssa.errors import FatalError, SSAError
-from ssa.pipeline import ImageResult, RunSummary, output_paths
+from ssa.config import MaskBranchConfig
+from ssa.errors import SSAError
+from ssa.outputs import ImageResult
+from ssa.runner import RunSummary
 
 
 @dataclass
-class EngineConfig:
-    """Everything `ssa engine` needs. `models` maps roles (see `ssa.engine.models.ROLES`) to hub
+class EngineConfig(MaskBranchConfig):
+    """Everything `ssa engine` needs. The mask branch's fields are `MaskBranchConfig`'s
+    (amg_preset None: "default"). `models` maps roles (see `ssa.engine.models.ROLES`) to hub
     ids or folders; missing roles take the (light) defaults."""
 
     data_dir: Path | None = None
     out_dir: Path | None = None
-    masks_dir: Path | None = None
-    sam_model: str = "vit_h"
-    sam_checkpoint: Path | None = None
-    amg_preset: str = "default"
-    amg: dict[str, Any] = field(default_factory=dict)
     models: dict[str, str | None] = field(default_factory=dict)
     light: bool = False
     top_k: int = 3
@@ -49,7 +45,7 @@ class EngineConfig:
         return RunConfig(device=self.device).resolved_device()
 
 
-_PATH_FIELDS = ("data_dir", "out_dir", "masks_dir", "sam_checkpoint")
+_PATH_FIELDS = ("data_dir", "out_dir", "sam_checkpoint")
 
 
 def engine_config_from_json(text: str) -> EngineConfig:
@@ -57,6 +53,8 @@ def engine_config_from_json(text: str) -> EngineConfig:
     import json
 
     values = json.loads(text)
+    if "masks_dir" in values:  # the former name of `masks`
+        values["masks"] = values.pop("masks_dir")
     for key in _PATH_FIELDS:
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -75,61 +73,47 @@ def check_engine(cfg: EngineConfig) -> None:
         raise SSAError(f"--batch-size {cfg.batch_size} must be at least 1")
     list_engine_images(cfg)
     resolve_models(cfg.models, cfg.light)
-    if cfg.masks_dir is not None and not Path(cfg.masks_dir).is_dir():
-        raise SSAError(
-            f"--masks {cfg.masks_dir} is not a folder; pass the folder of <stem>.json files"
-        )
-    if cfg.masks_dir is None and cfg.sam_checkpoint is not None:
-        from ssa.masks import ensure_checkpoint
+    from ssa.labeller import mask_settings
+    from ssa.masks.spec import check_mask_source
 
-        ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint)  # an explicit path: checks it exists
+    spec, _ = mask_settings(cfg)
+    check_mask_source(spec)
 
 
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
-    from ssa.pipeline import select_images
+    from ssa.runner import select_images
 
     return select_images("folder", cfg.data_dir, None, cfg.limit)
 
 
 class EngineRun:
-    """The loaded mask source and labeller of a run: `process(root, rel)` does one image."""
+    """The loaded mask source and labeller of a run, an `ssa.labeller.ImageLabeller`:
+    `label(image, rel)` names one image's masks, `write(out, paths, image)` writes them."""
 
     def __init__(
         self, cfg: EngineConfig, download_progress: Callable[[int, int | None], None] | None = None
     ) -> None:
         from ssa.engine.labeller import EngineLabeller
         from ssa.engine.models import resolve_models
+        from ssa.labeller import build_mask_source, mask_settings
 
         self.cfg = cfg
         device = cfg.resolved_device()
         models = resolve_models(cfg.models, cfg.light)
-        settings: dict[str, Any] = {}
-        if cfg.masks_dir is None:
-            from ssa.masks import resolve_amg
-
-            settings = resolve_amg(cfg.amg_preset, cfg.amg)
-            self.json_masks = None
-        else:
-            from ssa.masks import JsonMasks
-
-            self.json_masks = JsonMasks(cfg.masks_dir)
+        mask_settings(cfg)  # the knobs checked before any model loads
         labeller = EngineLabeller(models, device, cfg.batch_size, cfg.top_k, cfg.use_spacy)
-        if cfg.masks_dir is None:
-            from ssa.masks import MaskGenerator, ensure_checkpoint, load_sam
-
-            checkpoint = ensure_checkpoint(cfg.sam_model, cfg.sam_checkpoint, download_progress)
-            self.generator = MaskGenerator(load_sam(cfg.sam_model, checkpoint, device), **settings)
+        self.mask_source = build_mask_source(cfg, device, "default", download_progress)
         self.labeller = labeller
         self.model_ids = models
 
-    def records(self, image: np.ndarray, rel: Path) -> list[dict[str, Any]]:
-        """SAM's records, or those of the image's SA-1B JSON (`segmentation` as `HW bool`)."""
-        if self.json_masks is not None:
-            return self.json_masks.generate(image, path=rel)
-        return self.generator.generate(image)
+    def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
+        """The mask source's masks of `image` (`HWC uint8 RGB`), each named."""
+        masks = self.mask_source.generate(image, path=None if rel is None else Path(rel))
+        return self.labeller.label(image, masks)
 
-    def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> None:
-        """The overlay first, then the JSON last (it marks the image as done)."""
+    def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> int:
+        """The overlay first, then the JSON last (it marks the image as done); returns the
+        number of masks."""
         annotations = out["annotations"]
         if self.cfg.save_vis:
             write_engine_overlay(paths["vis"], image, out["masks"], annotations)
@@ -141,39 +125,13 @@ class EngineRun:
                 "engine": {"top_k": self.cfg.top_k, "models": self.model_ids},
             },
         )
+        return len(annotations)
 
     def process(self, root: Path, rel: Path) -> ImageResult:
-        """Label and write one image; a failure is returned, not raised (a FatalError, which
-        every image would hit, stops the run)."""
-        import torch
+        """Label and write one image (`ssa.labeller.process_image`)."""
+        from ssa.labeller import process_image
 
-        from ssa.pipeline import _error_message
-
-        start = time.perf_counter()
-        stage = "read"
-        oom = False
-        try:
-            image = io.read_image(root / rel)
-            stage = "masks"
-            records = self.records(image, rel)
-            stage = "label"
-            out = self.labeller.label(image, records)
-            stage = "write"
-            self.write(out, output_paths(Path(self.cfg.out_dir), rel), image)
-        except FatalError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
-            oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-            if not isinstance(exc, SSAError) and not oom:
-                traceback.print_exc()
-            result = ImageResult(rel, "failed", stage=stage, error=_error_message(exc),
-                                 seconds=time.perf_counter() - start)
-        else:
-            return ImageResult(rel, "done", num_masks=len(out["annotations"]),
-                               seconds=time.perf_counter() - start)
-        if oom:  # the exception (and the tensors its frames held) is gone now
-            torch.cuda.empty_cache()
-        return result
+        return process_image(self, root, rel, Path(self.cfg.out_dir))
 
 
 def write_engine_overlay(
@@ -202,18 +160,22 @@ def run_engine(
 ) -> RunSummary:
     """Name the masks of every image that is not done yet; callbacks, sharding over `group`
     (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
-    as in `ssa.pipeline.run`."""
-    from ssa.pipeline import run_images
+    as in `ssa.runner.run`."""
+    from ssa.labeller import mask_settings
+    from ssa.masks.spec import prepare_mask_source
+    from ssa.overlap import process_overlapped
+    from ssa.runner import run_images
 
     check_engine(cfg)
     out_dir = Path(cfg.out_dir)
     root, rels = list_engine_images(cfg)
+    spec, _ = mask_settings(cfg)
 
     def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
         engine = EngineRun(cfg, download_progress)
-        return lambda mine: (engine.process(root, rel) for rel in mine)
+        return lambda mine: process_overlapped(engine, root, mine, out_dir)
 
-    sam = None if cfg.masks_dir is not None else (cfg.sam_model, cfg.sam_checkpoint)
     return run_images(
-        out_dir, rels, make_worker, False, sam, on_start, on_image, download_progress, group
+        out_dir, rels, make_worker, False, lambda: prepare_mask_source(spec, download_progress),
+        on_start, on_image, group,
     )

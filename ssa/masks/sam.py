@@ -1,13 +1,16 @@
-"""Mask branch: SAM checkpoints, the automatic mask generator and its knobs, SA-1B JSON masks.
+"""segment-anything's SAM as a mask source (`sam:<model>[:<checkpoint>]`): checkpoints (found,
+downloaded, sized from the file), the automatic generator's knobs, and the prompted predictor.
 
-A mask record is what `SamAutomaticMaskGenerator.generate` returns: `segmentation` (`HW bool`),
-`area`, `bbox` (`XYWH`), `predicted_iou`, `point_coords`, `stability_score`, `crop_box` (`XYWH`).
+`SamMaskSource.generate(image) -> MaskResult` runs the fast generator (`ssa.masks.fast_amg`) or
+segment-anything's `SamAutomaticMaskGenerator` (`impl="stock"`); `SamPromptSource` answers clicks
+and boxes through `SamPredictor`. A raw record is what `SamAutomaticMaskGenerator.generate`
+returns: `segmentation` (`HW bool`), `area`, `bbox` (`XYWH`), `predicted_iou`, `point_coords`,
+`stability_score`, `crop_box` (`XYWH`).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -18,6 +21,9 @@ from typing import Any
 import numpy as np
 
 from ssa.errors import SSAError
+from ssa.keyvalue import Knob, check_knobs, parse_key_values
+from ssa.masks.base import MaskResult
+from ssa.masks.knobs import resolve_settings
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 CHECKPOINT_FILES = {
@@ -27,18 +33,6 @@ CHECKPOINT_FILES = {
 }
 DEFAULT_CKP_DIR = Path("ckp")
 
-# The original Semantic Segment Anything settings (its `main_ssa.py`).
-AMG_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "ssa": {
-        "points_per_side": 64,
-        "pred_iou_thresh": 0.86,
-        "stability_score_thresh": 0.92,
-        "crop_n_layers": 1,
-        "crop_n_points_downscale_factor": 2,
-        "min_mask_region_area": 100,
-    },
-}
 # Knobs ssa sets itself: the output format is fixed, point grids are not a command-line value.
 _RESERVED_KNOBS = {"model", "output_mode", "point_grids"}
 
@@ -61,6 +55,20 @@ SAM_ENCODERS = {
 }
 
 
+# The fast generator's own keywords (`FastMaskGenerator`'s keyword-only arguments).
+FAST_EXTRAS = ("prompt_batch", "precision", "sdpa", "compile")
+
+
+def _knob(param: inspect.Parameter) -> Knob:
+    """A knob typed by its default, or by its annotation where the default is None."""
+    text = str(param.annotation)
+    if param.default is not None:
+        optional = "Optional" in text or "None" in text
+        return Knob.from_default(param.name, param.default, optional=optional)
+    kind = next((k for k in (bool, float, str) if k.__name__ in text), int)
+    return Knob(param.name, None, kind, optional=True)
+
+
 def amg_knobs() -> dict[str, inspect.Parameter]:
     """Every settable `SamAutomaticMaskGenerator` keyword, with the library's own default."""
     from segment_anything import SamAutomaticMaskGenerator
@@ -69,60 +77,32 @@ def amg_knobs() -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "self" and k not in _RESERVED_KNOBS}
 
 
-def _parse_knob_value(key: str, raw: str, param: inspect.Parameter) -> Any:
-    default = param.default
-    annotation = param.annotation
-    optional = default is None or type(None) in getattr(annotation, "__args__", ()) or (
-        isinstance(annotation, str) and "Optional" in annotation
-    )
-    if raw.lower() in ("none", "null") and optional:
-        return None
-    kind = type(default) if default is not None else int  # Optional[int] knobs (points_per_side)
-    try:
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1")
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        return kind(raw)
-    except ValueError:
-        raise SSAError(
-            f"--amg {key}={raw}: {key} takes a {kind.__name__} (default {default!r})"
-        ) from None
+def knobs(impl: str = "fast") -> dict[str, Knob]:
+    """The `--amg` knobs of `sam:`: every `SamAutomaticMaskGenerator` keyword with the library's
+    default, plus the fast generator's own (`FAST_EXTRAS`) when `impl` is `"fast"`."""
+    table = {k: _knob(p) for k, p in amg_knobs().items()}
+    if impl == "fast":
+        from ssa.masks.fast_amg import FastMaskGenerator
+
+        params = inspect.signature(FastMaskGenerator.__init__).parameters
+        table.update({k: _knob(params[k]) for k in FAST_EXTRAS})
+    return table
 
 
-def parse_amg(items: Iterable[str]) -> dict[str, Any]:
-    """Parse repeated `KEY=VALUE` strings to typed generator knobs; unknown keys are an error."""
-    knobs = amg_knobs()
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise SSAError(f"--amg {item!r} is not KEY=VALUE; write e.g. --amg points_per_side=32")
-        if key not in knobs:
-            raise SSAError(
-                f"unknown --amg key {key!r}; valid keys: {', '.join(sorted(knobs))}"
-            )
-        out[key] = _parse_knob_value(key, raw.strip(), knobs[key])
-    return out
+def parse_amg(items: Iterable[str], impl: str = "fast") -> dict[str, Any]:
+    """Parse repeated `KEY=VALUE` strings to typed `sam:` knobs; unknown keys are an error."""
+    values = parse_key_values(items, "--amg", "points_per_side=32")
+    return check_knobs(values, knobs(impl), "--amg", "sam:")
 
 
-def resolve_amg(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The generator keywords for a preset with `--amg` overrides on top (overrides win)."""
-    if preset not in AMG_PRESETS:
-        raise SSAError(f"unknown --amg-preset {preset!r}; choose one of: {', '.join(AMG_PRESETS)}")
-    knobs = amg_knobs()
-    settings = {k: p.default for k, p in knobs.items()}
-    settings.update(AMG_PRESETS[preset])
-    for key, value in (overrides or {}).items():
-        if key not in knobs:
-            raise SSAError(f"unknown --amg key {key!r}; valid keys: {', '.join(sorted(knobs))}")
-        settings[key] = value
-    return settings
+def resolve_amg(
+    preset: str, overrides: dict[str, Any] | None = None, impl: str = "fast"
+) -> dict[str, Any]:
+    """The generator keywords for a preset with `--amg` overrides on top (overrides win): every
+    stock keyword (library default unless set), the fast generator's extras only where set."""
+    table = knobs(impl)
+    defaults = {k: kn.default for k, kn in table.items() if k not in FAST_EXTRAS}
+    return resolve_settings(table, defaults, preset, overrides, "sam:")
 
 
 def default_checkpoint(model_type: str, ckp_dir: Path = DEFAULT_CKP_DIR) -> Path:
@@ -318,12 +298,13 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
 AMG_IMPLS = ("fast", "stock")
 
 
-class MaskGenerator:
-    """SAM's automatic mask generator with ssa's presets: `generate(image) -> list[record]`.
+class SamMaskSource:
+    """SAM's automatic mask generator as a `MaskSource`: `generate(image) -> MaskResult`.
 
-    image: `HWC uint8 RGB`. Records as in the module docstring, `segmentation` as `HW bool`.
-    impl: `"fast"` (`ssa.masks.fast_amg.FastMaskGenerator`, the same masks without the stock work
-    outside the network) or `"stock"` (segment-anything's `SamAutomaticMaskGenerator`).
+    sam: a `segment_anything.modeling.Sam` (`load_sam`); settings: generator keywords
+    (`resolve_amg`). impl: `"fast"` (`ssa.masks.fast_amg.FastMaskGenerator`, the same masks
+    without the stock work outside the network) or `"stock"` (segment-anything's
+    `SamAutomaticMaskGenerator`).
     """
 
     def __init__(self, sam, impl: str = "fast", **settings: Any) -> None:
@@ -340,100 +321,100 @@ class MaskGenerator:
         else:
             raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
 
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate_records(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The generator's own records for `image` (`HWC uint8 RGB`), `segmentation` `HW bool`."""
         import torch
 
         with torch.inference_mode():
             return self.generator.generate(image)
 
-    def generate_masks(self, image: np.ndarray):
-        """`(records, masks)`: records with COCO RLE `segmentation` (`counts` str) and the
-        `(N, H, W) bool` mask stack (a tensor on the model's device for the fast generator)."""
+    def generate(self, image: np.ndarray, *, path: Path | None = None) -> MaskResult:
+        """Records with COCO RLE `segmentation` (`counts` str) and the `(N, H, W) bool` mask
+        stack (on the model's device for the fast generator, RLE encoded once there)."""
         import torch
 
-        from ssa import io
+        from ssa.masks.base import result_from_records
 
         with torch.inference_mode():
             if self.impl == "fast":
                 out = self.generator.generate_masks(image)
-                return out.records, out.masks
+                return MaskResult(out.records, out.masks)
             records = self.generator.generate(image)
-        if records:
-            stack = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
-        else:
-            stack = torch.zeros((0, *image.shape[:2]), dtype=torch.bool)
-        for record, rle in zip(records, io.encode_rle(stack.numpy())):
-            record["segmentation"] = rle
-        return records, stack
+        return result_from_records(records, image.shape[:2])
 
 
-def read_sa1b_json(path: str | Path) -> list[dict[str, Any]]:
-    """Mask records from an SA-1B-style JSON (`annotations` with COCO RLE `segmentation`).
+MaskGenerator = SamMaskSource  # the former name
 
-    Each record keeps its fields; `segmentation` stays an RLE dict (decode with `ssa.io.decode_rle`).
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SSAError(f"cannot read masks {path} ({exc}); pass SA-1B-style JSON files") from None
-    annotations = data.get("annotations") if isinstance(data, dict) else data
-    if not isinstance(annotations, list):
-        raise SSAError(f"masks file {path} has no 'annotations' list; pass SA-1B-style JSON files")
-    for i, ann in enumerate(annotations):
-        seg = ann.get("segmentation") if isinstance(ann, dict) else None
-        if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
-            raise SSAError(
-                f"masks file {path}: annotation {i} has no COCO RLE 'segmentation' "
-                f"({{'size', 'counts'}}); pass SA-1B-style JSON files"
+
+class SamPromptSource:
+    """segment-anything's `SamPredictor` as a `PromptableMaskSource` (clicks and boxes)."""
+
+    def __init__(self, sam) -> None:
+        from segment_anything import SamPredictor
+
+        self.predictor = SamPredictor(sam)
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Run the image encoder once on `image` (`HWC uint8 RGB`)."""
+        import torch
+
+        with torch.inference_mode():
+            self.predictor.set_image(image, image_format="RGB")
+
+    def reset_image(self) -> None:
+        self.predictor.reset_image()
+
+    def predict(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        multimask: bool = True,
+    ) -> MaskResult:
+        """points `(N, 2)` XY pixels, labels `(N,)` 1/0, box `(4,)` XYXY pixels -> SAM's masks
+        (three with `multimask`) in its output order; records with COCO RLE `segmentation`,
+        `area`, `bbox` (`XYWH`), `predicted_iou`."""
+        import torch
+        from segment_anything.utils.amg import batched_mask_to_box
+
+        from ssa import io
+
+        with torch.inference_mode():
+            masks, ious, _ = self.predictor.predict(
+                point_coords=points, point_labels=labels, box=box, multimask_output=multimask
             )
-    return annotations
+            stack = torch.from_numpy(masks)
+            xyxy = batched_mask_to_box(stack)
+            # XYWH as SAM's generator writes it (w = x1 - x0 with inclusive x1; zeros when empty).
+            boxes = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1).tolist()
+        areas = stack.flatten(1).sum(1).tolist()
+        records = [
+            {"segmentation": rle, "area": int(area), "bbox": [int(v) for v in bbox],
+             "predicted_iou": float(iou)}
+            for rle, area, bbox, iou in zip(io.encode_rle(masks), areas, boxes, ious.tolist())
+        ]
+        return MaskResult(records, stack)
 
 
-class JsonMasks:
-    """Masks read from SA-1B-style JSON files instead of running SAM (`--masks <folder>`).
-
-    `generate(image, path=rel)` reads `<folder>/<rel's parent>/<rel's stem>.json` (else
-    `<folder>/<stem>.json`, see `ssa.companions`) and returns its annotations as mask records:
-    every field of the file kept, `segmentation` decoded to `HW bool`, `area` (pixel count) and
-    `bbox` (`XYWH`) computed when the file lacks them.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise SSAError(f"--masks {folder} is not a folder; pass the folder of <stem>.json files")
-
-    def generate(self, image: np.ndarray, *, path: Path | None = None) -> list[dict[str, Any]]:
-        from ssa.companions import find_companion
-        from ssa.io import decode_rle
-
-        file = find_companion(self.folder, path, (".json",), "mask file")
-        height, width = image.shape[:2]
-        records = []
-        for i, ann in enumerate(read_sa1b_json(file)):
-            size = [int(v) for v in ann["segmentation"]["size"]]
-            if size != [height, width]:
-                raise SSAError(
-                    f"masks file {file}: annotation {i} is {size[0]}x{size[1]} but the image is "
-                    f"{height}x{width}; pass masks made for this image at its full resolution"
-                )
-            try:
-                mask = decode_rle(ann["segmentation"])
-            except (TypeError, ValueError) as exc:
-                raise SSAError(f"masks file {file}: annotation {i} has a bad RLE ({exc})") from None
-            record = dict(ann)
-            record["segmentation"] = mask
-            if "area" not in record:
-                record["area"] = int(mask.sum())
-            if "bbox" not in record:
-                record["bbox"] = _bbox(mask)
-            records.append(record)
-        return records
+def load_sam_source(
+    model_type: str,
+    checkpoint: str | Path | None,
+    device: str,
+    settings: dict[str, Any],
+    impl: str = "fast",
+    progress: Callable[[int, int | None], None] | None = None,
+) -> SamMaskSource:
+    """`sam:<model>[:<checkpoint>]`: the checkpoint found (or downloaded), loaded, and wrapped."""
+    path = ensure_checkpoint(model_type, checkpoint, progress)
+    return SamMaskSource(load_sam(model_type, path, device), impl=impl, **settings)
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+def load_sam_prompt_source(
+    model_type: str,
+    checkpoint: str | Path | None,
+    device: str,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> SamPromptSource:
+    """`sam:<model>[:<checkpoint>]` for prompts (`ssa predict`)."""
+    path = ensure_checkpoint(model_type, checkpoint, progress)
+    return SamPromptSource(load_sam(model_type, path, device))

@@ -1,0 +1,288 @@
+"""The one per-image path: read -> masks -> segmentor -> vote -> outputs, with failure isolation.
+
+`Labeller` labels one image (the mask source's `MaskResult`, the segmentor's branch output, the
+SSA vote) and writes its outputs; `process_image` runs one image through any `ImageLabeller`
+(this one, or the engine's) so that a failing image is returned as a failed `ImageResult` and the
+run goes on, with CUDA's cache emptied after an out-of-memory error. `ssa.overlap` runs the same
+steps with reads and writes in background threads.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ssa import io
+from ssa.datasets import DatasetSpec, get_dataset
+from ssa.errors import FatalError, SSAError
+from ssa.outputs import ImageResult, annotations_from, output_paths, semantic_document
+from ssa.voting import POLICIES, vote
+
+
+class ImageLabeller(Protocol):
+    """What `process_image` and `ssa.overlap.process_overlapped` drive: `label(image, rel)`
+    (`HWC uint8 RGB`, its relative path) -> an output held in memory; `write(out, paths, image)`
+    writes it (the JSON last) and returns the number of masks."""
+
+    def label(self, image: np.ndarray, rel: Path | None = None) -> Any: ...
+
+    def write(self, out: Any, paths: dict[str, Path], image: np.ndarray) -> int: ...
+
+
+class Labeller:
+    """Labels one image at a time: owns the mask source, the segmentor and the class names.
+
+    mask_source: a `ssa.masks.MaskSource`; segmentor: a `Segmentor` (one that takes a `path`
+    keyword gets the image's relative path, `accepts_path`). vote_policy: "hard" or "soft";
+    min_vote_share: see `ssa.voting`. save_branch/save_vis: also write `<stem>_branch.png` and
+    `<stem>_vis.jpg`.
+    """
+
+    def __init__(
+        self,
+        mask_source: Any,
+        segmentor: Any,
+        class_names: list[str],
+        palette: np.ndarray,
+        device: str = "cpu",
+        top_k: int = 3,
+        vote_policy: str = "hard",
+        min_vote_share: float = 0.0,
+        save_branch: bool = False,
+        save_vis: bool = False,
+    ) -> None:
+        from ssa.segmentors.base import accepts_path
+
+        self.mask_source = mask_source
+        self.segmentor = segmentor
+        self.class_names = class_names
+        self.palette = palette
+        self.device = torch.device(device)
+        self.top_k = top_k
+        self.vote_policy = vote_policy
+        self.min_vote_share = min_vote_share
+        self.save_branch = save_branch
+        self.save_vis = save_vis
+        self._segmentor_takes_path = accepts_path(segmentor)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
+        """image: `HWC uint8 RGB`; rel: its path relative to the image folder (for mask files
+        and precomputed labels) -> records, RLEs, the `(N, H, W) bool` masks on the device, the
+        branch output and the votes."""
+        from ssa.segmentors.base import BranchOutput
+
+        height, width = image.shape[:2]
+        path = None if rel is None else Path(rel)
+        generated = self.mask_source.generate(image, path=path)
+        records = generated.records
+        rles = [r["segmentation"] for r in records]
+        raw = self.segmentor(image, **({"path": path} if self._segmentor_takes_path and path
+                                       is not None else {}))
+        branch = BranchOutput.from_raw(raw, self.num_classes, (height, width), self.device)
+        if self.vote_policy == "soft" and branch.scores is None:
+            raise FatalError(
+                f"--vote soft needs class scores but segmentor {type(self.segmentor).__name__} "
+                f"gave (H, W) labels; use --vote hard, or return (C, H, W) scores"
+            )
+        masks = generated.masks.to(self.device)
+        areas = torch.tensor([int(r["area"]) for r in records], device=self.device)
+        result = vote(
+            masks,
+            branch.labels,
+            self.num_classes,
+            self.top_k,
+            areas=areas,
+            scores=branch.scores,
+            policy=self.vote_policy,
+            min_vote_share=self.min_vote_share,
+        )
+        return {"records": records, "masks": masks, "rles": rles, "branch": branch,
+                "votes": result}
+
+    def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> int:
+        """Write the PNGs and the overlay, then the JSON last (it marks the image as done);
+        returns the number of masks."""
+        # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
+        paths["semantic"].unlink(missing_ok=True)
+        label_map = out["votes"].label_map.cpu().numpy()
+        io.write_label_png(paths["label"], label_map, self.num_classes)
+        if self.save_branch:
+            io.write_label_png(paths["branch"], out["branch"].labels.cpu().numpy(), self.num_classes)
+        annotations = annotations_from(out["records"], out["rles"], out["votes"], self.class_names)
+        if self.save_vis:
+            io.write_overlay(
+                paths["vis"], image, label_map, self.palette, out["masks"].cpu().numpy(),
+                [a["class_name"] for a in annotations],
+            )
+        io.write_json(
+            paths["semantic"],
+            semantic_document(image.shape[:2], annotations, label_map, self.class_names),
+        )
+        return len(annotations)
+
+
+def check_voting(cfg: Any) -> None:
+    """Refuse a bad policy before anything is loaded."""
+    if cfg.vote not in POLICIES:
+        raise SSAError(f"unknown --vote {cfg.vote!r}; choose one of: {', '.join(POLICIES)}")
+    share = cfg.min_vote_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise SSAError(f"--min-vote-share {share!r} must be a number in [0, 1] (0 = off)")
+
+
+def segmentor_classes(cfg: Any, spec: DatasetSpec) -> list[str] | None:
+    """The class names a `labels:` segmentor uses: `--classes FILE`, else the dataset's."""
+    from ssa.segmentors.spec import parse_spec, read_classes_file
+
+    kind = parse_spec(cfg.segmentor or "").kind
+    if cfg.classes is not None:
+        if kind != "labels":
+            raise SSAError(
+                f"--classes applies to labels: segmentors; {cfg.segmentor} names its own classes"
+            )
+        return read_classes_file(cfg.classes)
+    if cfg.label_map is not None and kind != "labels":
+        raise SSAError(f"--label-map applies to labels: segmentors only, not {cfg.segmentor}")
+    return list(spec.classes) if spec.classes is not None else None
+
+
+def resolve_classes(cfg: Any, spec: DatasetSpec, segmentor: Any) -> list[str]:
+    """The class names of the run, checking the segmentor's count against the dataset's."""
+    from ssa.segmentors.base import check_num_classes, class_names
+
+    names = class_names(segmentor)
+    check_num_classes(names, spec.num_classes, cfg.segmentor or "")
+    return list(spec.classes) if spec.classes is not None else names
+
+
+def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list[str]]:
+    """The run's segmentor (default: the dataset's) and its class names, refusing a segmentor
+    whose class count differs from the dataset's."""
+    from ssa.segmentors import load_segmentor
+    from ssa.segmentors.spec import read_label_map_file
+
+    cfg.segmentor = cfg.segmentor or spec.default_segmentor
+    if cfg.segmentor is None:
+        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
+    classes = segmentor_classes(cfg, spec)
+    label_map = None
+    if cfg.label_map is not None and classes is not None:  # no classes: the loader says so
+        label_map = read_label_map_file(cfg.label_map, classes)
+    segmentor = load_segmentor(
+        cfg.segmentor, device=device, args=cfg.segmentor_args, classes=classes, label_map=label_map
+    )
+    return segmentor, resolve_classes(cfg, spec, segmentor)
+
+
+def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[str, Any]]:
+    """The run's mask spec (`ssa.masks.spec.spec_from_config`) and the settings its source is
+    built with (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's
+    knobs."""
+    from ssa.masks.spec import resolve_mask_settings, spec_from_config
+
+    spec = spec_from_config(cfg)
+    preset = cfg.amg_preset or default_preset
+    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)
+
+
+def build_mask_source(
+    cfg: Any,
+    device: str,
+    default_preset: str = "default",
+    download_progress: Callable[[int, int | None], None] | None = None,
+) -> Any:
+    """The run's `MaskSource` (any `MaskBranchConfig`: `ssa run` and `ssa engine`)."""
+    from ssa.masks.spec import load_mask_source
+
+    spec, settings = mask_settings(cfg, default_preset)
+    return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl)
+
+
+def build_labeller(
+    cfg: Any, download_progress: Callable[[int, int | None], None] | None = None
+) -> Labeller:
+    """Check the cheap things first (voting, the mask spec and knobs), then load the segmentor
+    (refusing a class-count mismatch) and the mask source."""
+    spec = get_dataset(cfg.dataset)
+    device = cfg.resolved_device()
+    check_voting(cfg)
+    mask_settings(cfg, spec.default_amg_preset)
+    segmentor, names = build_segmentor(cfg, spec, device)
+    masks = build_mask_source(cfg, device, spec.default_amg_preset, download_progress)
+    return Labeller(
+        masks,
+        segmentor,
+        names,
+        spec.palette_array(len(names)),
+        device=device,
+        top_k=cfg.top_k,
+        vote_policy=cfg.vote,
+        min_vote_share=float(cfg.min_vote_share),
+        save_branch=cfg.save_branch,
+        save_vis=cfg.save_vis,
+    )
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for an image's failure (an SSAError's own message; out of memory named)."""
+    if isinstance(exc, SSAError):
+        return str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "CUDA out of memory on this image; free GPU memory or lower --amg points_per_batch"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def failure_message(exc: BaseException) -> str:
+    """Report one image's failure (a traceback for unexpected errors) and return the one-line
+    message for the summary. CUDA memory is given back by `guarded`, once `exc` is gone."""
+    oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+    if not isinstance(exc, SSAError) and not oom:
+        traceback.print_exception(exc)
+    return error_message(exc)
+
+
+def guarded(
+    rel: Path, start: float, stage: str, step: Callable[..., Any], *args: Any
+) -> tuple[Any, ImageResult | None]:
+    """`(step(*args), None)`, or `(None, the failed ImageResult)` when it raises: one image
+    never stops the run, except a `FatalError`, which every image would hit. After an
+    out-of-memory error CUDA's cache is emptied once the exception (and the tensors its frames
+    held) is gone."""
+    oom = False
+    try:
+        return step(*args), None
+    except FatalError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolation: one image never stops the run
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+        failed = ImageResult(rel, "failed", stage=stage, error=failure_message(exc),
+                             seconds=time.perf_counter() - start)
+    if oom:
+        torch.cuda.empty_cache()
+    return None, failed
+
+
+def process_image(labeller: ImageLabeller, root: Path, rel: Path, out_dir: Path) -> ImageResult:
+    """Read, label and write one image; any failure (bad file, CUDA out of memory, a bug that
+    one image triggers) is returned, not raised, so the run goes on."""
+    start = time.perf_counter()
+    image, failed = guarded(rel, start, "read", io.read_image, Path(root) / rel)
+    if failed is None:
+        out, failed = guarded(rel, start, "label", labeller.label, image, rel)
+    if failed is None:
+        paths = output_paths(Path(out_dir), rel)
+        num_masks, failed = guarded(rel, start, "write", labeller.write, out, paths, image)
+    if failed is not None:
+        return failed
+    return ImageResult(rel, "done", num_masks=num_masks, seconds=time.perf_counter() - start)

@@ -1,0 +1,158 @@
+"""Output layout and documents: where each image's files go, when an image is done, the
+`<stem>_semantic.json` document, and `failures.jsonl`.
+
+Resume: every output is written under a temporary name and renamed into place, the JSON last,
+so an image is done exactly when its JSON exists and parses.
+
+Failures: an image that cannot be read or processed is a failed `ImageResult`, appended to
+`<out-dir>/failures.jsonl` at once (one JSON line: path, stage, error). The file describes the
+latest run: rank 0 removes it at the start (a run retries every image that is not done) and at
+the end rewrites it from every rank's failures, sorted, one line per image; a run where nothing
+failed leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssa import io
+from ssa.voting import NO_CLASS, VoteResult
+
+FAILURES_FILE = "failures.jsonl"
+
+
+def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
+    """Where the outputs of the image at relative path `rel` go (mirroring `rel` under out_dir)."""
+    base = Path(out_dir) / rel.parent
+    return {
+        "semantic": base / f"{rel.stem}_semantic.json",
+        "label": base / f"{rel.stem}_semantic.png",
+        "branch": base / f"{rel.stem}_branch.png",
+        "vis": base / f"{rel.stem}_vis.jpg",
+    }
+
+
+def is_done(out_dir: Path, rel: Path) -> bool:
+    """An image is done exactly when its JSON exists and parses (it is written last)."""
+    path = output_paths(out_dir, rel)["semantic"]
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class ImageResult:
+    """What became of one image. status: "done" | "skipped" | "failed"; stage (failed only):
+    "read" | "label" | "write"; error: the one-line message."""
+
+    rel: Path
+    status: str
+    num_masks: int = 0
+    seconds: float = 0.0
+    stage: str | None = None
+    error: str | None = None
+
+
+def jsonable(value: Any) -> Any:
+    """numpy/torch values (arrays, scalars) and tuples as JSON-ready Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def annotations_from(
+    records: list[dict[str, Any]],
+    rles: list[dict[str, Any]],
+    result: VoteResult,
+    names: list[str],
+) -> list[dict[str, Any]]:
+    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`."""
+    classes = result.classes.tolist()
+    proposals = result.proposals.tolist()
+    out = []
+    for record, rle, cls, props in zip(records, rles, classes, proposals):
+        ann = {k: jsonable(v) for k, v in record.items() if k != "segmentation"}
+        ann["segmentation"] = rle
+        ann["class_name"] = names[cls] if cls != NO_CLASS else None
+        ann["class_proposals"] = [names[p] for p in props if p != NO_CLASS]
+        out.append(ann)
+    return out
+
+
+def semantic_mask_rles(label_map: np.ndarray, num_classes: int) -> dict[str, dict[str, Any]]:
+    """`{class_id: RLE}` for every class present in the final label map."""
+    present = [int(c) for c in np.unique(label_map) if 0 <= c < num_classes]
+    if not present:
+        return {}
+    rles = io.encode_rle(np.stack([label_map == c for c in present]))
+    return {str(c): rle for c, rle in zip(present, rles)}
+
+
+def semantic_document(
+    image_size: tuple[int, int],
+    annotations: list[dict[str, Any]],
+    label_map: np.ndarray,
+    class_names: list[str],
+) -> dict[str, Any]:
+    """The `<stem>_semantic.json` document (see DESIGN.md, "Contracts")."""
+    return {
+        "image": {"height": int(image_size[0]), "width": int(image_size[1])},
+        "annotations": annotations,
+        "semantic_mask": semantic_mask_rles(label_map, len(class_names)),
+        "class_names": class_names,
+    }
+
+
+def failure_record(result: ImageResult) -> dict[str, Any]:
+    return {"path": result.rel.as_posix(), "stage": result.stage, "error": result.error}
+
+
+def record_failure(out_dir: Path, result: ImageResult) -> None:
+    """Append one line to failures.jsonl now (one `write` of one line in append mode, so lines
+    from ranks on one machine do not interleave)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(failure_record(result)) + "\n"
+    with open(out_dir / FAILURES_FILE, "a") as f:
+        f.write(line)
+
+
+def read_failures(out_dir: Path) -> list[dict[str, Any]]:
+    """The records in failures.jsonl (lines that do not parse, e.g. cut by a kill, are dropped)."""
+    try:
+        lines = (Path(out_dir) / FAILURES_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            out.append(record)
+    return out
+
+
+def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
+    """Rewrite failures.jsonl as exactly `failed` (the run's failures from all ranks, one line
+    per image, sorted by path); remove it when nothing failed."""
+    path = Path(out_dir) / FAILURES_FILE
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
+    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -1,0 +1,231 @@
+"""The rank loop: list the images, clean up after a killed run, skip done images, shard the rest
+across the ranks, label this rank's share, gather every rank's summary; and the process group's
+life around it (`run_rank`: rank device, group, `--eval` after the run).
+
+Progress is reported through callbacks (`on_start`, `on_image`, `download_progress`), so this
+module works from Python under torchrun without rich:
+
+    from ssa.config import RunConfig
+    from ssa.runner import run_rank
+    summary = run_rank(RunConfig(dataset="ade20k", data_dir=..., out_dir=...))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssa import io
+from ssa.datasets import get_dataset
+from ssa.distributed import Group, RankInfo, rank_device, shard, shard_indices
+from ssa.errors import SSAError
+from ssa.outputs import FAILURES_FILE, ImageResult, is_done, record_failure, write_failures
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    num_masks: int = 0
+    removed_temps: int = 0  # temporary files a killed run had left
+
+
+def list_images(cfg: Any) -> tuple[Path, list[Path]]:
+    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit)
+
+
+def select_images(
+    dataset: str, data_dir: Path | None, split: str | None, limit: int | None
+) -> tuple[Path, list[Path]]:
+    """The image folder and the sorted relative paths of its images, the first `limit` only."""
+    if data_dir is None:
+        raise SSAError("--data-dir is required; pass the dataset's root folder")
+    root, rels = get_dataset(dataset).list_images(Path(data_dir), split)
+    if limit is not None:
+        if limit < 1:
+            raise SSAError(f"--limit {limit} must be at least 1")
+        rels = rels[:limit]
+    if not rels:
+        raise SSAError(f"no images under {root}; check --data-dir and --dataset")
+    return root, rels
+
+
+def check_run(cfg: Any) -> None:
+    """The checks that need no model (before workers start, so one message, not N): outputs,
+    images, the mask spec, its knobs and files."""
+    from ssa.labeller import check_voting, mask_settings
+    from ssa.masks.spec import check_mask_source
+
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    list_images(cfg)
+    check_voting(cfg)
+    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
+    check_mask_source(spec)
+
+
+def _check_same_images(rels: list[Path], group: Group) -> None:
+    """Every rank lists the images itself; shares are only disjoint when the lists agree."""
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(r.as_posix() for r in rels).encode()).hexdigest()
+    seen = group.all_gather_object((len(rels), digest))
+    if len(set(seen)) > 1:
+        counts = ", ".join(f"rank {r}: {n}" for r, (n, _) in enumerate(seen))
+        raise SSAError(
+            f"the ranks see different image lists ({counts} images); put --data-dir on a "
+            f"filesystem every machine sees at the same path"
+        )
+
+
+def _done_flags(out_dir: Path, rels: list[Path], group: Group, overwrite: bool) -> list[bool]:
+    """Which images are done: each rank checks a strided share, one all-reduce combines them."""
+    flags = torch.zeros(len(rels), dtype=torch.uint8)
+    if not overwrite:
+        for i in shard_indices(len(rels), group.info.rank, group.info.world_size):
+            flags[i] = is_done(out_dir, rels[i])
+    return group.all_reduce_sum(flags).bool().tolist()
+
+
+def _merge(parts: list[RunSummary]) -> RunSummary:
+    out = RunSummary(total=parts[0].total, skipped=parts[0].skipped,
+                     removed_temps=sum(p.removed_temps for p in parts))
+    for part in parts:
+        out.done += part.done
+        out.num_masks += part.num_masks
+        out.failed += part.failed
+        out.seconds = max(out.seconds, part.seconds)
+    out.failed.sort(key=lambda r: r.rel.as_posix())
+    return out
+
+
+def run(
+    cfg: Any,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    download_progress: Callable[[int, int | None], None] | None = None,
+    group: Group | None = None,
+) -> RunSummary:
+    """Label every image of the dataset that is not done yet (all of them with `overwrite`).
+
+    With a process group, the sorted list of images to do is sharded across the ranks (rank r
+    takes items r, r + N, ...; see `distributed.shard`) and the summary returned on every rank
+    covers all ranks. on_start(total, skipped, mine) is called once this rank knows its share;
+    on_image after each of its images.
+    """
+    from ssa.labeller import build_labeller, mask_settings
+    from ssa.masks.spec import prepare_mask_source
+    from ssa.overlap import process_overlapped
+
+    check_run(cfg)
+    out_dir = Path(cfg.out_dir)
+    root, rels = list_images(cfg)
+    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
+
+    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+        labeller = build_labeller(cfg, download_progress)
+        # process_image for each image, with reads and writes in background threads.
+        return lambda mine: process_overlapped(labeller, root, mine, out_dir)
+
+    return run_images(
+        out_dir, rels, make_worker, cfg.overwrite,
+        lambda: prepare_mask_source(spec, download_progress), on_start, on_image, group,
+    )
+
+
+def run_images(
+    out_dir: Path,
+    rels: list[Path],
+    make_worker: Callable[[], Callable[[list[Path]], Iterable[ImageResult]]],
+    overwrite: bool = False,
+    prepare: Callable[[], None] | None = None,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_image: Callable[[ImageResult], None] | None = None,
+    group: Group | None = None,
+) -> RunSummary:
+    """The dataset loop that `ssa run` and `ssa engine` share: clean up, skip done images, shard
+    the rest, process this rank's share, and gather every rank's summary.
+
+    make_worker() loads the models (only on a rank with work) and returns a function from this
+    rank's relative paths to their results; prepare() fetches what the mask source needs on
+    disk (`ssa.masks.spec.prepare_mask_source`), run by one rank per machine before its ranks
+    load it.
+    """
+    group = group or Group()
+    info = group.info
+    removed = io.remove_temp_files(out_dir) if info.local_rank == 0 else 0
+    if info.is_main:  # every image not done is tried again: the earlier report is superseded
+        (out_dir / FAILURES_FILE).unlink(missing_ok=True)
+    # Collectives after every machine's clean-up and before any rank writes.
+    _check_same_images(rels, group)
+    done = _done_flags(out_dir, rels, group, overwrite)
+    todo = [rel for rel, flag in zip(rels, done) if not flag]
+    mine = shard(todo, info.rank, info.world_size)
+    summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
+    if info.distributed:
+        if info.local_rank == 0 and todo and prepare is not None:
+            prepare()  # one download per machine, before its other ranks load the file
+        group.wait_all("checkpoint")
+    if mine:
+        from ssa.allocator import keep_freed_memory
+
+        keep_freed_memory()  # large tensors reused from the heap, not faulted in per image
+    worker = make_worker() if mine else None
+    if on_start:
+        on_start(len(rels), summary.skipped, len(mine))
+    start = time.perf_counter()
+    for result in worker(mine) if worker else ():
+        if result.status == "failed":
+            summary.failed.append(result)
+            record_failure(out_dir, result)
+        else:
+            summary.done += 1
+            summary.num_masks += result.num_masks
+        group.add("processed")
+        if on_image:
+            on_image(result)
+    summary.seconds = time.perf_counter() - start
+    group.wait_all("finished")  # ranks end hours apart at worst: no collective timeout here
+    summary = _merge(group.all_gather_object(summary))
+    if info.is_main:
+        write_failures(out_dir, summary.failed)
+    return summary
+
+
+def run_rank(
+    cfg: Any,
+    info: RankInfo | None = None,
+    runner: Callable[..., RunSummary] | None = None,
+    drive: Callable[[Group, Callable[..., RunSummary]], RunSummary] | None = None,
+    evaluate: Callable[[Any, Group, RunSummary], Any] | None = None,
+) -> RunSummary:
+    """This process's part of a run (one process, or one rank under torchrun / `--world-size`):
+    the rank's device, the process group's life, the run, then `--eval` when `cfg.evaluate`.
+
+    runner: `run` (default) or another with its signature (`ssa.engine.runner.run_engine`);
+    drive(group, call): calls `call(on_start, on_image, download_progress)` with this rank's
+    progress callbacks and returns the summary (default: no callbacks); evaluate(cfg, group,
+    summary): the `--eval` step (default `ssa.evaluate.evaluate_run`, no output but eval.json).
+    """
+    info = info or RankInfo()
+    runner = runner or run
+    cfg.device = rank_device(cfg.resolved_device(), info)
+    with Group(info, cfg.device) as group:
+
+        def call(*callbacks: Any) -> RunSummary:
+            return runner(cfg, *callbacks, group=group)
+
+        summary = drive(group, call) if drive is not None else call()
+        if getattr(cfg, "evaluate", False):
+            if evaluate is None:
+                from ssa.evaluate import evaluate_run as evaluate
+            evaluate(cfg, group, summary)
+    return summary

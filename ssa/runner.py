@@ -64,11 +64,11 @@ def check_run(cfg: Any) -> None:
     from ssa.labeller import check_voting, mask_settings
     from ssa.masks.spec import check_mask_source
 
+    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
+    check_voting(cfg)
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
-    check_voting(cfg)
-    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
     check_mask_source(spec)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ADE20K_FULL, CITY_STEM, CITYSCAPES, KEEP_ALL, need
+from conftest import ADE20K_FULL, CITY_STEM, CITYSCAPES, KEEP_ALL, need
 
 
 def _image(kind: str) -> np.ndarray:
@@ -183,7 +183,7 @@ def test_sdpa_encoder_matches_stock(sams) -> None:
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
 
     from ssa.overlap import process_overlapped
-    from tests.conftest import make_image
+    from conftest import make_image
 
     rels = [Path("a.png"), Path("missing.png"), Path("b.png"), Path("c.png")]
     for rel in rels:

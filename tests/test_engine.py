@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import CITY_STEM, CITYSCAPES, need
+from conftest import CITY_STEM, CITYSCAPES, need
 
 ADE_NAMES = ["wall", "sky", "tree", "road", "grass", "building"]
 COCO_NAMES = ["person", "car", "bus", "wall-other-merged", "tree-merged"]
@@ -315,7 +315,7 @@ def test_engine_with_sam_masks(tiny_models, sam_checkpoint, tmp_path):
     from PIL import Image
 
     from ssa import io
-    from tests.conftest import KEEP_ALL
+    from conftest import KEEP_ALL
 
     src = need(CITYSCAPES) / f"{CITY_STEM}_leftImg8bit.png"
     images = tmp_path / "images"

@@ -14,7 +14,8 @@ import torch
 from ssa.config import RunConfig
 from ssa.errors import SSAError
 from ssa.keyvalue import Knob, check_knobs, parse_key_values
-from ssa.masks import MaskResult, spec as spec_mod
+from ssa.masks import MaskResult
+from ssa.masks import spec as spec_mod
 from ssa.masks.spec import (
     MaskSpec,
     load_mask_source,

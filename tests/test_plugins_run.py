@@ -220,3 +220,94 @@ def test_config_file_gives_segmentor_args_and_policy(disagree, tmp_path):
     result = invoke("run", "--config", config, "--out-dir", out2, "--segmentor-arg", "strength=0.2")
     assert result.exit_code == 0, result.output
     assert json.loads((out2 / "x_semantic.json").read_text())["annotations"][0]["class_name"] == "sky"
+
+
+MASK_SOURCE = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    class Fixed:
+        '''Hand-made masks per image, as raw SAM-style records (`HW bool` segmentation).'''
+
+        def __init__(self, masks_file, device="cpu"):
+            self.masks = dict(np.load(masks_file))
+            self.device = device
+
+        def generate(self, image, *, path=None):
+            stack = self.masks[Path(path).as_posix()]
+            assert stack.shape[1:] == image.shape[:2]
+            return [{"segmentation": m, "predicted_iou": 0.5 + i / 100}
+                    for i, m in enumerate(stack)]
+
+    def fixed(masks_file, device="cpu"):
+        return Fixed(masks_file, device)
+    """
+)
+
+
+def test_py_mask_source_runs_end_to_end(hand_made, tmp_path):
+    """`--masks py:file.py:factory`, its argument through `--amg`: the output masks are the
+    factory's (pycocotools decode), areas and boxes computed by numpy, votes by brute force."""
+    from pycocotools import mask as mask_utils
+
+    data, _, labels_dir, classes, truth = hand_made
+    plugin = tmp_path / "fixed_masks.py"
+    plugin.write_text(MASK_SOURCE)
+    masks_file = tmp_path / "masks.npz"
+    np.savez(masks_file, **{rel.as_posix(): masks for rel, (masks, _) in truth.items()})
+    out = tmp_path / "out"
+    result = invoke(
+        "run", "--data-dir", data, "--out-dir", out, "--masks", f"py:{plugin}:fixed",
+        "--amg", f"masks_file={masks_file}", "--segmentor", f"labels:{labels_dir}",
+        "--classes", classes, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for rel, (masks, labels) in truth.items():
+        ref_classes, _, ref_map = brute_force(masks, labels, len(CLASSES))
+        stem = out / rel.parent / rel.stem
+        anns = json.loads(Path(f"{stem}_semantic.json").read_text())["annotations"]
+        assert len(anns) == len(masks)
+        for i, (ann, mask) in enumerate(zip(anns, masks)):
+            rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+            np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
+            ys, xs = np.nonzero(mask)
+            assert ann["area"] == int(mask.sum())
+            assert ann["bbox"] == [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
+                                   int(np.ptp(ys)) + 1]
+            assert ann["predicted_iou"] == pytest.approx(0.5 + i / 100)
+        assert [a["class_name"] for a in anns] == [
+            CLASSES[c] if c >= 0 else None for c in ref_classes
+        ]
+        np.testing.assert_array_equal(np.asarray(Image.open(f"{stem}_semantic.png")), ref_map)
+
+
+def test_py_mask_source_bad_knob_lists_its_arguments(hand_made, tmp_path):
+    data, _, labels_dir, classes, _ = hand_made
+    plugin = tmp_path / "fixed_masks.py"
+    plugin.write_text(MASK_SOURCE)
+    result = invoke(
+        "run", "--data-dir", data, "--out-dir", tmp_path / "out", "--masks",
+        f"py:{plugin}:fixed", "--amg", "points_per_side=8", "--segmentor",
+        f"labels:{labels_dir}", "--classes", classes, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "takes no argument 'points_per_side'; its keyword arguments: masks_file, device" in (
+        " ".join(result.output.split())
+    )
+
+
+def test_json_prefix_and_bare_folder_give_the_same_outputs(hand_made, tmp_path):
+    data, masks_dir, labels_dir, classes, _ = hand_made
+    outputs = {}
+    for name, spec in (("prefixed", f"json:{masks_dir}"), ("bare", str(masks_dir))):
+        out = tmp_path / name
+        result = invoke(
+            "run", "--data-dir", data, "--out-dir", out, "--masks", spec,
+            "--segmentor", f"labels:{labels_dir}", "--classes", classes, "--device", "cpu",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outputs[name] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(outputs["bare"]) == 2 * len(RELS)  # a JSON and a PNG per image
+    assert outputs["prefixed"] == outputs["bare"]

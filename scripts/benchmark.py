@@ -1,7 +1,7 @@
 """The stock pipeline against `ssa run`'s, on the same images, checkpoint and settings.
 
 Stock: segment-anything's `SamAutomaticMaskGenerator` (COCO RLE output), the Hugging Face
-segmentor, per-mask voting by decoding each RLE, writing, one image at a time. ssa: `ssa.pipeline.run`
+segmentor, per-mask voting by decoding each RLE, writing, one image at a time. ssa: `ssa.runner.run`
 (fast generator, one-pass device voting, prefetch and background writer). Each runs in its own
 subprocess (so peak RSS is its own); the parent prints the ratio, a per-stage breakdown, peak
 memory and mask agreement (counts; mean IoU of masks matched one-to-one by IoU, pycocotools).
@@ -130,7 +130,7 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 
     from ssa import io
     from ssa.masks import load_sam
-    from ssa.pipeline import output_paths, semantic_mask_rles
+    from ssa.outputs import output_paths, semantic_mask_rles
     from ssa.segmentors import load_segmentor
     from ssa.segmentors.base import BranchOutput, class_names
 
@@ -193,10 +193,11 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 
 
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
-    """`ssa run`'s pipeline (`ssa.pipeline.run`) on a folder holding links to the images."""
+    """`ssa run`'s pipeline (`ssa.runner.run`) on a folder holding links to the images."""
     import ssa.overlap
-    from ssa import io, masks, pipeline
+    from ssa import io, labeller, runner
     from ssa.config import RunConfig
+    from ssa.masks import sam as masks
 
     data = out_dir.parent / (out_dir.name + "_input")
     data.mkdir(parents=True, exist_ok=True)
@@ -215,29 +216,29 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
         timers.hook(sam.mask_decoder, "mask_decoder")
         return sam
 
-    pipeline_build = pipeline.build_labeller
+    pipeline_build = labeller.build_labeller
 
     def build_labeller(cfg, progress=None):
         load_start = time.perf_counter()
-        labeller = pipeline_build(cfg, progress)
+        built = pipeline_build(cfg, progress)
         t[LOAD] += time.perf_counter() - load_start
-        labeller.segmentor = timers.wrap(labeller.segmentor, "semantic")
-        gen = labeller.mask_generator
+        built.segmentor = timers.wrap(built.segmentor, "semantic")
+        gen = built.mask_source
         generators.append(gen)
-        gen.generate_masks = timers.wrap(gen.generate_masks, "mask_generator")
-        labeller.write = timers.wrap(labeller.write, "writing (background)")
-        return labeller
+        gen.generate = timers.wrap(gen.generate, "mask_generator")
+        built.write = timers.wrap(built.write, "writing (background)")
+        return built
 
     masks.load_sam = load_sam
-    pipeline.build_labeller = build_labeller
-    pipeline.vote = timers.wrap(pipeline.vote, "voting")
+    labeller.build_labeller = build_labeller
+    labeller.vote = timers.wrap(labeller.vote, "voting")
     io.read_image = timers.wrap(io.read_image, "read (prefetch thread)")
     cfg = RunConfig(dataset="folder", data_dir=data, out_dir=out_dir, sam_model=args.sam_model,
                     sam_checkpoint=Path(args.checkpoint), amg_preset="default", amg=args.settings,
                     segmentor=f"hf:{args.segformer}", device=args.device,
                     amg_impl=args.amg_impl)
     start = time.perf_counter()
-    summary = pipeline.run(cfg)
+    summary = runner.run(cfg)
     seconds = time.perf_counter() - start - t[LOAD]
     if summary.failed:
         raise SystemExit(f"ssa pipeline failed: {summary.failed}")

@@ -26,7 +26,7 @@ def find_companion(folder: Path, rel: Path | None, suffixes: Sequence[str], what
     if rel is None:
         raise SSAError(
             f"{what} in {folder} are matched by the image's relative path, but none was given; "
-            f"pass path=<relative path> (the pipeline does)"
+            f"pass path=<relative path> (the labeller does)"
         )
     candidates = companion_candidates(folder, rel, suffixes)
     for path in candidates:

@@ -311,3 +311,42 @@ def test_json_prefix_and_bare_folder_give_the_same_outputs(hand_made, tmp_path):
         outputs[name] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert len(outputs["bare"]) == 2 * len(RELS)  # a JSON and a PNG per image
     assert outputs["prefixed"] == outputs["bare"]
+
+
+def test_runner_works_from_python_without_rich(hand_made, tmp_path):
+    """`ssa.runner.run_rank(RunConfig(...))` in a fresh interpreter: it labels the images (the
+    same files as `ssa run`) and never imports rich or typer."""
+    import os
+    import subprocess
+    import sys
+
+    data, masks_dir, labels_dir, classes, _ = hand_made
+    out_py, out_cli = tmp_path / "py", tmp_path / "cli"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from ssa.config import RunConfig
+        from ssa.runner import run_rank
+        cfg = RunConfig(data_dir=Path({str(data)!r}), out_dir=Path({str(out_py)!r}),
+                        masks={str(masks_dir)!r}, segmentor={f"labels:{labels_dir}"!r},
+                        classes=Path({str(classes)!r}), device="cpu")
+        summary = run_rank(cfg)
+        assert summary.done == {len(RELS)} and not summary.failed, summary
+        assert "rich" not in sys.modules and "typer" not in sys.modules
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=root,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    result = invoke(
+        "run", "--data-dir", data, "--out-dir", out_cli, "--masks", masks_dir,
+        "--segmentor", f"labels:{labels_dir}", "--classes", classes, "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    files = sorted(p.relative_to(out_cli) for p in out_cli.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(out_py) for p in out_py.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out_cli / rel).read_bytes() == (out_py / rel).read_bytes()

@@ -16,10 +16,11 @@ predictions, a cache) declares a keyword-only parameter `path`:
 
     __call__(image, *, path: pathlib.Path | None = None)
 
-and the pipeline then passes the image's path relative to the dataset's image folder (the same
-relative path the outputs mirror). Segmentors without that parameter are called with the image
-alone. `accepts_path` is the one place that decides. The mask source (`MaskGenerator`,
-`ssa.masks.JsonMasks`) follows the same rule for `generate(image, *, path)`.
+and the labeller (`ssa.labeller`) then passes the image's path relative to the dataset's image
+folder (the same relative path the outputs mirror). Segmentors without that parameter are called
+with the image alone. `accepts_path` is the one place that decides. Every mask source takes
+`generate(image, *, path=None)` (`ssa.masks.base.MaskSource`; plug-ins without `path` are
+wrapped, `ssa.masks.base.RecordListSource`).
 
 Ways to provide one without editing ssa (see `ssa.segmentors.spec`): `py:<module or file.py>:
 <factory>`, an entry point in the group `ssa.segmentors` whose value is such a factory, or

@@ -181,6 +181,8 @@ def test_sam_knobs_are_the_stock_keywords_plus_the_fast_extras():
     assert "points_per_side" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(SSAError, match="unknown --amg key 'sdpa'"):
         resolve_mask_settings("sam:vit_b", "default", {"sdpa": True}, impl="stock")
+    with pytest.raises(SSAError, match="unknown --amg-impl 'quick'"):
+        resolve_mask_settings("sam:vit_b", "default", {}, impl="quick")
 
 
 def test_json_takes_no_knobs_and_factories_get_amg_as_given(folder):

@@ -209,8 +209,10 @@ def resolve_mask_settings(
 
     parsed = _as_spec(spec)
     if parsed.kind == "sam":
-        from ssa.masks.sam import resolve_amg
+        from ssa.masks.sam import AMG_IMPLS, resolve_amg
 
+        if impl not in AMG_IMPLS:
+            raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
         return resolve_amg(preset, dict(overrides or {}), impl)
     if parsed.kind == "json":
         return {}

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import CITY_STEM, CITYSCAPES, need
+from typer.testing import CliRunner
 
 ADE_NAMES = ["wall", "sky", "tree", "road", "grass", "building"]
 COCO_NAMES = ["person", "car", "bus", "wall-other-merged", "tree-merged"]
@@ -312,10 +311,10 @@ def test_engine_noun_phrases_and_crops():
 
 def test_engine_with_sam_masks(tiny_models, sam_checkpoint, tmp_path):
     """Without --masks, SAM (a tiny random one) makes the masks; each is named all the same."""
+    from conftest import KEEP_ALL
     from PIL import Image
 
     from ssa import io
-    from conftest import KEEP_ALL
 
     src = need(CITYSCAPES) / f"{CITY_STEM}_leftImg8bit.png"
     images = tmp_path / "images"

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ADE20K_FULL, CITY_STEM, CITYSCAPES, KEEP_ALL, need
 
 
@@ -181,9 +180,9 @@ def test_sdpa_encoder_matches_stock(sams) -> None:
 
 
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
+    from conftest import make_image
 
     from ssa.overlap import process_overlapped
-    from conftest import make_image
 
     rels = [Path("a.png"), Path("missing.png"), Path("b.png"), Path("c.png")]
     for rel in rels:

@@ -292,3 +292,26 @@ def test_py_factory_records_are_wrapped_into_a_mask_result(tmp_path):
 def test_json_cannot_answer_prompts(folder):
     with pytest.raises(SSAError, match="cannot answer prompts"):
         load_prompt_source("json:masks", "cpu")
+
+
+def test_entry_point_mask_source(tmp_path, monkeypatch):
+    """A factory registered under `ssa.mask_sources` is found by its bare name and loaded
+    through `EntryPoint.load`, as an installed package's would be."""
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "toy_masks_mod.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    ep = EntryPoint(name="toymasks", value="toy_masks_mod:halves", group="ssa.mask_sources")
+
+    def fake_entry_points(group=None):
+        return [ep] if group == "ssa.mask_sources" else []
+
+    monkeypatch.setattr("importlib.metadata.entry_points", fake_entry_points)
+    assert parse_mask_spec("toymasks") == MaskSpec("plugin", "toymasks")
+    assert parse_mask_spec("plugin:toymasks") == MaskSpec("plugin", "toymasks")
+    source = load_mask_source("toymasks", "cpu", resolve_mask_settings("toymasks", "ssa", {}))
+    out = source.generate(np.zeros((4, 4, 3), np.uint8))
+    assert out.masks.flatten(1).sum(1).tolist() == [8, 8]
+    with pytest.raises(SSAError, match="registered: toymasks"):
+        parse_mask_spec("plugin:other")

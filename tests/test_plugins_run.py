@@ -350,3 +350,65 @@ def test_runner_works_from_python_without_rich(hand_made, tmp_path):
     assert files and files == sorted(p.relative_to(out_py) for p in out_py.rglob("*") if p.is_file())
     for rel in files:
         assert (out_cli / rel).read_bytes() == (out_py / rel).read_bytes()
+
+
+PROMPTABLE = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+
+    from ssa.io import encode_rle
+    from ssa.masks import MaskResult
+
+    class ThreeMasks:
+        '''Answers any prompt with three fixed masks, not ordered by size.'''
+
+        def set_image(self, image):
+            h, w = image.shape[:2]
+            patch = np.zeros((h, w), bool)
+            patch[1:3, 1:3] = True
+            right = np.zeros((h, w), bool)
+            right[:, 2 * w // 3:] = True
+            self.stack = np.stack([patch, np.ones((h, w), bool), right])
+
+        def predict(self, points, labels, box, multimask=True):
+            assert points.tolist() == [[4.0, 2.0]] and labels.tolist() == [1] and box is None
+            records = [{"segmentation": rle, "area": int(m.sum()), "predicted_iou": 0.7 + i / 10}
+                       for i, (m, rle) in enumerate(zip(self.stack, encode_rle(self.stack)))]
+            return MaskResult(records, torch.from_numpy(self.stack))
+
+    def make():
+        return ThreeMasks()
+    """
+)
+
+
+def test_predict_takes_any_promptable_mask_source(disagree, tmp_path):
+    """`ssa predict --masks py:...`: the source's three masks, whole -> subpart by area, each
+    labelled by the SSA rule (brute force over the segmentor's argmax labels)."""
+    from pycocotools import mask as mask_utils
+
+    plugin, data, _ = disagree
+    source = tmp_path / "three_masks.py"
+    source.write_text(PROMPTABLE)
+    out = tmp_path / "pred.json"
+    result = invoke(
+        "predict", data / "x.png", "--point", "4,2", "--masks", f"py:{source}:make",
+        "--segmentor", f"py:{plugin}:make", "--device", "cpu", "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    masks = np.stack([
+        mask_utils.decode(dict(m["segmentation"], counts=m["segmentation"]["counts"].encode()))
+        for m in doc["masks"]
+    ]).astype(bool)
+    assert [m["granularity"] for m in doc["masks"]] == ["whole", "part", "subpart"]
+    assert [m["multimask_index"] for m in doc["masks"]] == [1, 2, 0]
+    assert [m["area"] for m in doc["masks"]] == [54, 18, 4] == masks.sum((1, 2)).tolist()
+    assert [m["predicted_iou"] for m in doc["masks"]] == pytest.approx([0.8, 0.9, 0.7])
+    labels = np.zeros((6, 9), np.int64)
+    labels[:, 6:] = 1  # Disagree's argmax: sky (0.40) on the left, tree (0.9) on the right third
+    ref_classes = brute_force(masks, labels, 3)[0]
+    assert [m["class_name"] for m in doc["masks"]] == [
+        ["sky", "tree", "road"][c] for c in ref_classes
+    ] == ["sky", "tree", "sky"]

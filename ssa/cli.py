@@ -60,7 +60,8 @@ LimitOpt = Annotated[
 SamCheckpointOpt = Annotated[
     Path | None,
     typer.Option(
-        help="SAM .pth (default ckp/sam_<model>_<hash>.pth, downloaded if missing).",
+        help="The sam: checkpoint .pth (default ckp/sam_<model>_<hash>.pth, downloaded if "
+        "missing).",
         rich_help_panel="Mask branch",
     ),
 ]
@@ -118,7 +119,10 @@ def run(
         typer.Option(help="YAML config (configs/<name>.yaml); flags override it."),
     ] = None,
     sam_model: Annotated[
-        str | None, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str | None, typer.Option(
+            help="vit_h | vit_l | vit_b: shorthand for --masks sam:<model>.",
+            rich_help_panel="Mask branch",
+        )
     ] = None,
     sam_checkpoint: SamCheckpointOpt = None,
     amg_preset: Annotated[
@@ -447,7 +451,10 @@ def predict(
         ),
     ] = None,
     sam_model: Annotated[
-        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str, typer.Option(
+            help="vit_h | vit_l | vit_b: shorthand for --masks sam:<model>.",
+            rich_help_panel="Mask branch",
+        )
     ] = "vit_h",
     sam_checkpoint: SamCheckpointOpt = None,
     segmentor: Annotated[
@@ -511,7 +518,10 @@ def engine(
     masks: MasksOpt = None,
     limit: LimitOpt = None,
     sam_model: Annotated[
-        str, typer.Option(help="vit_h | vit_l | vit_b", rich_help_panel="Mask branch")
+        str, typer.Option(
+            help="vit_h | vit_l | vit_b: shorthand for --masks sam:<model>.",
+            rich_help_panel="Mask branch",
+        )
     ] = "vit_h",
     sam_checkpoint: SamCheckpointOpt = None,
     amg_preset: Annotated[

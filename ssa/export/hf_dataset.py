@@ -3,7 +3,7 @@
 
 Columns: `image` (`Image`, the image file's bytes), `label` (`Image`, the label map PNG: class
 index 0..C-1 per pixel, 255 = no label, 16-bit when C > 255), `file_name` (the image's path
-relative to the image folder) and `classes` (`Sequence(ClassLabel(names=<class list>))`, the
+relative to the image folder) and `classes` (`List(ClassLabel(names=<class list>))`, the
 classes present in the image), so the class names travel with the data:
 `ds.features["classes"].feature.names`. One process writes it (no `--world-size`); rows go
 through the `datasets` Arrow writer in batches, so memory stays flat.
@@ -50,13 +50,17 @@ def rows(plan: ExportPlan, on_image: Any = None):
 
 
 def features(class_names: list[str]) -> Any:
-    from datasets import ClassLabel, Features, Image, Sequence, Value
+    from datasets import ClassLabel, Features, Image, Value
 
+    try:
+        from datasets import List  # datasets >= 4
+    except ImportError:
+        from datasets import Sequence as List
     return Features({
         "image": Image(),
         "label": Image(),
         "file_name": Value("string"),
-        "classes": Sequence(ClassLabel(names=list(class_names))),
+        "classes": List(ClassLabel(names=list(class_names))),
     })  # fmt: skip
 
 
@@ -75,18 +79,28 @@ class HfDataset(Exporter):
             ) from None
 
     def write_all(self, plan: ExportPlan, staging: Path, on_image: Any = None) -> Path:
-        from datasets import Dataset
+        import uuid
 
-        cache = staging / "cache"
-        ds = Dataset.from_generator(
-            rows, features=features(plan.class_names), cache_dir=str(cache),
-            gen_kwargs={"plan": plan, "on_image": on_image}, keep_in_memory=False,
-        )
-        if Path(plan.cfg.out).suffix == ".parquet":
-            path = staging / "data.parquet"
-            ds.to_parquet(str(path))
-        else:
-            path = staging / "dataset"
-            ds.save_to_disk(str(path))
-        del ds
+        from datasets import Dataset
+        from datasets.utils import logging as ds_logging
+
+        bars = ds_logging.is_progress_bar_enabled()
+        ds_logging.disable_progress_bar()  # the caller shows its own progress
+        try:
+            # A fresh cache in the staging folder; the fingerprint is given because the
+            # callbacks in gen_kwargs need not pickle (datasets hashes what it is not given).
+            ds = Dataset.from_generator(
+                rows, features=features(plan.class_names), cache_dir=str(staging / "cache"),
+                gen_kwargs={"plan": plan, "on_image": on_image}, fingerprint=uuid.uuid4().hex,
+            )
+            if Path(plan.cfg.out).suffix == ".parquet":
+                path = staging / "data.parquet"
+                ds.to_parquet(str(path))
+            else:
+                path = staging / "dataset"
+                ds.save_to_disk(str(path))
+            del ds
+        finally:
+            if bars:
+                ds_logging.enable_progress_bar()
         return path

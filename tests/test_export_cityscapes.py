@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import CITY_STEM
 from export_run import blob_masks, invoke, write_masks_json
 from PIL import Image
-
-from conftest import CITY_STEM
 
 
 def city_run(root, tmp_path):

@@ -71,7 +71,7 @@ def test_config_parses_and_converter_reads_the_tasks(exported):
             got.setdefault(name.split("-")[1], []).append(layer > 0)
         assert sorted(got) == sorted(by_class)
         for name, masks in by_class.items():
-            key = lambda m: m.tobytes()  # noqa: E731 - order-free comparison
+            key = lambda m: m.tobytes()
             assert sorted(map(key, got[name])) == sorted(map(key, masks))
 
 

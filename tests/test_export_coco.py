@@ -78,7 +78,7 @@ def test_coco_panoptic_decodes_to_the_label_map(run):
     result = invoke("export", "--format", "coco-panoptic", "--pred-dir", out, "--out", folder,
                     "--data-dir", data, "--things", things_file(tmp))  # fmt: skip
     assert result.exit_code == 0, result.output
-    doc = json.loads((folder / "panoptic.json").read_text())
+    doc = json.loads((folder / "annotations" / "panoptic_default.json").read_text())
     cats = doc["categories"]
     assert [c["name"] for c in cats] == CLASSES
     assert {c["name"] for c in cats if c["isthing"]} == set(THINGS)
@@ -86,7 +86,7 @@ def test_coco_panoptic_decodes_to_the_label_map(run):
     assert [a["image_id"] for a in doc["annotations"]] == [img["id"] for img in doc["images"]]
     kinds = set()
     for ann, rel in zip(doc["annotations"], RELS):
-        ids, labels = decode_panoptic(folder / "panoptic" / ann["file_name"],
+        ids, labels = decode_panoptic(folder / "annotations" / "panoptic_default" / ann["file_name"],
                                       ann["segments_info"], cats)  # fmt: skip
         np.testing.assert_array_equal(labels, run_label_map(out, rel))
         seg_ids = [s["id"] for s in ann["segments_info"]]
@@ -112,6 +112,36 @@ def test_coco_panoptic_decodes_to_the_label_map(run):
                  if not cats[s["category_id"] - 1]["isthing"]]  # fmt: skip
         assert len(stuff) == len(set(stuff))
     assert kinds == {"thing", "stuff"}, "the fixture must hold thing instances and stuff"
+
+
+def test_coco_panoptic_imported_by_datumaro(run):
+    """datumaro's own coco_panoptic importer (skipped where datumaro is not installed: it pins
+    older pillow/pyarrow/pandas than this project's environment, see the README)."""
+    dm = pytest.importorskip("datumaro")
+    tmp, data, out = run
+    folder = tmp / "panoptic_dm"
+    result = invoke("export", "--format", "coco-panoptic", "--pred-dir", out, "--out", folder,
+                    "--data-dir", data, "--things", things_file(tmp), "--split", "val")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((folder / "annotations" / "panoptic_val.json").read_text())
+    dataset = dm.Dataset.import_from(str(folder), "coco_panoptic")
+    items = list(dataset)
+    assert len(items) == len(doc["images"]) == len(RELS)
+    labels = dataset.categories()[dm.AnnotationType.label]
+    assert [label.name for label in labels] == CLASSES
+    segments = {seg["id"]: seg for ann in doc["annotations"] for seg in ann["segments_info"]}
+    total = 0
+    for item in items:
+        ann = next(a for a in doc["annotations"] if a["image_id"] == item.attributes["id"])
+        by_id = {s["id"]: s for s in ann["segments_info"]}
+        assert item.media.has_data  # the image, through <out>/images/val
+        assert sorted(m.id for m in item.annotations) == sorted(by_id)
+        for mask in item.annotations:
+            assert int(mask.image.sum()) == by_id[mask.id]["area"]
+            assert labels[mask.label].name == CLASSES[by_id[mask.id]["category_id"] - 1]
+        total += len(item.annotations)
+    assert total == sum(len(a["segments_info"]) for a in doc["annotations"]) > 0
+    assert segments
 
 
 def test_builtin_thing_splits():

@@ -133,7 +133,8 @@ def test_interrupted_export_leaves_no_result(run, tmp_path, monkeypatch):
     monkeypatch.setattr(coco_panoptic.CocoPanoptic, "write_image", original)
     staging_dir(target).mkdir()
     export("coco-panoptic", out, target, data_dir=data, things=things)
-    assert (target / "panoptic.json").is_file() and not staging_dir(target).exists()
+    assert (target / "annotations" / "panoptic_default.json").is_file()
+    assert not staging_dir(target).exists()
 
 
 def test_world_size_two_equals_one_process(run, tmp_path):

@@ -1,5 +1,9 @@
-"""`coco-panoptic`: the COCO panoptic format, `<out>/panoptic.json` and one PNG per image under
-`<out>/panoptic/` (`<rel.parent>/<rel.stem>.png`, segment id = R + 256 G + 256^2 B, 0 = void).
+"""`coco-panoptic`: the COCO panoptic format in COCO's layout, `<out>/annotations/
+panoptic_<subset>.json` and one PNG per image under `<out>/annotations/panoptic_<subset>/`
+(`<rel.parent>/<rel.stem>.png`, segment id = R + 256 G + 256^2 B, 0 = void); `<subset>` is
+`--split`, else the dataset's default split, else `default` (the PNG folder is named after the
+JSON, as COCO, datumaro and detectron2's builtin datasets expect), and `<out>/images/<subset>`,
+a symbolic link to the run's image folder, so the folder is a whole COCO-layout dataset.
 
 Segments come from the run's label map (`<stem>_semantic.png`), so decoding the PNG and the JSON
 gives back that map exactly:
@@ -25,8 +29,17 @@ from ssa.errors import SSAError
 from ssa.export.base import Exporter, ExportPlan, RunImage, read_part, write_json_stream, write_part
 
 RESULT = "result"
-JSON_NAME = "panoptic.json"
-PNG_DIR = "panoptic"
+
+
+def subset_name(plan: ExportPlan) -> str:
+    from ssa.datasets import get_dataset
+
+    return plan.cfg.split or get_dataset(plan.cfg.dataset).default_split or "default"
+
+
+def json_path(plan: ExportPlan) -> Path:
+    """The JSON's path relative to `--out`; its PNG folder is the same without `.json`."""
+    return Path("annotations") / f"panoptic_{subset_name(plan)}.json"
 
 # ADE20K-150 class indices that are things in the ADE20K panoptic split (its instance classes).
 ADE20K_THING_IDS = (
@@ -141,7 +154,8 @@ class CocoPanoptic(Exporter):
 
         id_map, info = segments(image, self.things)
         png = (image.item.stem_rel.parent / f"{image.item.stem_rel.name}.png").as_posix()
-        io.write_rgb_png(staging / RESULT / PNG_DIR / png, id_to_rgb(id_map))
+        io.write_rgb_png(staging / RESULT / json_path(plan).with_suffix("") / png,
+                         id_to_rgb(id_map))
         image_id = image.item.index + 1
         write_part(staging, image.item.index, [
             {"id": image_id, "file_name": image.item.rel.as_posix(), "height": image.height,
@@ -165,9 +179,12 @@ class CocoPanoptic(Exporter):
                     yield record if which == 0 else next(parts)
             return gen
 
-        (staging / RESULT / PNG_DIR).mkdir(parents=True, exist_ok=True)
+        (staging / RESULT / json_path(plan).with_suffix("")).mkdir(parents=True, exist_ok=True)
+        images = staging / RESULT / "images" / subset_name(plan)
+        images.parent.mkdir(parents=True, exist_ok=True)
+        images.symlink_to(Path(plan.image_root).resolve(), target_is_directory=True)
         head = {"info": {"description": f"ssa export of {plan.cfg.pred_dir}"}, "licenses": [],
                 "categories": cats}
-        write_json_stream(staging / RESULT / JSON_NAME, head,
+        write_json_stream(staging / RESULT / json_path(plan), head,
                           {"images": nth(0), "annotations": nth(1)})
         return staging / RESULT

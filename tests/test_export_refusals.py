@@ -189,3 +189,24 @@ def test_engine_run_free_form_names(tmp_path):
     for k in order:
         ref[decode_rle(anns[k]["segmentation"])] = sorted(names).index(anns[k]["class_name"])
     np.testing.assert_array_equal(label, ref)
+
+
+def test_limit_and_classes_file_order(run, tmp_path):
+    """--limit takes the first images; --classes FILE sets the category order (id = line + 1)
+    and every mask keeps its class by name."""
+    from export_run import CLASSES, run_json
+
+    _tmp, data, out = run
+    order = tmp_path / "order.txt"
+    order.write_text("\n".join(reversed(CLASSES)) + "\n")
+    target = tmp_path / "i.json"
+    result = invoke(*EXPORT, "coco-instances", "--pred-dir", out, "--out", target,
+                    "--data-dir", data, "--limit", "2", "--classes", order)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(target.read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["a.png", "sub/b.jpg"]
+    assert [c["name"] for c in doc["categories"]] == list(reversed(CLASSES))
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    expected = [a["class_name"] for rel in RELS[:2] for a in run_json(out, rel)["annotations"]
+                if a["class_name"] is not None]  # fmt: skip
+    assert [names[a["category_id"]] for a in doc["annotations"]] == expected

@@ -96,7 +96,7 @@ def task(plan: ExportPlan, image: RunImage) -> dict:
         if cls < 0:
             continue
         ann = image.annotations[k]
-        score = float(ann.get("predicted_iou", 1.0))
+        score = 1.0 if ann.get("predicted_iou") is None else float(ann["predicted_iou"])
         scores.append(score)
         results.append({
             "id": f"{image.item.index + 1}-{k}",

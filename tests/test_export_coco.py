@@ -4,6 +4,7 @@ independent panoptic decoder (the panopticapi convention: id = R + 256 G + 256^2
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,8 +73,20 @@ def decode_panoptic(png_path, segments_info, categories):
     return ids, out
 
 
-def test_coco_panoptic_decodes_to_the_label_map(run):
-    tmp, data, out = run
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """A run where some masks hold too small a share of their class and keep the branch's
+    labels (painted, so they cover larger masks, but without a class of their own)."""
+    tmp = tmp_path_factory.mktemp("export_coco_share")
+    data, out = make_run(tmp, "--min-vote-share", "0.6")
+    assert any(a["class_name"] is None and a["area"] > 9
+               for rel in RELS for a in run_json(out, rel)["annotations"])
+    return tmp, data, out
+
+
+@pytest.mark.parametrize("which", ["run", "shared_run"])
+def test_coco_panoptic_decodes_to_the_label_map(which, request):
+    tmp, data, out = request.getfixturevalue(which)
     folder = tmp / "panoptic"
     result = invoke("export", "--format", "coco-panoptic", "--pred-dir", out, "--out", folder,
                     "--data-dir", data, "--things", things_file(tmp))  # fmt: skip
@@ -142,6 +155,47 @@ def test_coco_panoptic_imported_by_datumaro(run):
         total += len(item.annotations)
     assert total == sum(len(a["segments_info"]) for a in doc["annotations"]) > 0
     assert segments
+
+
+def test_panoptic_segments_hand_worked():
+    """A large car mask under a small mask that kept the branch's labels (person): the person
+    pixels are no car instance but a crowd person segment; uncovered thing pixels likewise;
+    sky (stuff) is one segment."""
+    from ssa.export.base import RunImage, RunItem
+    from ssa.export.coco_panoptic import segments
+    from ssa.io import encode_rle
+
+    height, width = 6, 8
+    car = np.zeros((height, width), bool)
+    car[:, :6] = True
+    small = np.zeros((height, width), bool)
+    small[2:4, 2:4] = True
+    label = np.full((height, width), 0)  # sky
+    label[car] = 3
+    label[small] = 4  # the small mask kept the branch's labels: person
+    label[0, 7] = 4  # a person pixel no mask covers
+    label[5, 7] = 255
+    anns = [{"segmentation": rle, "area": int(m.sum())}
+            for m, rle in zip((car, small), encode_rle(np.stack([car, small])))]
+
+    item = RunItem(0, Path("x.png"), Path("none.json"), Path("none.png"), None)
+    image = RunImage(item, height, width, anns, np.array([3, -1]), len(CLASSES))
+    image.label_map = lambda: label  # the run's map, as its PNG would give it
+    things = np.array([n in THINGS for n in CLASSES])
+    ids, info = segments(image, things)
+    by_id = {s["id"]: s for s in info}
+    cat = {s["id"]: CLASSES[s["category_id"] - 1] for s in info}
+    car_ids = {i for i, c in cat.items() if c == "car"}
+    (car_id,) = car_ids
+    assert by_id[car_id]["iscrowd"] == 0
+    np.testing.assert_array_equal(ids == car_id, car & ~small)
+    (person,) = [i for i, c in cat.items() if c == "person"]
+    assert by_id[person]["iscrowd"] == 1 and by_id[person]["area"] == 5
+    np.testing.assert_array_equal(ids == person, label == 4)
+    (sky,) = [i for i, c in cat.items() if c == "sky"]
+    np.testing.assert_array_equal(ids == sky, label == 0)
+    assert (ids == 0).sum() == 1 and ids[5, 7] == 0
+    assert by_id[sky]["bbox"] == [6, 0, 2, 6]
 
 
 def test_builtin_thing_splits():

@@ -632,5 +632,121 @@ def engine_worker() -> None:
     _run_worker(engine_config_from_json, engine=True)
 
 
+# --- ssa export (issue 13): a finished run's labels in the formats dataset tools import ---
+
+
+@app.command("export")
+def export_(
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="coco-instances | coco-panoptic | cityscapes | label-studio | hf-dataset",
+        ),
+    ],
+    pred_dir: Annotated[
+        Path,
+        typer.Option(help="The --out-dir of a finished `ssa run` or `ssa engine`.",
+                     rich_help_panel="Data"),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="coco-instances: a .json file; hf-dataset: a folder (save_to_disk) or a "
+            ".parquet file; the others: a folder.",
+            rich_help_panel="Data",
+        ),
+    ],
+    dataset: Annotated[
+        str,
+        typer.Option(help="ade20k | cityscapes | foggy_driving | folder: how --data-dir is laid "
+                     "out, as in `ssa run`.", rich_help_panel="Data"),
+    ] = "folder",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="The dataset the run read (needed by every format but cityscapes: it "
+                     "names or embeds the images).", rich_help_panel="Data"),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
+    ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(help="Class names, one per line (default: the run's class_names; for an "
+                     "engine run the sorted names of its masks). Category id = line index + 1."),
+    ] = None,
+    things: Annotated[
+        Path | None,
+        typer.Option(help="coco-panoptic: thing class names, one per line (built in for "
+                     "ADE20K-150 and Cityscapes)."),
+    ] = None,
+    image_root_url: Annotated[
+        str | None,
+        typer.Option(help="label-studio: URL prefix of the images (default "
+                     "/data/local-files/?d=)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Export only the first N images.", rich_help_panel="Data")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing",
+                     help="Export the images that are done when some failed or are not done."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    world_size: WorldSizeOpt = None,
+) -> None:
+    """Write a run's labels as COCO, COCO panoptic, Cityscapes, Label Studio or a HF dataset."""
+    from ssa import distributed
+    from ssa.export.base import ExportConfig
+    from ssa.export.runner import check_export
+    from ssa.progress import export_with_progress
+
+    info = distributed.rank_info_from_env()
+    try:
+        cfg = ExportConfig(
+            format=format, pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir,
+            split=split, classes=classes, things=things, image_root_url=image_root_url,
+            limit=limit, allow_missing=allow_missing, overwrite=overwrite,
+        )
+        if world_size is not None and world_size < 1:
+            raise SSAError(f"--world-size {world_size} must be at least 1")
+        if info is not None and world_size not in (None, info.world_size):
+            raise SSAError(
+                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+                f"(WORLD_SIZE); leave --world-size out under torchrun"
+            )
+        if info is None and world_size is not None and world_size > 1:
+            check_export(cfg, world_size)
+            raise typer.Exit(
+                distributed.launch(world_size, cfg, _log_error, command="_export_worker")
+            )
+        export_with_progress(cfg, console, info)
+    except SSAError as exc:
+        fail(exc)
+
+
+@app.command("_export_worker", hidden=True)
+def export_worker() -> None:
+    """One worker of `ssa export --world-size N`."""
+    import os
+
+    from ssa import distributed
+    from ssa.export.base import config_from_json
+    from ssa.progress import export_with_progress
+
+    text = os.environ.get(distributed.ENV_WORKER_CONFIG)
+    try:
+        if text is None:
+            raise SSAError("this command is started by ssa export --world-size N; run that")
+        export_with_progress(config_from_json(text), console, distributed.rank_info_from_env())
+    except SSAError as exc:
+        fail(exc)
+
+
+
 if __name__ == "__main__":
     app()

@@ -200,3 +200,11 @@ def read_label_map(path: str | Path) -> np.ndarray:
             f"PNGs"
         )
     return arr
+
+
+def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
+    """An `HWC uint8 RGB` array as a PNG, atomically (colour maps, panoptic id PNGs)."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))

@@ -180,3 +180,49 @@ def _print_summary(cfg: Any, console: Console, summary: RunSummary) -> None:
             f"(see {Path(cfg.out_dir or '.') / FAILURES_FILE}; a rerun retries them)",
             highlight=False,
         )
+
+
+def export_with_progress(cfg: Any, console: Console, info: RankInfo | None = None) -> Any:
+    """`ssa.export.runner.export` for one rank (or the only process): rank 0 shows a bar of
+    every rank's images (done/total, images/s, ETA) and the summary; other ranks are quiet."""
+    from ssa.export.runner import export
+
+    info = info or RankInfo()
+    with Group(info, "cpu") as group:
+        if not info.is_main:
+            return export(cfg, group=group)
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False,
+        ) as progress:
+            state: dict[str, int] = {}
+            stop = threading.Event()
+            ranks = info.world_size
+
+            def poll() -> None:  # every rank's count, from the group's store
+                while not stop.wait(0.5):
+                    progress.update(state["task"], completed=group.count("exported"))
+
+            def on_start(total: int, mine: int) -> None:
+                label = f"export {cfg.format}" + (f" ({ranks} workers)" if ranks > 1 else "")
+                state["task"], state["total"] = progress.add_task(label, total=total), total
+                if ranks > 1:
+                    threading.Thread(target=poll, daemon=True).start()
+
+            def on_image(item: Any) -> None:
+                if ranks == 1:
+                    progress.advance(state["task"])
+
+            try:
+                summary = export(cfg, on_start, on_image, group=group)
+            finally:
+                stop.set()
+            progress.update(state["task"], completed=state["total"])
+    skipped = f", {len(summary.skipped)} left out (--allow-missing)" if summary.skipped else ""
+    console.print(
+        f"[bold green]exported[/] {summary.num_images} images as {summary.format}{skipped} in "
+        f"{summary.seconds:.1f} s -> {summary.out}",
+        highlight=False,
+    )
+    return summary

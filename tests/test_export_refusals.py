@@ -1,0 +1,212 @@
+"""`ssa export`'s refusals (one line each, by message), atomic writing, `--world-size` parts
+assembled by rank 0, and an `ssa engine`-style run (free-form names, no label PNGs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from export_run import RELS, invoke, make_inputs, make_run, things_file
+
+EXPORT = ["export", "--format"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export_refusals")
+    data, out = make_run(tmp)
+    return tmp, data, out
+
+
+def refused(result, *phrases):
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "Error:" in text, text
+    for phrase in phrases:
+        assert phrase in text, text
+    return text
+
+
+def test_not_a_finished_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    refused(invoke(*EXPORT, "cityscapes", "--pred-dir", tmp_path / "empty", "--out",
+                   tmp_path / "x"), "holds no <stem>_semantic.json", "not a finished run")
+
+
+def test_failed_images_named_then_allow_missing(tmp_path):
+    data, masks_dir, labels_dir, classes = make_inputs(tmp_path)
+    (masks_dir / "sub" / "c.json").unlink()  # this image fails in the run
+    out = tmp_path / "run"
+    result = invoke("run", "--data-dir", data, "--out-dir", out, "--masks", masks_dir,
+                    "--segmentor", f"labels:{labels_dir}", "--classes", classes,
+                    "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1 and (out / "failures.jsonl").is_file()
+    target = tmp_path / "i.json"
+    args = [*EXPORT, "coco-instances", "--pred-dir", out, "--out", target, "--data-dir", data]
+    refused(invoke(*args), "1 images of the run failed", "sub/c.png", "--allow-missing")
+    assert not target.exists()
+    result = invoke(*args, "--allow-missing")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(target.read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["a.png", "sub/b.jpg"]
+
+
+def test_images_not_done_named(run, tmp_path):
+    _tmp, data, out = run
+    (data / "new.png").write_bytes((data / "a.png").read_bytes())
+    try:
+        refused(invoke(*EXPORT, "coco-instances", "--pred-dir", out, "--out", tmp_path / "i.json",
+                       "--data-dir", data), "no _semantic.json", "new.png", "--allow-missing")
+    finally:
+        (data / "new.png").unlink()
+
+
+def test_cityscapes_for_other_classes(run, tmp_path):
+    _tmp, _data, out = run
+    refused(invoke(*EXPORT, "cityscapes", "--pred-dir", out, "--out", tmp_path / "c"),
+            "needs a run with the 19 Cityscapes classes", "has 5")
+
+
+def test_dataset_classes_must_match(run, tmp_path):
+    _tmp, _data, out = run
+    refused(invoke(*EXPORT, "cityscapes", "--pred-dir", out, "--out", tmp_path / "c",
+                   "--dataset", "cityscapes"), "are not --dataset cityscapes's 19")
+
+
+def test_panoptic_needs_things(run, tmp_path):
+    _tmp, data, out = run
+    refused(invoke(*EXPORT, "coco-panoptic", "--pred-dir", out, "--out", tmp_path / "p",
+                   "--data-dir", data), "pass --things FILE")
+
+
+def test_needs_data_dir_and_unknown_format(run, tmp_path):
+    _tmp, _data, out = run
+    refused(invoke(*EXPORT, "label-studio", "--pred-dir", out, "--out", tmp_path / "l"),
+            "--format label-studio needs --data-dir")
+    refused(invoke(*EXPORT, "yolo", "--pred-dir", out, "--out", tmp_path / "l"),
+            "unknown --format 'yolo'", "coco-instances")
+
+
+def test_hf_dataset_refuses_world_size(run, tmp_path):
+    _tmp, data, out = run
+    refused(invoke(*EXPORT, "hf-dataset", "--pred-dir", out, "--out", tmp_path / "h",
+                   "--data-dir", data, "--world-size", "2"), "written by one process")
+
+
+def test_out_exists_then_overwrite(run, tmp_path):
+    _tmp, data, out = run
+    target = tmp_path / "i.json"
+    target.write_text("old")
+    args = [*EXPORT, "coco-instances", "--pred-dir", out, "--out", target, "--data-dir", data]
+    refused(invoke(*args), f"--out {target} exists", "--overwrite")
+    assert target.read_text() == "old"
+    assert invoke(*args, "--overwrite").exit_code == 0
+    assert len(json.loads(target.read_text())["images"]) == len(RELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json"]  # nothing temporary left
+
+
+def test_interrupted_export_leaves_no_result(run, tmp_path, monkeypatch):
+    from ssa.export import coco_panoptic
+    from ssa.export.base import staging_dir
+
+    tmp, data, out = run
+    target = tmp_path / "pan"
+    staging_dir(target).mkdir()  # what a killed export leaves: removed by the next one
+    (staging_dir(target) / "stale").write_text("x")
+    calls = []
+
+    def die(self, plan, image, staging):
+        calls.append(image.item.rel)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, plan, image, staging)
+
+    original = coco_panoptic.CocoPanoptic.write_image
+    monkeypatch.setattr(coco_panoptic.CocoPanoptic, "write_image", die)
+    from ssa.export import export
+
+    things = things_file(tmp)
+    with pytest.raises(KeyboardInterrupt):
+        export("coco-panoptic", out, target, data_dir=data, things=things)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(coco_panoptic.CocoPanoptic, "write_image", original)
+    staging_dir(target).mkdir()
+    export("coco-panoptic", out, target, data_dir=data, things=things)
+    assert (target / "annotations" / "panoptic_default.json").is_file()
+    assert not staging_dir(target).exists()
+
+
+def test_world_size_two_equals_one_process(run, tmp_path):
+    """Two workers (gloo, CPU) write the parts of alternate images; rank 0 assembles them into
+    the same file one process writes."""
+    _tmp, data, out = run
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    base = [*EXPORT, "coco-instances", "--pred-dir", out, "--data-dir", data]
+    assert invoke(*base, "--out", one).exit_code == 0
+    result = invoke(*base, "--out", two, "--world-size", "2")
+    assert result.exit_code == 0, result.output
+    assert json.loads(two.read_text()) == json.loads(one.read_text())
+
+
+def test_engine_run_free_form_names(tmp_path):
+    """An `ssa engine` output (written by EngineRun.write: no class_names, no label PNG): the
+    class list is the sorted set of names; the label map is the masks painted largest first."""
+    from pycocotools.coco import COCO
+
+    from ssa.engine.runner import EngineConfig, EngineRun
+    from ssa.export import export
+    from ssa.io import decode_rle
+    from ssa.pipeline import output_paths
+
+    data, masks_dir, _, _ = make_inputs(tmp_path)
+    out = tmp_path / "engine"
+    writer = EngineRun.__new__(EngineRun)  # the real writer, without loading its five models
+    writer.cfg, writer.model_ids = EngineConfig(out_dir=out), {"clip": "tiny"}
+    names = ["red bus", "cat", "old tree"]
+    expected = {}
+    for rel in RELS:
+        anns = json.loads((masks_dir / rel.parent / f"{rel.stem}.json").read_text())["annotations"]
+        for k, ann in enumerate(anns):
+            ann.update(class_name=names[k % 3], class_proposals=[names[k % 3]], caption="x")
+        masks = np.stack([decode_rle(a["segmentation"]) for a in anns])
+        image = np.zeros((*masks.shape[1:], 3), dtype=np.uint8)
+        writer.write({"annotations": anns, "masks": masks}, output_paths(out, rel), image)
+        expected[rel] = anns
+    export("coco-instances", out, tmp_path / "i.json", data_dir=data)
+    coco = COCO(str(tmp_path / "i.json"))
+    assert [c["name"] for c in coco.dataset["categories"]] == sorted(names)
+    assert len(coco.getAnnIds()) == sum(len(a) for a in expected.values())
+    export("hf-dataset", out, tmp_path / "hf", data_dir=data)
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ds.features["classes"].feature.names == sorted(names)
+    anns = expected[RELS[0]]
+    label = np.asarray(ds[0]["label"])
+    order = sorted(range(len(anns)), key=lambda k: -anns[k]["area"])  # largest first
+    ref = np.full(label.shape, 255)
+    for k in order:
+        ref[decode_rle(anns[k]["segmentation"])] = sorted(names).index(anns[k]["class_name"])
+    np.testing.assert_array_equal(label, ref)
+
+
+def test_limit_and_classes_file_order(run, tmp_path):
+    """--limit takes the first images; --classes FILE sets the category order (id = line + 1)
+    and every mask keeps its class by name."""
+    from export_run import CLASSES, run_json
+
+    _tmp, data, out = run
+    order = tmp_path / "order.txt"
+    order.write_text("\n".join(reversed(CLASSES)) + "\n")
+    target = tmp_path / "i.json"
+    result = invoke(*EXPORT, "coco-instances", "--pred-dir", out, "--out", target,
+                    "--data-dir", data, "--limit", "2", "--classes", order)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(target.read_text())
+    assert [img["file_name"] for img in doc["images"]] == ["a.png", "sub/b.jpg"]
+    assert [c["name"] for c in doc["categories"]] == list(reversed(CLASSES))
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    expected = [a["class_name"] for rel in RELS[:2] for a in run_json(out, rel)["annotations"]
+                if a["class_name"] is not None]  # fmt: skip
+    assert [names[a["category_id"]] for a in doc["annotations"]] == expected

@@ -223,7 +223,8 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
     a folder with no `_semantic.json`, images the run failed (failures.jsonl) or has not done,
     unless allow_missing, and an `--out` that exists, unless overwrite.
     """
-    from ssa.pipeline import FAILURES_FILE, read_failures, select_images
+    from ssa.outputs import FAILURES_FILE, read_failures
+    from ssa.runner import select_images
 
     pred_dir = Path(cfg.pred_dir)
     if not pred_dir.is_dir():

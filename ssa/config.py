@@ -27,6 +27,8 @@ class RunConfig:
     segmentor_args: dict[str, Any] = field(default_factory=dict)
     classes: Path | None = None
     label_map: Path | None = None
+    prompts: Path | None = None  # SAM 3: YAML/JSON {class name: phrase or [phrases]}
+    prompt_batch: int | None = None  # SAM 3: phrases per forward pass (None: its default)
     masks: Path | None = None
     vote: str = "hard"
     min_vote_share: float = 0.0
@@ -49,7 +51,9 @@ class RunConfig:
         return self.device
 
 
-_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "masks", "gt_dir"}
+_PATH_FIELDS = {
+    "data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "prompts", "masks", "gt_dir"
+}
 _DICT_FIELDS = ("amg", "segmentor_args")
 
 

@@ -254,7 +254,7 @@ def segmentor_classes(cfg: RunConfig, spec: DatasetSpec) -> list[str] | None:
     if cfg.classes is not None:
         if kind != "labels" and not sam3:
             raise SSAError(
-                f"--classes applies to labels: and SAM 3 segmentors; {cfg.segmentor} names its "
+                f"--classes applies to labels: segmentors and SAM 3 models; {cfg.segmentor} names its "
                 f"own classes"
             )
         names = read_classes_file(cfg.classes)

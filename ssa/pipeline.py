@@ -254,8 +254,8 @@ def segmentor_classes(cfg: RunConfig, spec: DatasetSpec) -> list[str] | None:
     if cfg.classes is not None:
         if kind != "labels" and not sam3:
             raise SSAError(
-                f"--classes applies to labels: segmentors and SAM 3 models; {cfg.segmentor} names its "
-                f"own classes"
+                f"--classes applies to labels: segmentors and SAM 3 models; {cfg.segmentor} "
+                f"names its own classes"
             )
         names = read_classes_file(cfg.classes)
         if spec.num_classes is not None and len(names) != spec.num_classes:

@@ -174,7 +174,9 @@ def test_vision_backbone_runs_once_per_image(sam3_folder):
 def test_prompts_take_the_max_over_phrases(sam3_folder, stock, tmp_path):
     image = _image(seed=2)
     file = tmp_path / "prompts.yaml"
-    file.write_text("sky: [sky, blue sky]\nperson:\n  - person\n  - people\ncar: a photo of the car\n")
+    file.write_text(
+        "sky: [sky, blue sky]\nperson:\n  - person\n  - people\ncar: a photo of the car\n"
+    )
     prompts = read_prompts_file(file, NAMES)
     assert prompts == {"sky": ["sky", "blue sky"], "person": ["person", "people"],
                        "car": ["a photo of the car"]}  # fmt: skip
@@ -320,3 +322,21 @@ def test_run_end_to_end(sam3_folder, stock, tmp_path, policy):
     assert [a["class_name"] for a in doc["annotations"]] == [
         NAMES[c] if c >= 0 else None for c in ref_classes
     ]
+
+
+def test_shipped_cityscapes_prompts_name_its_classes():
+    from ssa.datasets import CITYSCAPES_CLASSES
+
+    file = Path(__file__).resolve().parents[1] / "configs" / "prompts" / "cityscapes_sam3.yaml"
+    prompts = read_prompts_file(file, CITYSCAPES_CLASSES)
+    assert set(prompts) <= set(CITYSCAPES_CLASSES) and prompts["person"][0] == "person"
+
+
+def test_image_at_the_working_resolution(sam3_folder, stock):
+    """No resize at all (32 x 32 = the working resolution): the claims of the stock maps."""
+    image = _image(32, 32, seed=5)
+    probs = torch.stack([reference(stock, image, name) for name in NAMES]).numpy()
+    seg = Sam3Segmentor(str(sam3_folder), NAMES)
+    out = seg(image).numpy()
+    kept = np.where(probs > THRESHOLD, probs, 0.0)
+    np.testing.assert_allclose(out, kept / np.maximum(kept.sum(0, keepdims=True), 1e-12), atol=1e-4)

@@ -1,7 +1,7 @@
 """SAM 3 as a semantic branch with no trained segmentor: every class name is a text prompt.
 
 `--segmentor hf:<SAM 3 hub id or folder>` (a config of model type `sam3` or `sam3_video`, e.g.
-`facebook/sam3`) is dispatched here by `ssa.segmentors.hf.load_hf`. The class names come from
+`facebook/sam3`) is dispatched here by `ssa.segmentors.hf.hf_factory`. The class names come from
 the dataset (ADE20K 150, Cityscapes 19) or `--classes FILE`; `--prompts FILE` maps a class to
 one or more phrases (`read_prompts_file`); classes it leaves out are prompted with their name.
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +61,9 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
         data = yaml.safe_load(path.read_text())  # YAML reads JSON too
     except (OSError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SSAError(f"--prompts {path}: cannot read it ({first}); pass a YAML/JSON mapping") from None
+        raise SSAError(
+            f"--prompts {path}: cannot read it ({first}); pass a YAML/JSON mapping"
+        ) from None
     if not isinstance(data, dict) or not data:
         raise SSAError(f"--prompts {path} must map class names to a phrase or a list of phrases")
     known = set(classes)
@@ -90,7 +91,7 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
 def prompt_table(
     classes: Sequence[str], prompts: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[list[str], list[int]]:
-    """The phrases to run and the class index each belongs to (a class without prompts: its name)."""
+    """The phrases to run and the class index of each (a class without prompts: its name)."""
     phrases: list[str] = []
     owner: list[int] = []
     prompts = prompts or {}
@@ -154,7 +155,8 @@ class Sam3Segmentor:
         unknown = sorted(set(prompts or {}) - set(classes))
         if unknown:
             raise SSAError(
-                f"prompts name unknown class(es) {', '.join(unknown[:5])}; use the run's class names"
+                f"prompts name unknown class(es) {', '.join(unknown[:5])}; use the run's "
+                f"class names"
             )
         self.model_id = model_id
         self.classes = [str(c) for c in classes]
@@ -220,11 +222,9 @@ class Sam3Segmentor:
         for i in range(0, len(self.phrases), self.prompt_batch):
             text = self.text_features[i : i + self.prompt_batch]
             n = text.shape[0]
-            batch = Sam3VisionEncoderOutput(
-                fpn_hidden_states=tuple(t.expand(n, *t.shape[1:]) for t in vision.fpn_hidden_states),
-                fpn_position_encoding=tuple(
-                    t.expand(n, *t.shape[1:]) for t in vision.fpn_position_encoding
-                ),
+            batch = Sam3VisionEncoderOutput(  # views of the one image's features, no copies
+                fpn_hidden_states=tuple(_expand(t, n) for t in vision.fpn_hidden_states),
+                fpn_position_encoding=tuple(_expand(t, n) for t in vision.fpn_position_encoding),
             )
             result = self.model(
                 vision_embeds=batch,
@@ -234,6 +234,7 @@ class Sam3Segmentor:
             out.append(result.semantic_seg[:, 0].float().sigmoid())
         return torch.cat(out)
 
+    @torch.inference_mode()
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """image: `HWC uint8 RGB` -> `(C, h, w) float32` class probabilities at the working
         resolution: the max over each class's phrases."""
@@ -244,6 +245,7 @@ class Sam3Segmentor:
         index = self.owner.view(-1, 1, 1).expand_as(per_phrase)
         return out.scatter_reduce_(0, index, per_phrase, reduce="amax", include_self=False)
 
+    @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """image: `HWC uint8 RGB` -> `(C, H, W) float32` claims at the image's resolution
         (all zeros where no class claims the pixel: "no label")."""
@@ -257,6 +259,6 @@ class Sam3Segmentor:
         )
 
 
-def load(model_id: str, **kwargs: Any) -> Sam3Segmentor:
-    """The factory `ssa.segmentors.hf.load_hf` calls for a SAM 3 config."""
-    return Sam3Segmentor(model_id, **kwargs)
+def _expand(features: torch.Tensor, batch: int) -> torch.Tensor:
+    """`(1, ...)` -> `(batch, ...)`, a view."""
+    return features.expand(batch, *features.shape[1:])

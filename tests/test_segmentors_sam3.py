@@ -340,3 +340,27 @@ def test_image_at_the_working_resolution(sam3_folder, stock):
     out = seg(image).numpy()
     kept = np.where(probs > THRESHOLD, probs, 0.0)
     np.testing.assert_allclose(out, kept / np.maximum(kept.sum(0, keepdims=True), 1e-12), atol=1e-4)
+
+
+def test_sam3_video_layout_is_recognised(sam3_folder, tmp_path):
+    """`facebook/sam3` is published as a `sam3_video` config with the image model under
+    `detector_config` and its weights under `detector_model.`: the same segmentor, same maps."""
+    from safetensors.torch import load_file, save_file
+
+    video = tmp_path / "sam3_video"
+    video.mkdir()
+    detector = json.loads((sam3_folder / "config.json").read_text())
+    (video / "config.json").write_text(json.dumps(
+        {"model_type": "sam3_video", "architectures": ["Sam3VideoModel"],
+         "detector_config": detector}
+    ))  # fmt: skip
+    weights = load_file(sam3_folder / "model.safetensors")
+    save_file({f"detector_model.{k}": v for k, v in weights.items()}, video / "model.safetensors")
+    for file in sam3_folder.iterdir():
+        if file.name not in ("config.json", "model.safetensors"):
+            (video / file.name).write_bytes(file.read_bytes())
+    image = _image(seed=6)
+    seg = load_segmentor(f"hf:{video}", classes=NAMES)
+    assert isinstance(seg, Sam3Segmentor)
+    expected = Sam3Segmentor(str(sam3_folder), NAMES).scores(image)
+    torch.testing.assert_close(seg.scores(image), expected, atol=1e-6, rtol=0)

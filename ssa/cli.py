@@ -162,8 +162,8 @@ def run(
     prompts: Annotated[
         Path | None,
         typer.Option(
-            help="SAM 3: YAML/JSON {class name: phrase or [phrases]}; a class scores the max "
-            "over its phrases (default: its name).",
+            help="SAM 3: YAML/JSON mapping a class name to a phrase or a list of phrases; a class "
+            "scores the max over its phrases (default: its name).",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
@@ -474,7 +474,7 @@ def predict(
     prompts: Annotated[
         Path | None,
         typer.Option(
-            help="SAM 3: YAML/JSON {class name: phrase or [phrases]}.",
+            help="SAM 3: YAML/JSON mapping a class name to a phrase or a list of phrases.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,

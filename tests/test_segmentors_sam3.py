@@ -364,3 +364,30 @@ def test_sam3_video_layout_is_recognised(sam3_folder, tmp_path):
     assert isinstance(seg, Sam3Segmentor)
     expected = Sam3Segmentor(str(sam3_folder), NAMES).scores(image)
     torch.testing.assert_close(seg.scores(image), expected, atol=1e-6, rtol=0)
+
+
+def test_predict_with_sam3_classes_and_prompts(sam3_folder, sam_checkpoint, tmp_path):
+    """`ssa predict --segmentor hf:<SAM 3> --classes --prompts`: the CLI's labels are the
+    Python predictor's with the same segmentor (its votes are tested in test_predict.py)."""
+    from ssa.config import RunConfig
+    from ssa.predictor import build_predictor
+
+    path = tmp_path / "img.png"
+    Image.fromarray(_image(64, 96, seed=7)).save(path)
+    classes, prompts = tmp_path / "classes.txt", tmp_path / "prompts.yaml"
+    classes.write_text("\n".join(NAMES) + "\n")
+    prompts.write_text("person: [person, people]\n")
+    out = tmp_path / "pred.json"
+    result = invoke(
+        "predict", path, "--point", "40,30", "--sam-model", "vit_b", "--sam-checkpoint",
+        sam_checkpoint, "--segmentor", f"hf:{sam3_folder}", "--classes", classes,
+        "--prompts", prompts, "--device", "cpu", "--json", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = [m["class_name"] for m in json.loads(out.read_text())["masks"]]
+    cfg = RunConfig(sam_model="vit_b", sam_checkpoint=sam_checkpoint, device="cpu",
+                    segmentor=f"hf:{sam3_folder}", classes=classes, prompts=prompts)  # fmt: skip
+    predictor = build_predictor(cfg)
+    assert len(predictor.segmentor.phrases) == 6
+    predictor.set_image(np.asarray(Image.open(path).convert("RGB")))
+    assert got == [r["class_name"] for r in predictor.predict(points=[(40, 30)], labels=[1])]

@@ -162,7 +162,23 @@ def run(
     classes: Annotated[
         Path | None,
         typer.Option(
-            help="labels: class names, one per line (default: the dataset's).",
+            help="labels: or SAM 3: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM 3: YAML/JSON mapping a class name to a phrase or a list of phrases; a class "
+            "scores the max over its phrases (default: its name).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    prompt_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="SAM 3: text prompts per forward pass against the image's cached features "
+            "(default 16).",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
@@ -245,6 +261,8 @@ def run(
             "segmentor_args": parse_segmentor_args(segmentor_arg or []) or None,
             "classes": classes,
             "label_map": label_map,
+            "prompts": prompts,
+            "prompt_batch": prompt_batch,
             "vote": vote,
             "min_vote_share": min_vote_share,
             "top_k": top_k,
@@ -464,6 +482,20 @@ def predict(
             rich_help_panel="Semantic branch",
         ),
     ] = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM 3: class names to prompt, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="SAM 3: YAML/JSON mapping a class name to a phrase or a list of phrases.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
     top_k: Annotated[
         int, typer.Option(help="Class proposals kept per mask.", rich_help_panel="Voting")
     ] = 3,
@@ -493,7 +525,7 @@ def predict(
         check_prompt(points, labels, box_xyxy, array.shape[:2])
         cfg = RunConfig(
             dataset=dataset, masks=masks, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
-            segmentor=segmentor, device=device, top_k=top_k,
+            segmentor=segmentor, device=device, top_k=top_k, classes=classes, prompts=prompts,
         )
         predictor = build_predictor(cfg)
         predictor.set_image(array)

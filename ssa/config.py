@@ -39,6 +39,8 @@ class RunConfig(MaskBranchConfig):
     segmentor_args: dict[str, Any] = field(default_factory=dict)
     classes: Path | None = None
     label_map: Path | None = None
+    prompts: Path | None = None  # SAM 3: YAML/JSON {class name: phrase or [phrases]}
+    prompt_batch: int | None = None  # SAM 3: phrases per forward pass (None: its default)
     vote: str = "hard"
     min_vote_share: float = 0.0
     device: str | None = None
@@ -60,7 +62,9 @@ class RunConfig(MaskBranchConfig):
         return self.device
 
 
-_PATH_FIELDS = {"data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "gt_dir"}
+_PATH_FIELDS = {
+    "data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "prompts", "gt_dir"
+}
 _DICT_FIELDS = ("amg", "segmentor_args")
 
 

@@ -141,16 +141,38 @@ def check_voting(cfg: Any) -> None:
 
 
 def segmentor_classes(cfg: Any, spec: DatasetSpec) -> list[str] | None:
-    """The class names a `labels:` segmentor uses: `--classes FILE`, else the dataset's."""
+    """The class names a `labels:` segmentor uses or a SAM 3 `hf:` model prompts: `--classes
+    FILE`, else the dataset's. `--prompts`/`--prompt-batch` are refused for other segmentors."""
     from ssa.segmentors.spec import parse_spec, read_classes_file
 
     kind = parse_spec(cfg.segmentor or "").kind
+    sam3 = False
+    if kind == "hf" and (
+        cfg.classes is not None or cfg.prompts is not None or cfg.prompt_batch is not None
+    ):
+        from ssa.segmentors.hf import is_sam3
+
+        sam3 = is_sam3(parse_spec(cfg.segmentor or "").target)
+    if not sam3:
+        for flag, value in (("--prompts", cfg.prompts), ("--prompt-batch", cfg.prompt_batch)):
+            if value is not None:
+                raise SSAError(
+                    f"{flag} applies to SAM 3 segmentors (hf:facebook/sam3); "
+                    f"{cfg.segmentor} is not one"
+                )
     if cfg.classes is not None:
-        if kind != "labels":
+        if kind != "labels" and not sam3:
             raise SSAError(
-                f"--classes applies to labels: segmentors; {cfg.segmentor} names its own classes"
+                f"--classes applies to labels: segmentors and SAM 3 models; {cfg.segmentor} "
+                f"names its own classes"
             )
-        return read_classes_file(cfg.classes)
+        names = read_classes_file(cfg.classes)
+        if spec.num_classes is not None and len(names) != spec.num_classes:
+            raise SSAError(
+                f"--classes {cfg.classes} names {len(names)} classes but --dataset {spec.name} has "
+                f"{spec.num_classes}; give one name per dataset class, in its order"
+            )
+        return names
     if cfg.label_map is not None and kind != "labels":
         raise SSAError(f"--label-map applies to labels: segmentors only, not {cfg.segmentor}")
     return list(spec.classes) if spec.classes is not None else None
@@ -178,8 +200,18 @@ def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list
     label_map = None
     if cfg.label_map is not None and classes is not None:  # no classes: the loader says so
         label_map = read_label_map_file(cfg.label_map, classes)
+    prompts, args = None, dict(cfg.segmentor_args)
+    if cfg.prompts is not None:
+        from ssa.segmentors.sam3 import read_prompts_file
+
+        if classes is None:
+            raise SSAError(f"--prompts {cfg.prompts} needs class names: pass --classes FILE too")
+        prompts = read_prompts_file(cfg.prompts, classes)
+    if cfg.prompt_batch is not None:
+        args["prompt_batch"] = cfg.prompt_batch
     segmentor = load_segmentor(
-        cfg.segmentor, device=device, args=cfg.segmentor_args, classes=classes, label_map=label_map
+        cfg.segmentor, device=device, args=args, classes=classes, label_map=label_map,
+        prompts=prompts,
     )
     return segmentor, resolve_classes(cfg, spec, segmentor)
 

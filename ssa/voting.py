@@ -8,7 +8,9 @@ masks overlap; a mask painted with no class leaves the pixels under it as they w
 
 Two more policies, each a pure function below, change who wins a mask:
 - "soft" voting: a mask takes the class with the highest mean probability over its pixels (the
-  branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities);
+  branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities;
+  a pixel whose probabilities are all zero has no label and adds nothing; a mask with nothing
+  added gets no class);
 - a minimum vote share T: a mask whose class holds less than T of its voting pixels (branch
   labels equal to that class over pixels with a label) is not trusted and paints the branch's
   own pixel labels instead of one class, so small classes are not swallowed by large masks.
@@ -264,10 +266,13 @@ def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 def as_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> torch.Tensor:
     """`(C, H, W)` scores as float32 probabilities: kept when they already are per-pixel
-    probabilities (non-negative, summing to 1 within `atol`), else softmaxed over classes."""
+    probabilities (non-negative, summing to 1 within `atol`, or all zero: a pixel with no
+    label, which then adds nothing to soft votes), else softmaxed over classes."""
     scores = scores.float()
-    if scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol:
-        return scores
+    if scores.numel() and scores.min() >= 0:
+        sums = scores.sum(dim=0)
+        if ((sums - 1).abs() <= atol).logical_or_(sums == 0).all():
+            return scores
     return scores.softmax(dim=0)
 
 

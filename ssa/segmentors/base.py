@@ -10,6 +10,9 @@ labels are class indices 0..C-1 (255 or any value outside the range = no label).
 and torch tensors are both accepted. `BranchOutput.from_raw` normalises what a segmentor
 returns. Soft voting (`--vote soft`) needs scores: it uses them as they are when they are
 per-pixel probabilities (non-negative, summing to 1) and softmaxes them over classes otherwise.
+Non-negative scores that are all zero at a pixel say "no label" there (SAM 3's claims,
+`ssa.segmentors.sam3`): its label is 255 (65535 beyond 255 classes) and it adds nothing to
+soft votes.
 
 A segmentor that needs to know which image it is labelling (a folder of precomputed
 predictions, a cache) declares a keyword-only parameter `path`:
@@ -117,6 +120,9 @@ class BranchOutput:
                 )
             scores = tensor.float()
             labels = scores.argmax(dim=0)
+            if scores.numel() and scores.min() >= 0:
+                # Non-negative scores that are all zero at a pixel: no class claims it.
+                labels[scores.amax(dim=0) == 0] = 255 if num_classes <= 255 else 65535
         elif tensor.ndim == 2:
             scores, labels = None, tensor.long()
         else:

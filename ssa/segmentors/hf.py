@@ -1,5 +1,6 @@
 """Hugging Face segmentors: `AutoModelForSemanticSegmentation` (Segformer, UperNet, DPT, BEiT…)
 and universal models (OneFormer with the semantic task input, Mask2Former, MaskFormer).
+A SAM 3 config (`sam3`, `sam3_video`) is dispatched to `ssa.segmentors.sam3` (`hf_factory`).
 
 Inference runs at the model's training scale, not squashed to a square: the image is resized
 so its short side equals the training crop's short side, then covered by overlapping windows
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,49 @@ import torch.nn.functional as F
 from ssa.errors import SSAError
 
 UNIVERSAL_TYPES = {"oneformer", "mask2former", "maskformer"}
+
+
+def load_config(model_id: str) -> Any:
+    """The model's `AutoConfig` (hub id or folder), or a one-line SSAError saying what to pass."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
+            if offline
+            else "pass a hub id or a local save_pretrained folder; offline, download it "
+            "elsewhere and pass the folder"
+        )
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSAError(f"cannot load segmentor hf:{model_id} ({first}); {hint}") from None
+
+
+def is_sam3(model_id: str) -> bool:
+    """Whether `hf:<model_id>` is a SAM 3 checkpoint (config model type sam3 / sam3_video)."""
+    from ssa.segmentors.sam3 import SAM3_TYPES
+
+    return load_config(model_id).model_type in SAM3_TYPES
+
+
+def hf_factory(
+    model_id: str,
+    classes: Sequence[str] | None = None,
+    prompts: Mapping[str, Sequence[str]] | None = None,
+) -> Callable[..., Any]:
+    """The factory for `hf:<model_id>`, recognised from its config: SAM 3 (prompted with the
+    class names, `ssa.segmentors.sam3`) or `HFSegmentor` (a model trained on its classes)."""
+    if is_sam3(model_id):
+        from ssa.segmentors.sam3 import Sam3Segmentor
+
+        return partial(Sam3Segmentor, model_id, classes, prompts)
+    if prompts:
+        raise SSAError(
+            f"--prompts applies to SAM 3 segmentors; hf:{model_id} is trained on its own classes"
+        )
+    return partial(HFSegmentor, model_id)
 
 
 def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
@@ -59,24 +105,11 @@ class HFSegmentor:
         resize: bool = True,
         batch_size: int = 4,
     ) -> None:
-        from transformers import AutoConfig
-
         self.model_id = model_id
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.resize = resize
-        try:
-            config = AutoConfig.from_pretrained(model_id)
-        except (OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = (
-                "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
-                if offline
-                else "pass a hub id or a local save_pretrained folder; offline, download it "
-                "elsewhere and pass the folder"
-            )
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SSAError(f"cannot load segmentor hf:{model_id} ({first}); {hint}") from None
+        config = load_config(model_id)
         self.universal = config.model_type in UNIVERSAL_TYPES
         self.model_type = config.model_type
         self._load(config)

@@ -2,7 +2,9 @@
 
 Accepted forms (see `ACCEPTED_FORMS`):
 
-    hf:<hub id or local folder>        a Hugging Face model (`ssa.segmentors.hf.HFSegmentor`)
+    hf:<hub id or local folder>        a Hugging Face model (`ssa.segmentors.hf.HFSegmentor`),
+                                       or SAM 3 prompted with the class names
+                                       (`ssa.segmentors.sam3`), recognised from its config
     py:<module or file.py>:<factory>   a Python factory returning a `Segmentor`
     labels:<folder>                    precomputed label maps (`ssa.segmentors.labels`)
     plugin:<name>                      a factory registered under the entry-point group
@@ -135,22 +137,27 @@ def load_segmentor(
     args: Mapping[str, Any] | None = None,
     classes: Sequence[str] | None = None,
     label_map: Mapping[int, int] | None = None,
+    prompts: Mapping[str, Sequence[str]] | None = None,
     **options: Any,
 ) -> Any:
     """Build the segmentor a spec string names.
 
     args: factory keyword arguments (`--segmentor-arg`); `options` are merged into them (older
-    callers). classes: the class names a `labels:` folder uses (from `--classes` or the dataset);
-    label_map: a `labels:` folder's stored id -> class index mapping (`--label-map`).
+    callers). classes: the class names a `labels:` folder uses and a SAM 3 `hf:` model prompts
+    (from `--classes` or the dataset); label_map: a `labels:` folder's stored id -> class index
+    mapping (`--label-map`); prompts: a SAM 3 model's `{class: [phrases]}` (`--prompts`).
     """
     parsed = parse_spec(spec)
     kwargs = {**options, **dict(args or {})}
     if parsed.kind != "labels" and label_map is not None:
         raise SSAError(f"--label-map applies to labels: segmentors only, not {spec!r}")
+    if parsed.kind != "hf" and prompts:
+        raise SSAError(f"--prompts applies to SAM 3 (hf:) segmentors only, not {spec!r}")
     if parsed.kind == "hf":
-        from ssa.segmentors.hf import HFSegmentor
+        from ssa.segmentors.hf import hf_factory
 
-        return _call_factory(partial(HFSegmentor, parsed.target), f"segmentor {spec}", device, kwargs)
+        factory = hf_factory(parsed.target, classes, prompts)
+        return _call_factory(factory, f"segmentor {spec}", device, kwargs)
     if parsed.kind == "py":
         factory = load_py_factory(parsed.target, parsed.factory or "")
         return _call_factory(factory, f"segmentor {spec}", device, kwargs)

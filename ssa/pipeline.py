@@ -156,7 +156,7 @@ class Labeller:
     def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
         """image: `HWC uint8 RGB`; rel: its path relative to the image folder (for mask files
         and precomputed labels) -> records, RLEs, branch output and votes."""
-        from ssa.segmentors.base import BranchOutput
+        from ssa.segmentors.base import BranchOutput, scores_kind
 
         height, width = image.shape[:2]
         path_kw = {} if rel is None else {"path": Path(rel)}
@@ -172,7 +172,12 @@ class Labeller:
                      else np.zeros((0, height, width), dtype=bool))
             masks, rles = torch.from_numpy(stack), io.encode_rle(stack)
         raw = self.segmentor(image, **(path_kw if self._segmentor_takes_path else {}))
-        branch = BranchOutput.from_raw(raw, self.num_classes, (height, width), self.device)
+        # Scores stay at the segmentor's resolution; labels and soft votes are made from them
+        # in bands of full-resolution rows (memory grows with H x W, not C x H x W).
+        branch = BranchOutput.from_raw(
+            raw, self.num_classes, (height, width), self.device, kind=scores_kind(self.segmentor)
+        )
+        del raw
         if self.vote_policy == "soft" and branch.scores is None:
             raise FatalError(
                 f"--vote soft needs class scores but segmentor {type(self.segmentor).__name__} "
@@ -186,7 +191,7 @@ class Labeller:
             self.num_classes,
             self.top_k,
             areas=areas,
-            scores=branch.scores,
+            scores=branch if branch.scores is not None else None,
             policy=self.vote_policy,
             min_vote_share=self.min_vote_share,
         )

@@ -138,7 +138,7 @@ class SemanticPredictor:
         self.top_k = top_k
         self.palette = palette if palette is not None else default_palette(len(self.class_names))
         self.image: np.ndarray | None = None
-        self.branch_labels = None  # (H, W) int64 torch tensor on `device`
+        self.branch_labels = None  # (H, W) torch tensor on `device` (`BranchOutput.labels`)
 
     @property
     def num_classes(self) -> int:
@@ -148,7 +148,7 @@ class SemanticPredictor:
         """Run SAM's image encoder and the semantic branch once on `image` (`HWC uint8 RGB`)."""
         import torch
 
-        from ssa.segmentors.base import BranchOutput
+        from ssa.segmentors.base import BranchOutput, scores_kind
 
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -160,7 +160,8 @@ class SemanticPredictor:
         with torch.inference_mode():
             self.sam_predictor.set_image(image, image_format="RGB")
             branch = BranchOutput.from_raw(
-                self.segmentor(image), self.num_classes, (height, width), self.device
+                self.segmentor(image), self.num_classes, (height, width), self.device,
+                kind=scores_kind(self.segmentor),
             )
         self.image = image
         self.branch_labels = branch.labels

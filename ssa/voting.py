@@ -8,18 +8,23 @@ masks overlap; a mask painted with no class leaves the pixels under it as they w
 
 Two more policies, each a pure function below, change who wins a mask:
 - "soft" voting: a mask takes the class with the highest mean probability over its pixels (the
-  branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities);
+  branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities;
+  from a `BranchOutput` the full-resolution probabilities are made and summed in bands of rows,
+  so memory never holds C x H x W floats);
 - a minimum vote share T: a mask whose class holds less than T of its voting pixels (branch
   labels equal to that class over pixels with a label) is not trusted and paints the branch's
   own pixel labels instead of one class, so small classes are not swallowed by large masks.
 
 Everything runs on the tensors' device in a few batched passes: the work is chunked over masks
-only to bound memory, never a Python loop over full-resolution arrays per mask.
+(and over rows of the score map) only to bound memory, never a Python loop over full-resolution
+arrays per mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -247,13 +252,40 @@ def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
     return winner.astype(np.int32)
 
 
-def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+@runtime_checkable
+class ScoreBands(Protocol):
+    """Full-resolution class probabilities handed out in bands of rows, never whole
+    (`ssa.segmentors.base.BranchOutput` is one).
+
+    probability_bands() yields `(r0, r1, probs)`: rows r0..r1-1 of the `(C, H, W)` map as a
+    `(C, r1 - r0, W) float32` tensor, covering the H rows in order.
+    """
+
+    def probability_bands(self) -> Iterator[tuple[int, int, torch.Tensor]]: ...
+
+
+def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor | ScoreBands) -> torch.Tensor:
     """Summed class probabilities per mask: `(N, C) float32` (divide by the area for the mean).
 
-    masks: `(N, H, W) bool`; scores: `(C, H, W)` probabilities or logits (see `as_probabilities`).
+    masks: `(N, H, W) bool`; scores: `(C, H, W)` probabilities or logits (see `as_probabilities`),
+    or a `ScoreBands` (then the sum runs band by band: memory grows with the band, not with
+    C x H x W; the sums equal the whole map's up to float32 summation order).
     The argmax of the sum is the argmax of the mean: every class shares the mask's area.
     """
     num_masks = masks.shape[0]
+    if isinstance(scores, ScoreBands):
+        counts = None
+        for r0, r1, probs in scores.probability_bands():
+            if counts is None:
+                counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32,
+                                     device=masks.device)
+            band = masks[:, r0:r1].reshape(num_masks, -1)  # a copy only for column-major
+            flat = probs.to(masks.device).reshape(probs.shape[0], -1)
+            for chunk in _mask_chunks(num_masks, flat.shape[1]):
+                counts[chunk] += band[chunk].to(flat.dtype) @ flat.T
+        if counts is None:  # an image without rows
+            return torch.zeros((num_masks, 0), dtype=torch.float32, device=masks.device)
+        return counts
     probs = _flat_pixels(as_probabilities(scores), _column_major(masks)).to(masks.device)
     counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32, device=masks.device)
     flat_masks = _flat_masks(masks)
@@ -291,14 +323,15 @@ def vote(
     num_classes: int,
     top_k: int = 3,
     areas: torch.Tensor | None = None,
-    scores: torch.Tensor | None = None,
+    scores: torch.Tensor | ScoreBands | None = None,
     policy: str = "hard",
     min_vote_share: float = 0.0,
 ) -> VoteResult:
     """Vote on one image with a policy (see the module docstring).
 
-    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices; scores: `(C, H, W)`
-    the branch's scores, needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
+    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices (any integer dtype);
+    scores: the branch's `(C, H, W)` scores or a `ScoreBands` (e.g. the `BranchOutput`),
+    needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
     """
     from ssa.errors import SSAError
 

@@ -29,12 +29,13 @@ Ways to provide one without editing ssa (see `ssa.segmentors.spec`): `py:<module
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ssa.errors import SSAError
 
@@ -91,44 +92,186 @@ def class_names(segmentor: Any) -> list[str]:
     )
 
 
+SCORE_KINDS = ("auto", "logits", "probabilities", "mass")
+# Elements of one `(C, rows, W)` band of full-resolution scores (about 32 MB of float32).
+_BAND_ELEMENTS = 1 << 23
+
+
+def scores_kind(segmentor: Any) -> str:
+    """How a segmentor's scores become probabilities: its `scores_kind` attribute, else "auto".
+
+    "logits": softmax over classes; "mass": non-negative class mass, divided by its per-pixel
+    sum; "probabilities": kept; "auto": kept when they are per-pixel probabilities
+    (non-negative, summing to 1 within 1e-3), else softmaxed.
+    """
+    kind = getattr(segmentor, "scores_kind", "auto")
+    if kind not in SCORE_KINDS:
+        raise SSAError(
+            f"segmentor {type(segmentor).__name__}.scores_kind is {kind!r}; "
+            f"use one of: {', '.join(SCORE_KINDS)}"
+        )
+    return kind
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The dtype of full-resolution labels: uint8 up to 255 classes (255 = no label), else int32
+    (65535 = no label, as `ssa.io.no_label_value`)."""
+    return torch.uint8 if num_classes <= 255 else torch.int32
+
+
+def _source_index(out_size: int, in_size: int, device: torch.device):
+    """Bilinear (align_corners=False) source rows of each output row, as `F.interpolate`
+    computes them: `(i0, i1) int64` and the weight `w1` of i1 (`float32`)."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    w1 = (src - i0.float()).clamp(0, 1)
+    return i0.to(device), i1.to(device), w1.to(device)
+
+
 @dataclass
 class BranchOutput:
-    """The semantic branch on one image.
+    """The semantic branch on one image of `size = (H, W)` pixels.
 
-    scores: `(C, H, W) float32` class scores, or None when the segmentor gives labels only.
-    labels: `(H, W) int64` class indices (outside 0..C-1 = no label).
+    scores: `(C, h, w) float32` class scores at the segmentor's working resolution (any h, w;
+            `h, w = H, W` for full-resolution scores), or None when the segmentor gives labels
+            only. Never upsampled as a whole: full-resolution scores exist only in bands of
+            output rows (`score_bands`, `probability_bands`), so memory grows with H x W, not
+            with C x H x W.
+    labels: `(H, W)` class indices, `label_dtype(C)` (uint8 for up to 255 classes, else int32);
+            "no label" is 255 (65535 beyond 255 classes). From scores: the argmax of the
+            bilinearly upsampled scores (`F.interpolate(..., mode="bilinear",
+            align_corners=False)`, computed band by band).
+    kind:   how scores become probabilities (`scores_kind`).
     """
 
     scores: torch.Tensor | None
     labels: torch.Tensor
+    kind: str = "auto"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.labels.shape[0]), int(self.labels.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.scores is None else int(self.scores.shape[0])
 
     @classmethod
     def from_raw(
-        cls, raw: Any, num_classes: int, size: tuple[int, int], device: str | torch.device = "cpu"
+        cls,
+        raw: Any,
+        num_classes: int,
+        size: tuple[int, int],
+        device: str | torch.device = "cpu",
+        kind: str = "auto",
     ) -> BranchOutput:
+        """What a segmentor returned -> BranchOutput for an image of `size = (H, W)`.
+
+        raw: `(C, h, w)` scores at any resolution (upsampled bilinearly to `size` band by band)
+        or `(H, W)` class indices (values outside 0..C-1 become "no label"), numpy or torch.
+        """
+        if kind not in SCORE_KINDS:
+            raise SSAError(f"scores kind {kind!r} is not one of: {', '.join(SCORE_KINDS)}")
         tensor = torch.as_tensor(np.asarray(raw) if not torch.is_tensor(raw) else raw)
         tensor = tensor.to(device)
+        size = (int(size[0]), int(size[1]))
+        dtype = label_dtype(num_classes)
         if tensor.ndim == 3:
             if tensor.shape[0] != num_classes:
                 raise SSAError(
                     f"segmentor returned {tensor.shape[0]} score channels for {num_classes} "
-                    f"classes; return (C, H, W) scores with C = the number of class names"
+                    f"classes; return (C, h, w) scores with C = the number of class names"
                 )
-            scores = tensor.float()
-            labels = scores.argmax(dim=0)
-        elif tensor.ndim == 2:
-            scores, labels = None, tensor.long()
-        else:
-            raise SSAError(
-                f"segmentor returned an array of shape {tuple(tensor.shape)}; "
-                f"return (C, H, W) scores or (H, W) labels"
-            )
-        if tuple(labels.shape) != tuple(size):
-            raise SSAError(
-                f"segmentor returned a {tuple(labels.shape)} map for a {tuple(size)} image; "
-                f"return maps at the image's full resolution"
-            )
-        return cls(scores=scores, labels=labels)
+            if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+                raise SSAError(
+                    f"segmentor returned empty {tuple(tensor.shape)} scores; return (C, h, w) "
+                    f"scores with h, w >= 1"
+                )
+            scores = tensor if tensor.dtype == torch.float32 else tensor.float()
+            labels = torch.empty(size, dtype=dtype, device=tensor.device)
+            out = cls(scores=scores, labels=labels, kind=kind)
+            for r0, r1, band in out.score_bands():
+                labels[r0:r1] = band.argmax(dim=0).to(dtype)
+            return out
+        if tensor.ndim == 2:
+            if tuple(tensor.shape) != size:
+                raise SSAError(
+                    f"segmentor returned a {tuple(tensor.shape)} label map for a {size} image; "
+                    f"return labels at the image's full resolution (or (C, h, w) scores)"
+                )
+            if tensor.is_floating_point() or tensor.dtype == torch.bool:
+                tensor = tensor.long()
+            valid = (tensor >= 0) & (tensor < num_classes)
+            none = 255 if num_classes <= 255 else 65535
+            labels = torch.where(valid, tensor, torch.full_like(tensor, none)).to(dtype)
+            return cls(scores=None, labels=labels, kind=kind)
+        raise SSAError(
+            f"segmentor returned an array of shape {tuple(tensor.shape)}; "
+            f"return (C, h, w) scores or (H, W) labels"
+        )
+
+    def _rows_per_band(self, max_elements: int) -> int:
+        return max(1, max_elements // max(1, self.num_classes * self.size[1]))
+
+    def score_bands(
+        self, max_elements: int = _BAND_ELEMENTS
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield `(r0, r1, band)`: rows r0..r1-1 of the full-resolution scores, `(C, r1 - r0, W)
+        float32`, bilinearly upsampled from `scores` (a view when they are full resolution)."""
+        if self.scores is None:
+            raise SSAError("the segmentor gave labels only; there are no scores to upsample")
+        height, width = self.size
+        scores = self.scores
+        _, h, w = scores.shape
+        step = self._rows_per_band(max_elements)
+        if (h, w) == (height, width):
+            for r0 in range(0, height, step):
+                yield r0, min(r0 + step, height), scores[:, r0 : r0 + step]
+            return
+        i0, i1, w1 = _source_index(height, h, scores.device)
+        for r0 in range(0, height, step):
+            r1 = min(r0 + step, height)
+            lo, hi = int(i0[r0]), int(i1[r1 - 1]) + 1
+            rows = scores[:, lo:hi]
+            if w != width:
+                # Width first, on the few source rows this band needs; F.interpolate's own
+                # column weights (its height is kept: weights 1 and 0, exact).
+                rows = F.interpolate(
+                    rows[None], size=(hi - lo, width), mode="bilinear", align_corners=False
+                )[0]
+            weight = w1[r0:r1].view(1, -1, 1)
+            band = rows[:, i0[r0:r1] - lo] * (1 - weight)
+            band += rows[:, i1[r0:r1] - lo] * weight
+            yield r0, r1, band
+
+    def probability_bands(
+        self, max_elements: int = _BAND_ELEMENTS
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """`score_bands` turned into per-pixel class probabilities as `kind` says."""
+        kind = self.kind
+        if kind == "auto":
+            kind = "probabilities" if _are_probabilities(self.scores) else "logits"
+        for r0, r1, band in self.score_bands(max_elements):
+            if kind == "logits":
+                band = band.softmax(dim=0)
+            elif kind == "mass":
+                band = band / band.sum(dim=0, keepdim=True).clamp_min(1e-12)
+            yield r0, r1, band
+
+    def probabilities(self) -> torch.Tensor:
+        """The whole `(C, H, W) float32` probability map: C x H x W floats, for small images
+        and tests only (voting uses `probability_bands`)."""
+        return torch.cat([band for _, _, band in self.probability_bands()], dim=1)
+
+
+def _are_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> bool:
+    """Non-negative and summing to 1 over classes at every pixel (bilinear interpolation keeps
+    both, so the working-resolution scores decide for the full-resolution ones)."""
+    return bool(
+        scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol
+    )
 
 
 def check_num_classes(names: Sequence[str], expected: int | None, where: str) -> None:

@@ -3,8 +3,15 @@ and universal models (OneFormer with the semantic task input, Mask2Former, MaskF
 
 Inference runs at the model's training scale, not squashed to a square: the image is resized
 so its short side equals the training crop's short side, then covered by overlapping windows
-of the training crop size (stride 2/3 of the crop) whose scores are averaged, upsampled to the
-image's full resolution, and turned into probabilities.
+of the training crop size (stride 2/3 of the crop) whose scores are averaged. The segmentor
+returns these `(C, h, w)` scores at that working resolution; `BranchOutput` upsamples them to
+the image's size band by band (labels, soft votes), so no `(C, H, W)` map is ever made.
+
+Extreme aspect ratios: the working resolution is capped at `MAX_WORKING_CROPS` crop areas and
+`MAX_UPSCALE` times the image, so the windows run along the long side and a 2x4000 strip is
+worked on at 8x16000 (not 256x512000, 78 GB of scores at 150 classes); within both caps (any
+image whose aspect ratio is up to about 4:1 and whose short side is at least a quarter of the
+crop) the working resolution is the training scale as before.
 """
 
 from __future__ import annotations
@@ -20,6 +27,25 @@ import torch.nn.functional as F
 from ssa.errors import SSAError
 
 UNIVERSAL_TYPES = {"oneformer", "mask2former", "maskformer"}
+# Working resolution caps: at most this many training crops' pixels (C x 4 x 512 x 512 floats,
+# 630 MB at 150 classes), and never more than this many times the image's own side.
+MAX_WORKING_CROPS = 4.0
+MAX_UPSCALE = 4.0
+
+
+def working_size(
+    height: int, width: int, crop: tuple[int, int], resize: bool = True
+) -> tuple[int, int]:
+    """The `(h, w)` an `H x W` image is worked on: its short side at the crop's short side
+    (`resize`; else its own size), within `MAX_UPSCALE` x the image and `MAX_WORKING_CROPS`
+    crop areas (which keeps the image's aspect ratio, shrinking both sides)."""
+    crop_h, crop_w = crop
+    factor = min(crop_h, crop_w) / min(height, width) if resize else 1.0
+    factor = min(factor, MAX_UPSCALE)
+    factor = min(factor, math.sqrt(MAX_WORKING_CROPS * crop_h * crop_w / (height * width)))
+    if factor == 1.0:
+        return height, width
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
@@ -44,11 +70,14 @@ def _windows(length: int, crop: int, stride: int) -> list[int]:
 
 
 class HFSegmentor:
-    """A Hugging Face segmentation model as a `Segmentor`: image -> `(C, H, W)` probabilities.
+    """A Hugging Face segmentation model as a `Segmentor`: image -> `(C, h, w)` scores at the
+    working resolution (`working_size`): averaged window logits (`scores_kind = "logits"`) or,
+    for universal models, class mass (`"mass"`: class probability x mask probability summed
+    over queries, normalised per pixel after upsampling).
 
     model_id: a hub id or a local `save_pretrained` folder. With `HF_HUB_OFFLINE=1` only the
     local cache and folders are used. `crop_size` overrides the training crop read from the
-    image processor; `resize=False` keeps the image's own scale.
+    image processor; `resize=False` keeps the image's own scale (within the working caps).
     """
 
     def __init__(
@@ -78,6 +107,7 @@ class HFSegmentor:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SSAError(f"cannot load segmentor hf:{model_id} ({first}); {hint}") from None
         self.universal = config.model_type in UNIVERSAL_TYPES
+        self.scores_kind = "mass" if self.universal else "logits"
         self.model_type = config.model_type
         self._load(config)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
@@ -144,15 +174,15 @@ class HFSegmentor:
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """image: `HWC uint8 RGB` -> `(C, H, W) float32` probabilities at full resolution."""
+        """image: `HWC uint8 RGB` -> `(C, h, w) float32` scores at the working resolution (see
+        `scores_kind`; `ssa.segmentors.base.BranchOutput` makes full-resolution labels)."""
         height, width = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float() * self._scale
         x = (x - self._mean) / self._std
         crop_h, crop_w = self.crop
-        if self.resize:
-            factor = min(crop_h, crop_w) / min(height, width)
-            size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        size = working_size(height, width, self.crop, self.resize)
+        if size != (height, width):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         sh, sw = x.shape[-2:]
         win_h, win_w = min(crop_h, sh), min(crop_w, sw)
@@ -160,22 +190,13 @@ class HFSegmentor:
         boxes = [
             (y, xx) for y in _windows(sh, win_h, stride_h) for xx in _windows(sw, win_w, stride_w)
         ]
-        total = torch.zeros((1, self.num_classes, sh, sw), device=self.device)
-        hits = torch.zeros((1, 1, sh, sw), device=self.device)
+        total = torch.zeros((self.num_classes, sh, sw), device=self.device)
+        hits = torch.zeros((1, sh, sw), device=self.device)
         for i in range(0, len(boxes), self.batch_size):
             group = boxes[i : i + self.batch_size]
             batch = torch.cat([x[..., y : y + win_h, xx : xx + win_w] for y, xx in group])
             scores = self._forward(batch)
             for (y, xx), s in zip(group, scores):
-                total[..., y : y + win_h, xx : xx + win_w] += s
-                hits[..., y : y + win_h, xx : xx + win_w] += 1
-        mean = total / hits
-        del total
-        full = F.interpolate(mean, size=(height, width), mode="bilinear", align_corners=False)[0]
-        # In place: at full resolution a 150-class map of a 2200x1467 image is 1.9 GB.
-        if not self.universal:
-            full -= full.amax(dim=0, keepdim=True)
-            full.exp_()
-        # Universal models give class mass (class prob x mask prob summed over queries).
-        full /= full.sum(dim=0, keepdim=True).clamp_min_(1e-12)
-        return full
+                total[:, y : y + win_h, xx : xx + win_w] += s
+                hits[:, y : y + win_h, xx : xx + win_w] += 1
+        return total.div_(hits)

@@ -158,8 +158,8 @@ class HFSegmentor:
         return len(self.id2label)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, h, w)` normalised windows -> `(B, C, h, w)` scores (logits or class mass)."""
-        h, w = batch.shape[-2:]
+        """`(B, 3, h, w)` normalised windows -> `(B, C, h', w')` scores (logits or class mass) at
+        the model's output resolution (upsampled to the window one window at a time)."""
         if self.universal:
             kwargs = {"pixel_values": batch}
             if self.task_inputs is not None:
@@ -170,7 +170,7 @@ class HFSegmentor:
             scores = torch.einsum("bqc,bqhw->bchw", classes, masks)
         else:
             scores = self.model(pixel_values=batch).logits
-        return F.interpolate(scores.float(), size=(h, w), mode="bilinear", align_corners=False)
+        return scores.float()
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
@@ -178,12 +178,14 @@ class HFSegmentor:
         `scores_kind`; `ssa.segmentors.base.BranchOutput` makes full-resolution labels)."""
         height, width = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1).unsqueeze(0).float() * self._scale
-        x = (x - self._mean) / self._std
+        x = x.permute(2, 0, 1).unsqueeze(0).float()
         crop_h, crop_w = self.crop
         size = working_size(height, width, self.crop, self.resize)
         if size != (height, width):
+            # Resized before normalising (the affine normalisation commutes with bilinear
+            # weights): one full-resolution float copy of the image, not three.
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = (x.mul_(self._scale) - self._mean).div_(self._std)
         sh, sw = x.shape[-2:]
         win_h, win_w = min(crop_h, sh), min(crop_w, sw)
         stride_h, stride_w = max(1, win_h * 2 // 3), max(1, win_w * 2 // 3)
@@ -197,6 +199,8 @@ class HFSegmentor:
             batch = torch.cat([x[..., y : y + win_h, xx : xx + win_w] for y, xx in group])
             scores = self._forward(batch)
             for (y, xx), s in zip(group, scores):
+                s = F.interpolate(s[None], size=(win_h, win_w), mode="bilinear",
+                                  align_corners=False)[0]
                 total[:, y : y + win_h, xx : xx + win_w] += s
                 hits[:, y : y + win_h, xx : xx + win_w] += 1
         return total.div_(hits)

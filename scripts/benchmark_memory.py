@@ -37,8 +37,11 @@ def make_segformer(folder: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-    from transformers import SegformerImageProcessor
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     torch.manual_seed(0)
     names = [f"class{i}" for i in range(NUM_CLASSES)]

@@ -146,6 +146,8 @@ class Labeller:
     mask_generator: `generate(image) -> records` (SAM, or `JsonMasks`); segmentor: a `Segmentor`.
     Either one that takes a `path` keyword gets the image's relative path (`accepts_path`).
     vote_policy: "hard" or "soft"; min_vote_share: see `ssa.voting`.
+    max_pixels: images with more pixels are labelled downsized to at most this many (see
+    `label`); None = every image at its own size.
     """
 
     def __init__(
@@ -158,9 +160,13 @@ class Labeller:
         top_k: int = 3,
         vote_policy: str = "hard",
         min_vote_share: float = 0.0,
+        max_pixels: int | None = None,
     ) -> None:
         from ssa.segmentors.base import accepts_path
 
+        if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
+            raise SSAError(f"--max-pixels {max_pixels!r} must be a positive pixel count")
+        self.max_pixels = max_pixels
         self.mask_generator = mask_generator
         self.segmentor = segmentor
         self.class_names = class_names
@@ -178,7 +184,43 @@ class Labeller:
 
     def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
         """image: `HWC uint8 RGB`; rel: its path relative to the image folder (for mask files
-        and precomputed labels) -> records, RLEs, branch output and votes."""
+        and precomputed labels) -> records, RLEs, branch output and votes.
+
+        With `max_pixels`, a larger image is labelled downsized (aspect ratio kept, PIL
+        bilinear) by both branches: SAM sees the small image; masks from files (`generate`)
+        are read at the original size and resized (nearest) with their `area` and `bbox`
+        recomputed; every output is then at the labelled size, and `out["image"]` holds the
+        downsized image, `out["original_size"]` the original `(H, W)`. An image that runs out
+        of memory raises one SSAError line with its size and the `--max-pixels` hint.
+        """
+        height, width = image.shape[:2]
+        try:
+            small = self._downsized(image)
+            out = self._label(small, rel, original=image)
+        except MemoryError as exc:
+            raise SSAError(_too_large(height, width, exc)) from None
+        except RuntimeError as exc:
+            if not _is_allocation_failure(exc):
+                raise
+            raise SSAError(_too_large(height, width, exc)) from None
+        if small is not image:
+            out["image"], out["original_size"] = small, (height, width)
+        return out
+
+    def _downsized(self, image: np.ndarray) -> np.ndarray:
+        """The image itself, or a copy of at most `max_pixels` pixels."""
+        height, width = image.shape[:2]
+        if self.max_pixels is None or height * width <= self.max_pixels:
+            return image
+        from PIL import Image
+
+        factor = (self.max_pixels / (height * width)) ** 0.5
+        size = (max(1, int(width * factor)), max(1, int(height * factor)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+    def _label(
+        self, image: np.ndarray, rel: Path | None, original: np.ndarray
+    ) -> dict[str, Any]:
         from ssa.segmentors.base import BranchOutput, scores_kind
 
         height, width = image.shape[:2]
@@ -189,8 +231,10 @@ class Labeller:
             rles = [r["segmentation"] for r in records]
         else:
             records = self.mask_generator.generate(
-                image, **(path_kw if self._masks_take_path else {})
+                original, **(path_kw if self._masks_take_path else {})
             )
+            if original is not image:
+                records = [_resize_record(r, (height, width)) for r in records]
             stack = (np.stack([r["segmentation"] for r in records]) if records
                      else np.zeros((0, height, width), dtype=bool))
             masks, rles = torch.from_numpy(stack), io.encode_rle(stack)
@@ -229,6 +273,7 @@ class Labeller:
         """Write the PNGs and the overlay, then the JSON last (it marks the image as done)."""
         # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
         paths["semantic"].unlink(missing_ok=True)
+        image = out.get("image", image)  # the labelled (downsized) image under --max-pixels
         label_map = out["votes"].label_map.cpu().numpy()
         io.write_label_png(paths["label"], label_map, self.num_classes)
         if save_branch:
@@ -239,15 +284,51 @@ class Labeller:
                 paths["vis"], image, label_map, self.palette, out["masks"].cpu().numpy(),
                 [a["class_name"] for a in annotations],
             )
+        size = {"height": image.shape[0], "width": image.shape[1]}
+        if "original_size" in out:
+            size["original_height"], size["original_width"] = out["original_size"]
         io.write_json(
             paths["semantic"],
             {
-                "image": {"height": image.shape[0], "width": image.shape[1]},
+                "image": size,
                 "annotations": annotations,
                 "semantic_mask": semantic_mask_rles(label_map, self.num_classes),
                 "class_names": self.class_names,
             },
         )
+
+
+def _is_allocation_failure(exc: RuntimeError) -> bool:
+    """torch's CPU allocator failing ("DefaultCPUAllocator: can't allocate memory"); CUDA's
+    out-of-memory keeps its own message (`failure_message`)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    text = str(exc)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text
+
+
+def _too_large(height: int, width: int, exc: BaseException) -> str:
+    """One line: the image's size, what ran out, and the --max-pixels that would fit."""
+    first = (str(exc).splitlines() or [""])[0][:200]
+    suggest = max(1_000_000, (height * width // 2) // 1_000_000 * 1_000_000)
+    return (
+        f"image of {width}x{height} pixels ({height * width / 1e6:.1f} MP) is too large to label "
+        f"in the memory here ({type(exc).__name__}: {first}); pass --max-pixels (e.g. "
+        f"--max-pixels {suggest}) to label it downsized, or run it where more memory is free"
+    )
+
+
+def _resize_record(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """A mask record with its `HW bool` segmentation resized (nearest) to `size = (h, w)` and
+    `area`, `bbox` (`XYWH`) recomputed."""
+    from PIL import Image
+
+    mask = Image.fromarray(np.asarray(record["segmentation"], dtype=np.uint8))
+    small = np.asarray(mask.resize((size[1], size[0]), Image.NEAREST)).astype(bool)
+    ys, xs = np.nonzero(small.any(axis=1))[0], np.nonzero(small.any(axis=0))[0]
+    bbox = ([int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+            if len(xs) else [0, 0, 0, 0])
+    return {**record, "segmentation": small, "area": int(small.sum()), "bbox": bbox}
 
 
 def check_voting(cfg: RunConfig) -> None:
@@ -331,6 +412,7 @@ def build_labeller(
         top_k=cfg.top_k,
         vote_policy=cfg.vote,
         min_vote_share=float(cfg.min_vote_share),
+        max_pixels=cfg.max_pixels,
     )
 
 

@@ -8,10 +8,11 @@ returns these `(C, h, w)` scores at that working resolution; `BranchOutput` upsa
 the image's size band by band (labels, soft votes), so no `(C, H, W)` map is ever made.
 
 Extreme aspect ratios: the working resolution is capped at `MAX_WORKING_CROPS` crop areas and
-`MAX_UPSCALE` times the image, so the windows run along the long side and a 2x4000 strip is
-worked on at 8x16000 (not 256x512000, 78 GB of scores at 150 classes); within both caps (any
-image whose aspect ratio is up to about 4:1 and whose short side is at least a quarter of the
-crop) the working resolution is the training scale as before.
+`MAX_UPSCALE` times the image, so the windows run along the long side, and a side the caps keep
+below the crop is zero-padded (the mean colour) to the crop in each window; a 2x4000 strip with
+a 512 crop is worked on at 8x16000 in 512x512 padded windows (not at 512x1024000: 78 GB of
+scores at 150 classes). Within both caps (aspect ratio up to about 4:1, short side at least a
+quarter of the crop) the working resolution is the training scale as before.
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ MAX_UPSCALE = 4.0
 
 def working_size(
     height: int, width: int, crop: tuple[int, int], resize: bool = True
-) -> tuple[int, int]:
-    """The `(h, w)` an `H x W` image is worked on: its short side at the crop's short side
-    (`resize`; else its own size), within `MAX_UPSCALE` x the image and `MAX_WORKING_CROPS`
-    crop areas (which keeps the image's aspect ratio, shrinking both sides)."""
+) -> tuple[tuple[int, int], bool]:
+    """The `(h, w)` an `H x W` image is worked on, and whether a cap bit: its short side at the
+    crop's short side (`resize`; else its own size), within `MAX_UPSCALE` x the image and
+    `MAX_WORKING_CROPS` crop areas (both keep the image's aspect ratio)."""
     crop_h, crop_w = crop
-    factor = min(crop_h, crop_w) / min(height, width) if resize else 1.0
-    factor = min(factor, MAX_UPSCALE)
-    factor = min(factor, math.sqrt(MAX_WORKING_CROPS * crop_h * crop_w / (height * width)))
+    wanted = min(crop_h, crop_w) / min(height, width) if resize else 1.0
+    factor = min(wanted, MAX_UPSCALE,
+                 math.sqrt(MAX_WORKING_CROPS * crop_h * crop_w / (height * width)))
+    capped = factor < wanted
     if factor == 1.0:
-        return height, width
-    return max(1, round(height * factor)), max(1, round(width * factor))
+        return (height, width), capped
+    return (max(1, round(height * factor)), max(1, round(width * factor))), capped
 
 
 def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
@@ -180,7 +182,7 @@ class HFSegmentor:
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float()
         crop_h, crop_w = self.crop
-        size = working_size(height, width, self.crop, self.resize)
+        size, capped = working_size(height, width, self.crop, self.resize)
         if size != (height, width):
             # Resized before normalising (the affine normalisation commutes with bilinear
             # weights): one full-resolution float copy of the image, not three.
@@ -188,6 +190,10 @@ class HFSegmentor:
         x = (x.mul_(self._scale) - self._mean).div_(self._std)
         sh, sw = x.shape[-2:]
         win_h, win_w = min(crop_h, sh), min(crop_w, sw)
+        # A side the caps kept below the crop (a strip) is padded to the crop in each window
+        # (models have a minimum input size), and only its valid part is kept.
+        pad_h = crop_h - win_h if capped else 0
+        pad_w = crop_w - win_w if capped else 0
         stride_h, stride_w = max(1, win_h * 2 // 3), max(1, win_w * 2 // 3)
         boxes = [
             (y, xx) for y in _windows(sh, win_h, stride_h) for xx in _windows(sw, win_w, stride_w)
@@ -197,10 +203,12 @@ class HFSegmentor:
         for i in range(0, len(boxes), self.batch_size):
             group = boxes[i : i + self.batch_size]
             batch = torch.cat([x[..., y : y + win_h, xx : xx + win_w] for y, xx in group])
+            if pad_h or pad_w:
+                batch = F.pad(batch, (0, pad_w, 0, pad_h))  # 0 = the mean colour
             scores = self._forward(batch)
             for (y, xx), s in zip(group, scores):
-                s = F.interpolate(s[None], size=(win_h, win_w), mode="bilinear",
-                                  align_corners=False)[0]
+                s = F.interpolate(s[None], size=(win_h + pad_h, win_w + pad_w), mode="bilinear",
+                                  align_corners=False)[0, :, :win_h, :win_w]
                 total[:, y : y + win_h, xx : xx + win_w] += s
                 hits[:, y : y + win_h, xx : xx + win_w] += 1
         return total.div_(hits)

@@ -222,7 +222,7 @@ def test_strip_runs_within_bounded_memory(segformer150):
     256000 floats (19.7 GB here, 78.6 GB at a 512 crop). Now no torch allocation over 64 MB
     is even attempted, and the strip is labelled whole."""
     image = _smooth_image(2, 4000)
-    seg = HFSegmentor(str(segformer150))
+    seg = HFSegmentor(str(segformer150), batch_size=64)  # ~130 windows: few batches
     masks = np.zeros((2, 2, 4000), bool)
     masks[0, :, :1000] = masks[1, :, 2500:] = True
     labeller = Labeller(ListMasks(masks), seg, [f"class{i}" for i in range(NUM_CLASSES)],

@@ -3,13 +3,26 @@
 A segmentor is any object with class names and a call on one image:
 
     id2label: dict[int, str]            (or `classes: Sequence[str]`)
-    __call__(image: HWC uint8 RGB numpy) -> (C, H, W) scores or (H, W) labels
+    scores_kind: str = "auto"           (optional: "auto" | "logits" | "probabilities" | "mass")
+    __call__(image: HWC uint8 RGB numpy) -> (C, h, w) scores or (H, W) labels
 
-Scores are per-pixel class scores (probabilities or logits) at the image's full resolution;
-labels are class indices 0..C-1 (255 or any value outside the range = no label). Numpy arrays
-and torch tensors are both accepted. `BranchOutput.from_raw` normalises what a segmentor
-returns. Soft voting (`--vote soft`) needs scores: it uses them as they are when they are
-per-pixel probabilities (non-negative, summing to 1) and softmaxes them over classes otherwise.
+Scores are per-pixel class scores at any resolution `(h, w)`: the segmentor's own working
+resolution (best: about the image's aspect ratio, e.g. short side = the training crop) or the
+image's full `(H, W)`. Labels are class indices 0..C-1 at the image's full resolution (255 or any
+value outside the range = no label). Numpy arrays and torch tensors are both accepted.
+
+`BranchOutput.from_raw` normalises what a segmentor returns. It keeps the scores as they are and
+makes the `(H, W)` labels by upsampling them bilinearly (`F.interpolate(..., mode="bilinear",
+align_corners=False)`, as the segmentors did before returning full resolution) and taking the
+argmax, band of output rows by band: no `(C, H, W)` map is ever made, so memory grows with the
+image's pixels in bytes, not with pixels x classes. Soft voting (`--vote soft`) sums
+full-resolution probabilities over each mask the same way, band by band
+(`BranchOutput.probability_bands`). `scores_kind` says how scores become probabilities:
+"logits" are softmaxed over classes after upsampling, "mass" (non-negative class mass, e.g.
+a universal model's class x mask probabilities) is divided by its per-pixel sum after
+upsampling, "probabilities" are kept, and "auto" (the default) keeps scores that are per-pixel
+probabilities (non-negative, summing to 1 within 1e-3, judged at the scores' resolution) and
+softmaxes others.
 
 A segmentor that needs to know which image it is labelling (a folder of precomputed
 predictions, a cache) declares a keyword-only parameter `path`:
@@ -44,8 +57,10 @@ from ssa.errors import SSAError
 class Segmentor(Protocol):
     """A semantic segmentor: `id2label` (or `classes`) and `__call__(image) -> scores or labels`.
 
-    image: `HWC uint8 RGB` numpy. Returns `(C, H, W)` scores or `(H, W)` class indices at the
-    image's resolution, numpy or torch. Optionally `__call__(image, *, path)` (module docstring).
+    image: `HWC uint8 RGB` numpy. Returns `(C, h, w)` scores at any resolution (its working
+    one, or the image's) or `(H, W)` class indices at the image's resolution, numpy or torch;
+    an optional `scores_kind` attribute says what the scores are (module docstring).
+    Optionally `__call__(image, *, path)` (module docstring).
     """
 
     id2label: dict[int, str]

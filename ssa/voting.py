@@ -137,11 +137,15 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
         part = flat_labels[chunk].long()
         valid = (part >= 0) & (part < num_classes)
         index = torch.where(valid, compact[part.clamp(0, num_classes - 1)], -1)
+        part_masks = flat_masks[:, chunk]
+        if part_masks.device.type != "cpu" and len(chunks) > 1:
+            # CUDA's int8 GEMM wants a row-major operand (N x chunk bytes, bounded).
+            part_masks = part_masks.contiguous()
         try:
-            found += _onehot_counts(flat_masks[:, chunk], index, len(present))
+            found += _onehot_counts(part_masks, index, len(present))
         except (AttributeError, RuntimeError, NotImplementedError):
             # torch builds without an int8 GEMM for this device or shape.
-            found += _bincount_counts(flat_masks[:, chunk], index, len(present))
+            found += _bincount_counts(part_masks, index, len(present))
     counts[:, present] = found.float()
     return counts
 

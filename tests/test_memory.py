@@ -353,3 +353,28 @@ def test_max_pixels_must_be_positive(two_sizes, tmp_path):
     result = _run(plugin, data, masks_dir, tmp_path / "out", "--max-pixels", 0)
     assert result.exit_code == 1
     assert "--max-pixels 0 must be a positive pixel count" in result.output
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+def test_pixel_chunked_hard_votes_and_narrow_paint_equal_brute_force(monkeypatch, column_major):
+    """Hard votes over chunks of 37 pixels (chunk edges inside rows and masks), and painting
+    in uint8, against per-mask numpy counts and the int64 painting of the same labels."""
+    monkeypatch.setattr(voting, "_PIXELS_PER_PASS", 37)
+    rng = np.random.default_rng(5)
+    masks_np = rng.random((9, 23, 31)) < rng.random((9, 1, 1))
+    labels_np = rng.integers(0, 12, (23, 31))
+    labels_np[rng.random(labels_np.shape) < 0.1] = 255
+    masks = torch.from_numpy(masks_np)
+    if column_major:  # the layout ssa.fast_amg builds: a transposed view of (N, W, H)
+        masks = torch.from_numpy(np.ascontiguousarray(masks_np.transpose(0, 2, 1))).transpose(1, 2)
+    labels = torch.from_numpy(labels_np.astype(np.uint8))
+    counts = voting.hard_vote_counts(masks, labels, 12)
+    valid = labels_np < 12
+    expected = np.stack([np.bincount(labels_np[m & valid], minlength=12) for m in masks_np])
+    np.testing.assert_array_equal(counts.numpy(), expected)
+    result = voting.vote(masks, labels, 12, min_vote_share=0.3)
+    wide = voting.vote(masks, torch.from_numpy(labels_np), 12, min_vote_share=0.3)
+    assert result.label_map.dtype == torch.uint8 and wide.label_map.dtype == torch.int64
+    np.testing.assert_array_equal(result.label_map.numpy(), wide.label_map.numpy())
+    _, _, ref_map = brute_force(masks_np, labels_np, 12, min_share=0.3)
+    np.testing.assert_array_equal(result.label_map.numpy(), ref_map)

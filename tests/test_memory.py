@@ -378,3 +378,21 @@ def test_pixel_chunked_hard_votes_and_narrow_paint_equal_brute_force(monkeypatch
     np.testing.assert_array_equal(result.label_map.numpy(), wide.label_map.numpy())
     _, _, ref_map = brute_force(masks_np, labels_np, 12, min_share=0.3)
     np.testing.assert_array_equal(result.label_map.numpy(), ref_map)
+
+
+def test_max_pixels_with_sam_labels_the_downsized_image(tmp_path, sam_checkpoint, segformer_5):
+    """SAM and the segmentor both see the downsized image: a 96x64 image under
+    --max-pixels 1536 gives 48x32 outputs, consistent with each other (test_run's checks)."""
+    from conftest import make_image
+    from test_run import TINY, check_outputs
+
+    make_image(tmp_path / "data" / "a.png", width=96, height=64)
+    out = tmp_path / "out"
+    args = ["run", "--data-dir", tmp_path / "data", "--out-dir", out, "--sam-model", "vit_b",
+            "--sam-checkpoint", sam_checkpoint, "--segmentor", f"hf:{segformer_5}",
+            "--device", "cpu", "--amg-preset", "default", *TINY, "--max-pixels", 1536]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    data, _ = check_outputs(out / "a_semantic.json", (32, 48),
+                            ["sky", "tree", "road", "car", "person"])
+    assert data["image"]["original_width"] == 96 and data["image"]["original_height"] == 64

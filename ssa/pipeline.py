@@ -239,6 +239,8 @@ class Labeller:
                      else np.zeros((0, height, width), dtype=bool))
             masks, rles = torch.from_numpy(stack), io.encode_rle(stack)
         raw = self.segmentor(image, **(path_kw if self._segmentor_takes_path else {}))
+        if original is not image and np.ndim(raw) == 2 and tuple(np.shape(raw)) == original.shape[:2]:
+            raw = _resize_labels(raw, (height, width))  # precomputed labels at the original size
         # Scores stay at the segmentor's resolution; labels and soft votes are made from them
         # in bands of full-resolution rows (memory grows with H x W, not C x H x W).
         branch = BranchOutput.from_raw(
@@ -329,6 +331,17 @@ def _resize_record(record: dict[str, Any], size: tuple[int, int]) -> dict[str, A
     bbox = ([int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
             if len(xs) else [0, 0, 0, 0])
     return {**record, "segmentation": small, "area": int(small.sum()), "bbox": bbox}
+
+
+def _resize_labels(labels: Any, size: tuple[int, int]) -> np.ndarray:
+    """`(H, W)` class indices resized (nearest, pixel centres as PIL's, like the masks) to
+    `size = (h, w)`, `int64`."""
+    labels = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(np.int64),
+                      labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(np.int64),
+                      labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]].astype(np.int64)
 
 
 def check_voting(cfg: RunConfig) -> None:

@@ -396,3 +396,34 @@ def test_max_pixels_with_sam_labels_the_downsized_image(tmp_path, sam_checkpoint
     data, _ = check_outputs(out / "a_semantic.json", (32, 48),
                             ["sky", "tree", "road", "car", "person"])
     assert data["image"]["original_width"] == 96 and data["image"]["original_height"] == 64
+
+
+def test_max_pixels_resizes_precomputed_labels_like_the_masks(tmp_path):
+    """labels: predictions at the original size are resized (nearest) as the masks are, so
+    a mask and the labels under it stay aligned: here the label map equals the masks' class."""
+    from test_plugins_run import write_masks_json
+
+    data, masks_dir, labels_dir = tmp_path / "images", tmp_path / "masks", tmp_path / "labels"
+    for folder in (data, labels_dir):
+        folder.mkdir()
+    Image.fromarray(_smooth_image(30, 40)).save(data / "a.png")
+    labels = np.zeros((30, 40), np.uint8)
+    labels[:, 20:] = 1
+    labels[1::2] = 255  # odd rows carry no label: a nearest resize by 2 keeps only them
+    Image.fromarray(labels).save(labels_dir / "a.png")
+    masks = np.zeros((1, 30, 40), bool)
+    masks[0, :, 20:] = True
+    write_masks_json(masks_dir / "a.json", masks)
+    (tmp_path / "classes.txt").write_text("left\nright\n")
+    out = tmp_path / "out"
+    args = ["run", "--data-dir", data, "--out-dir", out, "--masks", masks_dir, "--segmentor",
+            f"labels:{labels_dir}", "--classes", tmp_path / "classes.txt", "--device", "cpu",
+            "--save-branch", "--max-pixels", 300]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    branch = np.asarray(Image.open(out / "a_branch.png"))
+    np.testing.assert_array_equal(branch, labels[1::2, 1::2])  # PIL's nearest: odd pixels
+    doc = json.loads((out / "a_semantic.json").read_text())
+    small_mask = io.decode_rle(doc["annotations"][0]["segmentation"])
+    np.testing.assert_array_equal(small_mask, masks[0][1::2, 1::2])
+    assert doc["annotations"][0]["class_name"] is None  # only no-label pixels under it

@@ -265,6 +265,8 @@ class BranchOutput:
         self, max_elements: int = _BAND_ELEMENTS
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """`score_bands` turned into per-pixel class probabilities as `kind` says."""
+        if self.scores is None:
+            raise SSAError("the segmentor gave labels only; there are no scores to upsample")
         kind = self.kind
         if kind == "auto":
             kind = "probabilities" if _are_probabilities(self.scores) else "logits"

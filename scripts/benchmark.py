@@ -157,7 +157,8 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
         start = _lap(t, "read", start)
         with torch.inference_mode():
             labels = BranchOutput.from_raw(segmentor(image), len(names), image.shape[:2],
-                                           device).labels.cpu().numpy()
+                                           device, kind=segmentor.scores_kind).labels
+            labels = labels.long().cpu().numpy()
         start = _lap(t, "semantic", start)
         net = t["image_encoder"] + t["mask_decoder"]
         records = generator.generate(image)

@@ -99,7 +99,7 @@ def quality(fixtures: Path) -> list[str]:
     for name, masks in mask_sources(instance_ids).items():
         for policy, share in POLICIES:
             result = vote(
-                torch.from_numpy(masks), branch.labels, 19, scores=branch.scores,
+                torch.from_numpy(masks), branch.labels, 19, scores=branch,
                 policy=policy, min_vote_share=share,
             )  # fmt: skip
             m, a = scores_of(result.label_map.numpy(), gt, 19)

@@ -234,6 +234,14 @@ def run(
             rich_help_panel="Scale",
         ),
     ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Label images with more pixels downsized to at most this many (both branches; "
+            "outputs at the labelled size, the JSON keeps the original size). Default: off.",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
     world_size: WorldSizeOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
@@ -270,6 +278,7 @@ def run(
             "save_vis": save_vis,
             "device": device,
             "overwrite": overwrite,
+            "max_pixels": max_pixels,
             "evaluate": evaluate,
             "gt_dir": gt_dir,
         }

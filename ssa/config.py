@@ -49,6 +49,7 @@ class RunConfig(MaskBranchConfig):
     save_branch: bool = False
     save_vis: bool = False
     overwrite: bool = False  # redo images that are done (their JSON exists and parses)
+    max_pixels: int | None = None  # label larger images downsized to this many pixels
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
 

@@ -41,7 +41,8 @@ class Labeller:
     mask_source: a `ssa.masks.MaskSource`; segmentor: a `Segmentor` (one that takes a `path`
     keyword gets the image's relative path, `accepts_path`). vote_policy: "hard" or "soft";
     min_vote_share: see `ssa.voting`. save_branch/save_vis: also write `<stem>_branch.png` and
-    `<stem>_vis.jpg`.
+    `<stem>_vis.jpg`. max_pixels: images with more pixels are labelled downsized to at most this
+    many (see `label`); None = every image at its own size.
     """
 
     def __init__(
@@ -56,9 +57,13 @@ class Labeller:
         min_vote_share: float = 0.0,
         save_branch: bool = False,
         save_vis: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
         from ssa.segmentors.base import accepts_path
 
+        if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
+            raise SSAError(f"--max-pixels {max_pixels!r} must be a positive pixel count")
+        self.max_pixels = max_pixels
         self.mask_source = mask_source
         self.segmentor = segmentor
         self.class_names = class_names
@@ -78,17 +83,64 @@ class Labeller:
     def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
         """image: `HWC uint8 RGB`; rel: its path relative to the image folder (for mask files
         and precomputed labels) -> records, RLEs, the `(N, H, W) bool` masks on the device, the
-        branch output and the votes."""
-        from ssa.segmentors.base import BranchOutput
+        branch output and the votes.
+
+        With `max_pixels`, a larger image is labelled downsized (aspect ratio kept, PIL
+        bilinear) by both branches: a model sees the small image; masks read from files (a
+        source with `masks_at_original_size`) are read at the original size and resized
+        (nearest) with `area` and `bbox` recomputed; every output is then at the labelled size,
+        `out["image"]` holds the downsized image and `out["original_size"]` the original
+        `(H, W)`. An image that runs out of memory raises one SSAError line with its size and
+        the `--max-pixels` hint.
+        """
+        height, width = image.shape[:2]
+        try:
+            small = self._downsized(image)
+            out = self._label(small, rel, original=image)
+        except MemoryError as exc:
+            raise SSAError(_too_large(height, width, exc)) from None
+        except RuntimeError as exc:
+            if not _is_allocation_failure(exc):
+                raise
+            raise SSAError(_too_large(height, width, exc)) from None
+        if small is not image:
+            out["image"], out["original_size"] = small, (height, width)
+        return out
+
+    def _downsized(self, image: np.ndarray) -> np.ndarray:
+        """The image itself, or a copy of at most `max_pixels` pixels."""
+        height, width = image.shape[:2]
+        if self.max_pixels is None or height * width <= self.max_pixels:
+            return image
+        from PIL import Image
+
+        factor = (self.max_pixels / (height * width)) ** 0.5
+        size = (max(1, int(width * factor)), max(1, int(height * factor)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+    def _label(
+        self, image: np.ndarray, rel: Path | None, original: np.ndarray
+    ) -> dict[str, Any]:
+        from ssa.segmentors.base import branch_output
 
         height, width = image.shape[:2]
         path = None if rel is None else Path(rel)
-        generated = self.mask_source.generate(image, path=path)
+        if original is not image and getattr(self.mask_source, "masks_at_original_size", False):
+            generated = _resize_result(
+                self.mask_source.generate(original, path=path), (height, width)
+            )
+        else:
+            generated = self.mask_source.generate(image, path=path)
         records = generated.records
         rles = [r["segmentation"] for r in records]
         raw = self.segmentor(image, **({"path": path} if self._segmentor_takes_path and path
                                        is not None else {}))
-        branch = BranchOutput.from_raw(raw, self.num_classes, (height, width), self.device)
+        if original is not image and np.ndim(raw) == 2 and tuple(np.shape(raw)) == original.shape[:2]:
+            raw = _resize_labels(raw, (height, width))  # precomputed labels at the original size
+        # Scores stay at the segmentor's resolution; labels and soft votes are made from them
+        # in bands of full-resolution rows (memory grows with H x W, not C x H x W).
+        branch = branch_output(self.segmentor, raw, self.num_classes, (height, width), self.device)
+        del raw
         if self.vote_policy == "soft" and branch.scores is None:
             raise FatalError(
                 f"--vote soft needs class scores but segmentor {type(self.segmentor).__name__} "
@@ -102,7 +154,7 @@ class Labeller:
             self.num_classes,
             self.top_k,
             areas=areas,
-            scores=branch.scores,
+            scores=branch if branch.scores is not None else None,
             policy=self.vote_policy,
             min_vote_share=self.min_vote_share,
         )
@@ -114,6 +166,7 @@ class Labeller:
         returns the number of masks."""
         # Redoing an image (--overwrite): it stops being done until its new JSON is in place.
         paths["semantic"].unlink(missing_ok=True)
+        image = out.get("image", image)  # the labelled (downsized) image under --max-pixels
         label_map = out["votes"].label_map.cpu().numpy()
         io.write_label_png(paths["label"], label_map, self.num_classes)
         if self.save_branch:
@@ -126,9 +179,67 @@ class Labeller:
             )
         io.write_json(
             paths["semantic"],
-            semantic_document(image.shape[:2], annotations, label_map, self.class_names),
+            semantic_document(image.shape[:2], annotations, label_map, self.class_names,
+                              original_size=out.get("original_size")),
         )
         return len(annotations)
+
+
+def _is_allocation_failure(exc: RuntimeError) -> bool:
+    """torch's CPU allocator failing ("DefaultCPUAllocator: can't allocate memory"); CUDA's
+    out-of-memory keeps its own message (`failure_message`)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    text = str(exc)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text
+
+
+def _too_large(height: int, width: int, exc: BaseException) -> str:
+    """One line: the image's size, what ran out, and the --max-pixels that would fit."""
+    first = (str(exc).splitlines() or [""])[0][:200]
+    suggest = max(1_000_000, (height * width // 2) // 1_000_000 * 1_000_000)
+    return (
+        f"image of {width}x{height} pixels ({height * width / 1e6:.1f} MP) is too large to label "
+        f"in the memory here ({type(exc).__name__}: {first}); pass --max-pixels (e.g. "
+        f"--max-pixels {suggest}) to label it downsized, or run it where more memory is free"
+    )
+
+
+def _resize_record(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """A mask record with its `HW bool` segmentation resized (nearest) to `size = (h, w)` and
+    `area`, `bbox` (`XYWH`) recomputed."""
+    from PIL import Image
+
+    mask = Image.fromarray(np.asarray(record["segmentation"], dtype=np.uint8))
+    small = np.asarray(mask.resize((size[1], size[0]), Image.NEAREST)).astype(bool)
+    ys, xs = np.nonzero(small.any(axis=1))[0], np.nonzero(small.any(axis=0))[0]
+    bbox = ([int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+            if len(xs) else [0, 0, 0, 0])
+    return {**record, "segmentation": small, "area": int(small.sum()), "bbox": bbox}
+
+
+def _resize_labels(labels: Any, size: tuple[int, int]) -> np.ndarray:
+    """`(H, W)` class indices resized (nearest, pixel centres as PIL's, like the masks) to
+    `size = (h, w)`, `int64`."""
+    labels = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(np.int64),
+                      labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(np.int64),
+                      labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]].astype(np.int64)
+
+
+def _resize_result(result: Any, size: tuple[int, int]) -> Any:
+    """A `MaskResult` with every mask resized (nearest) to `size = (h, w)`, its RLE, `area` and
+    `bbox` recomputed; the other fields kept."""
+    from ssa.masks.base import result_from_records
+
+    masks = result.masks.cpu().numpy()
+    records = []
+    for record, mask in zip(result.records, masks):
+        resized = _resize_record({**record, "segmentation": mask}, size)
+        records.append(resized)
+    return result_from_records(records, size)
 
 
 def check_voting(cfg: Any) -> None:
@@ -262,6 +373,7 @@ def build_labeller(
         min_vote_share=float(cfg.min_vote_share),
         save_branch=cfg.save_branch,
         save_vis=cfg.save_vis,
+        max_pixels=getattr(cfg, "max_pixels", None),
     )
 
 

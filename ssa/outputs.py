@@ -94,12 +94,35 @@ def annotations_from(
 
 
 def semantic_mask_rles(label_map: np.ndarray, num_classes: int) -> dict[str, dict[str, Any]]:
-    """`{class_id: RLE}` for every class present in the final label map."""
-    present = [int(c) for c in np.unique(label_map) if 0 <= c < num_classes]
-    if not present:
+    """`{class_id: RLE}` for every class present in the final label map.
+
+    From one run-length pass over the map in column-major order (COCO RLE's order), not a bool
+    mask per class: memory grows with the map's pixels, not with pixels x classes.
+    """
+    from pycocotools import mask as mask_utils
+
+    height, width = label_map.shape
+    flat = np.asarray(label_map).T.reshape(-1)  # column-major pixel order
+    if flat.size == 0:
         return {}
-    rles = io.encode_rle(np.stack([label_map == c for c in present]))
-    return {str(c): rle for c, rle in zip(present, rles)}
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    ends = np.append(starts[1:], flat.size)
+    values = flat[starts]
+    out = {}
+    for c in np.unique(values):
+        if not 0 <= c < num_classes:
+            continue
+        picked = values == c
+        # Alternating runs of 0s and 1s, starting with 0s (possibly none), as pycocotools'.
+        bounds = np.stack([starts[picked], ends[picked]], axis=1).reshape(-1)
+        counts = np.diff(bounds, prepend=0)
+        if bounds[-1] < flat.size:
+            counts = np.append(counts, flat.size - bounds[-1])
+        rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [height, width]},
+                                     height, width)
+        rle["counts"] = rle["counts"].decode("ascii")
+        out[str(int(c))] = rle
+    return out
 
 
 def semantic_document(
@@ -107,10 +130,15 @@ def semantic_document(
     annotations: list[dict[str, Any]],
     label_map: np.ndarray,
     class_names: list[str],
+    original_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The `<stem>_semantic.json` document (see DESIGN.md, "Contracts")."""
+    """The `<stem>_semantic.json` document (see DESIGN.md, "Contracts"); `original_size` is the
+    input's `(H, W)` when it was labelled downsized (`--max-pixels`)."""
+    size = {"height": int(image_size[0]), "width": int(image_size[1])}
+    if original_size is not None:
+        size["original_height"], size["original_width"] = (int(v) for v in original_size)
     return {
-        "image": {"height": int(image_size[0]), "width": int(image_size[1])},
+        "image": size,
         "annotations": annotations,
         "semantic_mask": semantic_mask_rles(label_map, len(class_names)),
         "class_names": class_names,

@@ -145,7 +145,7 @@ class SemanticPredictor:
         self.top_k = top_k
         self.palette = palette if palette is not None else default_palette(len(self.class_names))
         self.image: np.ndarray | None = None
-        self.branch_labels = None  # (H, W) int64 torch tensor on `device`
+        self.branch_labels = None  # (H, W) torch tensor on `device` (`BranchOutput.labels`)
 
     @property
     def num_classes(self) -> int:
@@ -155,7 +155,7 @@ class SemanticPredictor:
         """Run the image encoder and the semantic branch once on `image` (`HWC uint8 RGB`)."""
         import torch
 
-        from ssa.segmentors.base import BranchOutput
+        from ssa.segmentors.base import branch_output
 
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -166,8 +166,9 @@ class SemanticPredictor:
         height, width = image.shape[:2]
         self.masks.set_image(image)
         with torch.inference_mode():
-            branch = BranchOutput.from_raw(
-                self.segmentor(image), self.num_classes, (height, width), self.device
+            branch = branch_output(
+                self.segmentor, self.segmentor(image), self.num_classes, (height, width),
+                self.device,
             )
         self.image = image
         self.branch_labels = branch.labels

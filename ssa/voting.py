@@ -9,19 +9,22 @@ masks overlap; a mask painted with no class leaves the pixels under it as they w
 Two more policies, each a pure function below, change who wins a mask:
 - "soft" voting: a mask takes the class with the highest mean probability over its pixels (the
   branch's `(C, H, W)` scores, softmaxed first unless they already are per-pixel probabilities;
-  a pixel whose probabilities are all zero has no label and adds nothing; a mask with nothing
-  added gets no class);
+  from a `BranchOutput` the full-resolution probabilities are made and summed in bands of rows,
+  so memory never holds C x H x W floats);
 - a minimum vote share T: a mask whose class holds less than T of its voting pixels (branch
   labels equal to that class over pixels with a label) is not trusted and paints the branch's
   own pixel labels instead of one class, so small classes are not swallowed by large masks.
 
 Everything runs on the tensors' device in a few batched passes: the work is chunked over masks
-only to bound memory, never a Python loop over full-resolution arrays per mask.
+(and over rows of the score map) only to bound memory, never a Python loop over full-resolution
+arrays per mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -30,6 +33,9 @@ POLICIES = ("hard", "soft")
 _BRANCH = -2
 # Cap on the elements materialised at once (mask pixels x chunk), about 256 MB of int64.
 _CHUNK_ELEMENTS = 1 << 25
+# Pixels per pass of hard voting and painting: their one-hot (x 32 classes, int8) and int64
+# indices stay within about 64 MB however large the image.
+_PIXELS_PER_PASS = 1 << 21
 
 
 @dataclass
@@ -41,7 +47,9 @@ class VoteResult:
     counts:    `(N, C) float32`, the votes (pixel counts, or summed probabilities for soft voting).
     proposals: `(N, k) int64`, classes ranked by vote share, NO_CLASS past the voted ones.
     shares:    `(N, k) float32`, the vote share of each proposal (0 past the voted ones).
-    label_map: `(H, W) int64`, the branch's labels with the voted masks painted over them.
+    label_map: `(H, W)`, the branch's labels with the voted masks painted over them, in the
+               labels' integer dtype when it holds every class (uint8 for `BranchOutput`
+               labels of up to 255 classes), else int64 (see `paint`).
     trusted:   `(N,) bool`, False where the mask's class held less than the minimum vote share
                (such a mask paints the branch's own labels); None when no minimum was set.
     """
@@ -56,7 +64,7 @@ class VoteResult:
 
 def _column_major(masks: torch.Tensor) -> bool:
     """Whether an `(N, H, W)` stack is stored column-major per mask: the transposed view of a
-    contiguous `(N, W, H)` tensor, as `ssa.masks.fast_amg` builds it for RLE encoding."""
+    contiguous `(N, W, H)` tensor, as `ssa.fast_amg` builds it for RLE encoding."""
     return (masks.dim() == 3 and not masks.is_contiguous()
             and masks.transpose(1, 2).is_contiguous())
 
@@ -90,34 +98,54 @@ def _mask_chunks(num_masks: int, num_pixels: int) -> list[slice]:
     return [slice(i, min(i + step, num_masks)) for i in range(0, num_masks, step)]
 
 
+def _pixel_chunks(num_pixels: int) -> list[slice]:
+    return [slice(i, min(i + _PIXELS_PER_PASS, num_pixels))
+            for i in range(0, num_pixels, _PIXELS_PER_PASS)]
+
+
 def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Votes per mask and class: `(N, C) float32` counts of each branch label inside each mask.
 
     masks: `(N, H, W) bool`; labels: `(H, W)` integer class indices (others do not vote).
-    One integer GEMM: the stack read as `(N, pixels) int8` (a view) times the one-hot
-    `(pixels, K) int8` of the classes present, int32 accumulation, so the counts are exact and
-    the stack is read once per 32 classes present (`_onehot_counts`).
+    One integer GEMM per chunk of pixels: the stack read as `(N, pixels) int8` (a view) times
+    the one-hot `(pixels, K) int8` of the classes present, int32 accumulation, so the counts are
+    exact and the stack is read once per 32 classes present (`_onehot_counts`). Pixels go in
+    chunks of `_PIXELS_PER_PASS`, so the one-hot and the int64 class indices stay small
+    whatever the image's size.
     """
     num_masks = masks.shape[0]
     counts = torch.zeros(num_masks, num_classes, dtype=torch.float32, device=masks.device)
     if num_masks == 0:
         return counts
     column_major = _column_major(masks)
-    flat_labels = _flat_pixels(labels.to(masks.device), column_major).long()
-    valid = (flat_labels >= 0) & (flat_labels < num_classes)
-    present = torch.unique(flat_labels[valid])
+    flat_labels = _flat_pixels(labels.to(masks.device), column_major)
+    chunks = _pixel_chunks(flat_labels.numel())
+    seen = torch.zeros(num_classes, dtype=torch.bool, device=masks.device)
+    for chunk in chunks:
+        part = flat_labels[chunk].long()
+        part = part[(part >= 0) & (part < num_classes)]
+        seen |= torch.bincount(part, minlength=num_classes)[:num_classes] > 0
+    present = seen.nonzero(as_tuple=True)[0]
     if len(present) == 0:
         return counts
     # Compact class index per pixel (-1: does not vote).
     compact = torch.full((num_classes,), -1, dtype=torch.int64, device=masks.device)
     compact[present] = torch.arange(len(present), device=masks.device)
-    index = torch.where(valid, compact[flat_labels.clamp(0, num_classes - 1)], -1)
     flat_masks = _flat_masks(masks)
-    try:
-        found = _onehot_counts(flat_masks, index, len(present))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        # torch builds without an int8 GEMM for this device or shape.
-        found = _bincount_counts(flat_masks, index, len(present))
+    found = torch.zeros(num_masks, len(present), dtype=torch.int64, device=masks.device)
+    for chunk in chunks:
+        part = flat_labels[chunk].long()
+        valid = (part >= 0) & (part < num_classes)
+        index = torch.where(valid, compact[part.clamp(0, num_classes - 1)], -1)
+        part_masks = flat_masks[:, chunk]
+        if part_masks.device.type != "cpu" and len(chunks) > 1:
+            # CUDA's int8 GEMM wants a row-major operand (N x chunk bytes, bounded).
+            part_masks = part_masks.contiguous()
+        try:
+            found += _onehot_counts(part_masks, index, len(present))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            # torch builds without an int8 GEMM for this device or shape.
+            found += _bincount_counts(part_masks, index, len(present))
     counts[:, present] = found.float()
     return counts
 
@@ -186,11 +214,13 @@ def paint(
     NO_CLASS are skipped. A mask flagged in `keep_branch` paints `base`'s own pixels (it is
     painted, so it covers larger masks under it, but with the branch's labels).
     masks: `(N, H, W) bool`; classes: `(N,) int64`; base: `(H, W)`; keep_branch: `(N,) bool`.
+    Returns `(H, W)` in base's integer dtype when that holds every class painted (uint8 for
+    `BranchOutput.labels` of up to 255 classes: 1 byte per pixel), else int64.
     """
     num_masks = masks.shape[0]
-    out = base.clone().long()
+    dtype = _map_dtype(base, classes)
     if num_masks == 0:
-        return out
+        return base.to(dtype, copy=True)
     if areas is None:
         areas = mask_areas(masks)
     order = torch.sort(areas, descending=True, stable=True).indices
@@ -198,26 +228,56 @@ def paint(
     rank = torch.empty(num_masks, dtype=torch.int32, device=masks.device)
     rank[order] = torch.arange(1, num_masks + 1, dtype=torch.int32, device=masks.device)
     painted = classes >= 0
-    if keep_branch is not None:
-        painted = painted | keep_branch.to(masks.device)
+    keep = None if keep_branch is None else keep_branch.to(masks.device)
+    if keep is not None:
+        painted = painted | keep
     rank = torch.where(painted, rank, torch.zeros_like(rank))
     flat = _flat_masks(masks)
+    shape = (int(base.shape[0]), int(base.shape[1]))
     if masks.device.type == "cpu":
-        winner = torch.from_numpy(_winner_cpu(flat, rank))
-    else:
-        winner = torch.zeros(flat.shape[1], dtype=torch.int32, device=masks.device)
-        for chunk in _mask_chunks(num_masks, base.numel()):
-            weighted = flat[chunk].to(torch.int32) * rank[chunk].view(-1, 1)
-            winner = torch.maximum(winner, weighted.amax(dim=0))
-    winner = _unflat_pixels(winner, tuple(base.shape), _column_major(masks))
+        return _paint_cpu(flat, rank, classes, base, keep, dtype, _column_major(masks), shape)
+    out = base.clone().long()
+    winner = torch.zeros(flat.shape[1], dtype=torch.int32, device=masks.device)
+    for chunk in _mask_chunks(num_masks, base.numel()):
+        weighted = flat[chunk].to(torch.int32) * rank[chunk].view(-1, 1)
+        winner = torch.maximum(winner, weighted.amax(dim=0))
+    winner = _unflat_pixels(winner, shape, _column_major(masks))
     by_rank = torch.zeros(num_masks + 1, dtype=torch.int64, device=masks.device)
     by_rank[rank.long()] = classes.long()
-    if keep_branch is not None:
+    if keep is not None:
         # A sentinel below NO_CLASS marks "the branch's own label here".
-        by_rank[rank.long()] = torch.where(keep_branch.to(masks.device), _BRANCH, classes.long())
+        by_rank[rank.long()] = torch.where(keep, _BRANCH, classes.long())
     painted_map = by_rank[winner.long()]
     painted_map = torch.where(painted_map == _BRANCH, out, painted_map)
-    return torch.where(winner > 0, painted_map, out)
+    return torch.where(winner > 0, painted_map, out).to(dtype)
+
+
+def _map_dtype(base: torch.Tensor, classes: torch.Tensor) -> torch.dtype:
+    """base's integer dtype when it holds every class (and base's own values), else int64."""
+    if base.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
+        return torch.int64
+    top = int(classes.max()) if classes.numel() else 0
+    return base.dtype if top <= torch.iinfo(base.dtype).max else torch.int64
+
+
+def _paint_cpu(flat, rank, classes, base, keep, dtype, column_major, shape) -> torch.Tensor:
+    """`paint` on the CPU in numpy with the narrowest types: the winning rank per pixel (1 or 2
+    bytes), then two table lookups (class by rank, "keep the branch's label" by rank)."""
+    import numpy as np
+
+    num_masks = flat.shape[0]
+    winner = _winner_cpu(flat, rank)
+    winner = winner.reshape(shape[1], shape[0]).T if column_major else winner.reshape(shape)
+    ranks = rank.numpy().astype(np.int64)
+    base_np = base.to(dtype).numpy()
+    by_rank = np.zeros(num_masks + 1, dtype=base_np.dtype)
+    by_rank[ranks] = classes.clamp_min(0).to(dtype).numpy()
+    kept = np.zeros(num_masks + 1, dtype=bool)
+    if keep is not None:
+        kept[ranks[keep.numpy()]] = True
+    kept[0] = True  # no mask: the branch's label
+    out = np.where(kept[winner], base_np, by_rank[winner])
+    return torch.from_numpy(np.ascontiguousarray(out))
 
 
 def mask_areas(masks: torch.Tensor) -> torch.Tensor:
@@ -231,7 +291,7 @@ def mask_areas(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
-    """`(P,) int32`: the highest `rank` among the masks `(N, P) bool` covering each pixel
+    """`(P,)` uint8, uint16 or int32 (the narrowest that holds N): the highest `rank` among the masks `(N, P) bool` covering each pixel
     (0: none).
 
     numpy's multiply-and-max over chunks of the bool stack, in the narrowest integer type that
@@ -246,16 +306,43 @@ def _winner_cpu(masks: torch.Tensor, rank: torch.Tensor):
     winner = np.zeros(stack.shape[1:], dtype=dtype)
     for chunk in _mask_chunks(num_masks, winner.size):
         np.maximum(winner, (stack[chunk] * ranks[chunk, None]).max(axis=0), out=winner)
-    return winner.astype(np.int32)
+    return winner
 
 
-def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+@runtime_checkable
+class ScoreBands(Protocol):
+    """Full-resolution class probabilities handed out in bands of rows, never whole
+    (`ssa.segmentors.base.BranchOutput` is one).
+
+    probability_bands() yields `(r0, r1, probs)`: rows r0..r1-1 of the `(C, H, W)` map as a
+    `(C, r1 - r0, W) float32` tensor, covering the H rows in order.
+    """
+
+    def probability_bands(self) -> Iterator[tuple[int, int, torch.Tensor]]: ...
+
+
+def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor | ScoreBands) -> torch.Tensor:
     """Summed class probabilities per mask: `(N, C) float32` (divide by the area for the mean).
 
-    masks: `(N, H, W) bool`; scores: `(C, H, W)` probabilities or logits (see `as_probabilities`).
+    masks: `(N, H, W) bool`; scores: `(C, H, W)` probabilities or logits (see `as_probabilities`),
+    or a `ScoreBands` (then the sum runs band by band: memory grows with the band, not with
+    C x H x W; the sums equal the whole map's up to float32 summation order).
     The argmax of the sum is the argmax of the mean: every class shares the mask's area.
     """
     num_masks = masks.shape[0]
+    if isinstance(scores, ScoreBands):
+        counts = None
+        for r0, r1, probs in scores.probability_bands():
+            if counts is None:
+                counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32,
+                                     device=masks.device)
+            band = masks[:, r0:r1].reshape(num_masks, -1)  # a copy only for column-major
+            flat = probs.to(masks.device).reshape(probs.shape[0], -1)
+            for chunk in _mask_chunks(num_masks, flat.shape[1]):
+                counts[chunk] += band[chunk].to(flat.dtype) @ flat.T
+        if counts is None:  # an image without rows
+            return torch.zeros((num_masks, 0), dtype=torch.float32, device=masks.device)
+        return counts
     probs = _flat_pixels(as_probabilities(scores), _column_major(masks)).to(masks.device)
     counts = torch.zeros((num_masks, probs.shape[0]), dtype=torch.float32, device=masks.device)
     flat_masks = _flat_masks(masks)
@@ -266,13 +353,10 @@ def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 def as_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> torch.Tensor:
     """`(C, H, W)` scores as float32 probabilities: kept when they already are per-pixel
-    probabilities (non-negative, summing to 1 within `atol`, or all zero: a pixel with no
-    label, which then adds nothing to soft votes), else softmaxed over classes."""
+    probabilities (non-negative, summing to 1 within `atol`), else softmaxed over classes."""
     scores = scores.float()
-    if scores.numel() and scores.min() >= 0:
-        sums = scores.sum(dim=0)
-        if ((sums - 1).abs() <= atol).logical_or_(sums == 0).all():
-            return scores
+    if scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol:
+        return scores
     return scores.softmax(dim=0)
 
 
@@ -296,14 +380,15 @@ def vote(
     num_classes: int,
     top_k: int = 3,
     areas: torch.Tensor | None = None,
-    scores: torch.Tensor | None = None,
+    scores: torch.Tensor | ScoreBands | None = None,
     policy: str = "hard",
     min_vote_share: float = 0.0,
 ) -> VoteResult:
     """Vote on one image with a policy (see the module docstring).
 
-    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices; scores: `(C, H, W)`
-    the branch's scores, needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
+    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices (any integer dtype);
+    scores: the branch's `(C, H, W)` scores or a `ScoreBands` (e.g. the `BranchOutput`),
+    needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
     """
     from ssa.errors import SSAError
 

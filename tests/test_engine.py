@@ -258,7 +258,11 @@ def test_engine_closeset_and_clipseg_match_brute_force(tiny_models, sa1b_folder)
     image = io.read_image(images / "city" / "frame.png")
     voter = CloseSetVoter("oneformer_coco", tiny_models["oneformer_coco"])
     got = voter.candidates(image, torch.from_numpy(masks), 3)
-    probs = voter.segmentor(image).numpy()
+    # The full-resolution class probabilities as the segmentor gave them before it returned
+    # working-resolution scores: class mass upsampled whole, then normalised per pixel.
+    mass = torch.nn.functional.interpolate(voter.segmentor(image)[None], size=image.shape[:2],
+                                           mode="bilinear", align_corners=False)[0]
+    probs = (mass / mass.sum(dim=0, keepdim=True).clamp_min(1e-12)).numpy()
     labels = probs.argmax(axis=0)
     for mask, cands in zip(masks, got):
         hard = np.array([(labels[mask] == c).sum() for c in range(len(probs))], dtype=float)

@@ -16,6 +16,14 @@ def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def _full_probabilities(seg: HFSegmentor, image: np.ndarray) -> torch.Tensor:
+    """The segmentor's working-resolution scores made full-resolution probabilities by
+    `BranchOutput` (band by band), as `ssa run` uses them."""
+    branch = BranchOutput.from_raw(seg(image), seg.num_classes, image.shape[:2],
+                                   kind=seg.scores_kind)
+    return branch.probabilities()
+
+
 def _reference_logits(folder, image: np.ndarray) -> torch.Tensor:
     """The stock path: the saved image processor, the model, logits upsampled to the input."""
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -30,7 +38,7 @@ def _reference_logits(folder, image: np.ndarray) -> torch.Tensor:
 
 def test_image_at_training_size_matches_stock(segformer_5):
     image = _image(128, 128)
-    ours = HFSegmentor(str(segformer_5))(image)
+    ours = _full_probabilities(HFSegmentor(str(segformer_5)), image)
     expected = _reference_logits(segformer_5, image).softmax(dim=0)
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
@@ -38,7 +46,7 @@ def test_image_at_training_size_matches_stock(segformer_5):
 def test_sliding_windows_average_stock_windows(segformer_5):
     """A 128x256 image with a 128 crop: windows at x = 0, 85, 128, logits averaged."""
     image = _image(128, 256, seed=1)
-    ours = HFSegmentor(str(segformer_5))(image)
+    ours = _full_probabilities(HFSegmentor(str(segformer_5)), image)
     total = torch.zeros(5, 128, 256)
     hits = torch.zeros(1, 128, 256)
     assert _windows(256, 128, 85) == [0, 85, 128]
@@ -54,7 +62,7 @@ def test_large_image_is_resized_not_squashed(segformer_5):
     original = seg._forward
     seg._forward = lambda batch: seen.append(tuple(batch.shape)) or original(batch)
     out = seg(_image(300, 900))
-    assert out.shape == (5, 300, 900)
+    assert out.shape == (5, 128, 384)  # the working resolution; BranchOutput upsamples it
     # Short side 300 -> 128, long side 900 -> 384: 128x128 windows at x = 0, 85, 170, 255, 256,
     # never a 128x128 squash of the whole image.
     assert {shape[-2:] for shape in seen} == {(128, 128)}
@@ -94,7 +102,7 @@ def test_universal_model_matches_stock_post_processing(tmp_path):
     image = _image(64, 64, seed=2)
     seg = load_segmentor(f"hf:{folder}")
     assert seg.universal and class_names(seg) == [f"c{i}" for i in range(5)]
-    ours = seg(image)
+    ours = _full_probabilities(seg, image)
     torch.testing.assert_close(ours.sum(dim=0), torch.ones(64, 64))
     processor = AutoImageProcessor.from_pretrained(folder)
     model = Mask2FormerForUniversalSegmentation.from_pretrained(folder).eval()
@@ -137,8 +145,12 @@ def test_branch_output_validation():
     out = BranchOutput.from_raw(scores.numpy(), 3, (4, 5))
     assert torch.equal(out.labels, scores.argmax(dim=0))
     labels = BranchOutput.from_raw(np.zeros((4, 5), np.uint8), 3, (4, 5))
-    assert labels.scores is None and labels.labels.dtype == torch.int64
+    assert labels.scores is None and labels.labels.dtype == torch.uint8
     with pytest.raises(SSAError, match="score channels"):
         BranchOutput.from_raw(scores, 4, (4, 5))
     with pytest.raises(SSAError, match="full resolution"):
-        BranchOutput.from_raw(scores, 3, (8, 10))
+        BranchOutput.from_raw(scores.argmax(dim=0), 3, (8, 10))
+    # Scores at another resolution are upsampled (bilinear, as F.interpolate) to the image's.
+    low = BranchOutput.from_raw(scores, 3, (8, 10))
+    up = F.interpolate(scores[None], size=(8, 10), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(low.labels.long(), up.argmax(dim=0))

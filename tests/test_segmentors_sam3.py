@@ -17,7 +17,8 @@ from test_plugins_run import invoke, write_masks_json
 from test_voting_policies import brute_force
 
 from ssa.errors import SSAError
-from ssa.segmentors import BranchOutput, class_names, load_segmentor
+from ssa.segmentors import class_names, load_segmentor
+from ssa.segmentors.base import branch_output
 from ssa.segmentors.sam3 import Sam3Segmentor, read_prompts_file
 from ssa.voting import vote
 
@@ -141,14 +142,14 @@ def test_claims_follow_the_threshold_rule(sam3_folder, stock):
     probs = torch.stack([reference(stock, image, name) for name in NAMES]).numpy()
     for threshold in (0.5, 0.6):
         seg = Sam3Segmentor(str(sam3_folder), NAMES, threshold=threshold)
-        branch = BranchOutput.from_raw(seg(image), len(NAMES), image.shape[:2])
+        branch = branch_output(seg, seg(image), len(NAMES), image.shape[:2])
         claimed = probs > threshold
         labels = np.where(claimed.any(0), probs.argmax(0), 255)
         assert 0 < (labels == 255).mean() < 1 and len(np.unique(labels)) > 2
         kept = np.where(claimed, probs, 0.0)
         claims = kept / np.maximum(kept.sum(0, keepdims=True), 1e-12)
         np.testing.assert_array_equal(branch.labels.numpy(), labels)
-        np.testing.assert_allclose(branch.scores.numpy(), claims, atol=1e-4)
+        np.testing.assert_allclose(branch.probabilities().numpy(), claims, atol=1e-4)
 
 
 def test_vision_backbone_runs_once_per_image(sam3_folder):
@@ -211,9 +212,9 @@ def test_voting_follows_the_ssa_rule(sam3_folder, stock, policy):
         masks, labels, len(NAMES), scores=claims if policy == "soft" else None
     )
     seg = Sam3Segmentor(str(sam3_folder), NAMES)
-    branch = BranchOutput.from_raw(seg(image), len(NAMES), (height, width))
+    branch = branch_output(seg, seg(image), len(NAMES), (height, width))
     result = vote(torch.from_numpy(masks), branch.labels, len(NAMES), top_k=3,
-                  scores=branch.scores, policy=policy)  # fmt: skip
+                  scores=branch, policy=policy)  # fmt: skip
     assert result.classes.tolist() == ref_classes
     np.testing.assert_array_equal(result.label_map.numpy(), ref_map)
     assert (result.proposals[:, 0] == result.classes).all()
@@ -337,7 +338,7 @@ def test_image_at_the_working_resolution(sam3_folder, stock):
     image = _image(32, 32, seed=5)
     probs = torch.stack([reference(stock, image, name) for name in NAMES]).numpy()
     seg = Sam3Segmentor(str(sam3_folder), NAMES)
-    out = seg(image).numpy()
+    out = branch_output(seg, seg(image), len(NAMES), image.shape[:2]).probabilities().numpy()
     kept = np.where(probs > THRESHOLD, probs, 0.0)
     np.testing.assert_allclose(out, kept / np.maximum(kept.sum(0, keepdims=True), 1e-12), atol=1e-4)
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ssa.engine.models import load
-from ssa.voting import hard_vote_counts, rank_votes
+from ssa.segmentors.base import BranchOutput, branch_output
+from ssa.voting import hard_vote_counts, mask_areas, rank_votes, soft_vote_counts
 
 _SUFFIXES = re.compile(r"(-other)?(-merged|-stuff)?$")
 
@@ -27,23 +28,15 @@ def clean_class_name(name: str) -> str:
     return re.sub(r"[-_]+", " ", name).strip()
 
 
-# Cap on mask elements cast to float at once (about 128 MB of float32).
-_CHUNK_ELEMENTS = 1 << 25
-
-
-def soft_mean(masks: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Mean class probability over each mask: `(N, H, W) bool`, `(C, H, W)` -> `(N, C) float32`
-    (an empty mask gets the image's mean, so it still has candidates)."""
-    num = masks.shape[0]
-    flat_probs = probs.reshape(probs.shape[0], -1).float()
-    out = torch.zeros(num, probs.shape[0], device=probs.device)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, flat_probs.shape[1]))
-    for i in range(0, num, chunk):
-        flat = masks[i : i + chunk].reshape(-1, flat_probs.shape[1]).to(flat_probs.dtype)
-        area = flat.sum(dim=1, keepdim=True)
-        mean = (flat @ flat_probs.T) / area.clamp_min(1)
-        out[i : i + chunk] = torch.where(area > 0, mean, flat_probs.mean(dim=1)[None])
-    return out
+def soft_mean(masks: torch.Tensor, branch: BranchOutput) -> torch.Tensor:
+    """Mean class probability over each mask: `(N, H, W) bool` and the branch's scores ->
+    `(N, C) float32`, summed band by band at full resolution (`soft_vote_counts`); an empty mask
+    gets the image's mean, so it still has candidates."""
+    sums = soft_vote_counts(masks, branch)
+    area = mask_areas(masks).to(sums.device).view(-1, 1).float()
+    image_mean = sum(band.sum(dim=(1, 2)) for _, _, band in branch.probability_bands())
+    image_mean = image_mean / float(branch.size[0] * branch.size[1])
+    return torch.where(area > 0, sums / area.clamp_min(1), image_mean.to(sums.device)[None])
 
 
 class CloseSetVoter:
@@ -63,9 +56,11 @@ class CloseSetVoter:
         its `m` best class names (fewer when the segmentor has fewer classes), best first."""
         if masks.shape[0] == 0:
             return []
-        probs = self.segmentor(image)  # (C, H, W) probabilities
-        hard = hard_vote_counts(masks.to(probs.device), probs.argmax(dim=0), probs.shape[0])
+        branch = branch_output(
+            self.segmentor, self.segmentor(image), len(self.names), image.shape[:2], masks.device
+        )
+        hard = hard_vote_counts(masks, branch.labels, len(self.names))
         # Mean probabilities are < 1, so they only break ties between equal hard vote counts.
-        score = hard + 0.999 * soft_mean(masks.to(probs.device), probs)
+        score = hard + 0.999 * soft_mean(masks, branch)
         _, proposals, _ = rank_votes(score, m)
         return [[self.names[c] for c in row if c >= 0] for row in proposals.tolist()]

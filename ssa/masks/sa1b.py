@@ -45,7 +45,11 @@ class JsonMasks:
     `generate(image, path=rel)` reads the image's file and returns its annotations: every field
     of the file kept, `segmentation` as COCO RLE (re-encoded, `counts` str), `area` (pixel
     count) and `bbox` (`XYWH`) computed when the file lacks them; masks as a CPU stack.
+    The masks are at the size the file was made for (`masks_at_original_size`: under
+    `--max-pixels` the labeller reads them for the original image and resizes them).
     """
+
+    masks_at_original_size = True
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).expanduser()

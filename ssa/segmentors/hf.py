@@ -4,8 +4,16 @@ A SAM 3 config (`sam3`, `sam3_video`) is dispatched to `ssa.segmentors.sam3` (`h
 
 Inference runs at the model's training scale, not squashed to a square: the image is resized
 so its short side equals the training crop's short side, then covered by overlapping windows
-of the training crop size (stride 2/3 of the crop) whose scores are averaged, upsampled to the
-image's full resolution, and turned into probabilities.
+of the training crop size (stride 2/3 of the crop) whose scores are averaged. The segmentor
+returns these `(C, h, w)` scores at that working resolution; `BranchOutput` upsamples them to
+the image's size band by band (labels, soft votes), so no `(C, H, W)` map is ever made.
+
+Extreme aspect ratios: the working resolution is capped at `MAX_WORKING_CROPS` crop areas and
+`MAX_UPSCALE` times the image, so the windows run along the long side, and a side the caps keep
+below the crop is zero-padded (the mean colour) to the crop in each window; a 2x4000 strip with
+a 512 crop is worked on at 8x16000 in 512x512 padded windows (not at 512x1024000: 78 GB of
+scores at 150 classes). Within both caps (aspect ratio up to about 4:1, short side at least a
+quarter of the crop) the working resolution is the training scale as before.
 """
 
 from __future__ import annotations
@@ -23,6 +31,26 @@ import torch.nn.functional as F
 from ssa.errors import SSAError
 
 UNIVERSAL_TYPES = {"oneformer", "mask2former", "maskformer"}
+# Working resolution caps: at most this many training crops' pixels (C x 4 x 512 x 512 floats,
+# 630 MB at 150 classes), and never more than this many times the image's own side.
+MAX_WORKING_CROPS = 4.0
+MAX_UPSCALE = 4.0
+
+
+def working_size(
+    height: int, width: int, crop: tuple[int, int], resize: bool = True
+) -> tuple[tuple[int, int], bool]:
+    """The `(h, w)` an `H x W` image is worked on, and whether a cap bit: its short side at the
+    crop's short side (`resize`; else its own size), within `MAX_UPSCALE` x the image and
+    `MAX_WORKING_CROPS` crop areas (both keep the image's aspect ratio)."""
+    crop_h, crop_w = crop
+    wanted = min(crop_h, crop_w) / min(height, width) if resize else 1.0
+    factor = min(wanted, MAX_UPSCALE,
+                 math.sqrt(MAX_WORKING_CROPS * crop_h * crop_w / (height * width)))
+    capped = factor < wanted
+    if factor == 1.0:
+        return (height, width), capped
+    return (max(1, round(height * factor)), max(1, round(width * factor))), capped
 
 
 def load_config(model_id: str) -> Any:
@@ -90,11 +118,14 @@ def _windows(length: int, crop: int, stride: int) -> list[int]:
 
 
 class HFSegmentor:
-    """A Hugging Face segmentation model as a `Segmentor`: image -> `(C, H, W)` probabilities.
+    """A Hugging Face segmentation model as a `Segmentor`: image -> `(C, h, w)` scores at the
+    working resolution (`working_size`): averaged window logits (`scores_kind = "logits"`) or,
+    for universal models, class mass (`"mass"`: class probability x mask probability summed
+    over queries, normalised per pixel after upsampling).
 
     model_id: a hub id or a local `save_pretrained` folder. With `HF_HUB_OFFLINE=1` only the
     local cache and folders are used. `crop_size` overrides the training crop read from the
-    image processor; `resize=False` keeps the image's own scale.
+    image processor; `resize=False` keeps the image's own scale (within the working caps).
     """
 
     def __init__(
@@ -111,6 +142,7 @@ class HFSegmentor:
         self.resize = resize
         config = load_config(model_id)
         self.universal = config.model_type in UNIVERSAL_TYPES
+        self.scores_kind = "mass" if self.universal else "logits"
         self.model_type = config.model_type
         self._load(config)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
@@ -161,8 +193,8 @@ class HFSegmentor:
         return len(self.id2label)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, h, w)` normalised windows -> `(B, C, h, w)` scores (logits or class mass)."""
-        h, w = batch.shape[-2:]
+        """`(B, 3, h, w)` normalised windows -> `(B, C, h', w')` scores (logits or class mass) at
+        the model's output resolution (upsampled to the window one window at a time)."""
         if self.universal:
             kwargs = {"pixel_values": batch}
             if self.task_inputs is not None:
@@ -173,42 +205,43 @@ class HFSegmentor:
             scores = torch.einsum("bqc,bqhw->bchw", classes, masks)
         else:
             scores = self.model(pixel_values=batch).logits
-        return F.interpolate(scores.float(), size=(h, w), mode="bilinear", align_corners=False)
+        return scores.float()
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """image: `HWC uint8 RGB` -> `(C, H, W) float32` probabilities at full resolution."""
+        """image: `HWC uint8 RGB` -> `(C, h, w) float32` scores at the working resolution (see
+        `scores_kind`; `ssa.segmentors.base.BranchOutput` makes full-resolution labels)."""
         height, width = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1).unsqueeze(0).float() * self._scale
-        x = (x - self._mean) / self._std
+        x = x.permute(2, 0, 1).unsqueeze(0).float()
         crop_h, crop_w = self.crop
-        if self.resize:
-            factor = min(crop_h, crop_w) / min(height, width)
-            size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        size, capped = working_size(height, width, self.crop, self.resize)
+        if size != (height, width):
+            # Resized before normalising (the affine normalisation commutes with bilinear
+            # weights): one full-resolution float copy of the image, not three.
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = (x.mul_(self._scale) - self._mean).div_(self._std)
         sh, sw = x.shape[-2:]
         win_h, win_w = min(crop_h, sh), min(crop_w, sw)
+        # A side the caps kept below the crop (a strip) is padded to the crop in each window
+        # (models have a minimum input size), and only its valid part is kept.
+        pad_h = crop_h - win_h if capped else 0
+        pad_w = crop_w - win_w if capped else 0
         stride_h, stride_w = max(1, win_h * 2 // 3), max(1, win_w * 2 // 3)
         boxes = [
             (y, xx) for y in _windows(sh, win_h, stride_h) for xx in _windows(sw, win_w, stride_w)
         ]
-        total = torch.zeros((1, self.num_classes, sh, sw), device=self.device)
-        hits = torch.zeros((1, 1, sh, sw), device=self.device)
+        total = torch.zeros((self.num_classes, sh, sw), device=self.device)
+        hits = torch.zeros((1, sh, sw), device=self.device)
         for i in range(0, len(boxes), self.batch_size):
             group = boxes[i : i + self.batch_size]
             batch = torch.cat([x[..., y : y + win_h, xx : xx + win_w] for y, xx in group])
+            if pad_h or pad_w:
+                batch = F.pad(batch, (0, pad_w, 0, pad_h))  # 0 = the mean colour
             scores = self._forward(batch)
             for (y, xx), s in zip(group, scores):
-                total[..., y : y + win_h, xx : xx + win_w] += s
-                hits[..., y : y + win_h, xx : xx + win_w] += 1
-        mean = total / hits
-        del total
-        full = F.interpolate(mean, size=(height, width), mode="bilinear", align_corners=False)[0]
-        # In place: at full resolution a 150-class map of a 2200x1467 image is 1.9 GB.
-        if not self.universal:
-            full -= full.amax(dim=0, keepdim=True)
-            full.exp_()
-        # Universal models give class mass (class prob x mask prob summed over queries).
-        full /= full.sum(dim=0, keepdim=True).clamp_min_(1e-12)
-        return full
+                s = F.interpolate(s[None], size=(win_h + pad_h, win_w + pad_w), mode="bilinear",
+                                  align_corners=False)[0, :, :win_h, :win_w]
+                total[:, y : y + win_h, xx : xx + win_w] += s
+                hits[:, y : y + win_h, xx : xx + win_w] += 1
+        return total.div_(hits)

@@ -28,8 +28,11 @@ upsampling of the working-resolution scores (as `post_process_semantic_segmentat
 claims gets no label. A claimed pixel gets the claiming class with the highest probability.
 What the segmentor returns are the claims as per-pixel probabilities: `p_c = s_c / sum s` over
 the claiming classes, 0 for the others, and all zeros at a pixel no class claims; the semantic
-branch reads an all-zero pixel of non-negative scores as "no label" (`BranchOutput.from_raw`),
+branch reads a pixel no class claims as "no label" (`BranchOutput.from_raw`),
 so hard voting skips it, and soft voting (mean of `p` over a mask) gets nothing from it.
+The segmentor returns the working-resolution probabilities with `scores_kind = "claims"`;
+`ssa.segmentors.base.BranchOutput` upsamples and applies the rule in bands of rows
+(`claim_scores` is the same rule on a whole map, for references).
 """
 
 from __future__ import annotations
@@ -245,11 +248,18 @@ class Sam3Segmentor:
         index = self.owner.view(-1, 1, 1).expand_as(per_phrase)
         return out.scatter_reduce_(0, index, per_phrase, reduce="amax", include_self=False)
 
+    scores_kind = "claims"  # ssa.segmentors.base: thresholded after upsampling
+
+    @property
+    def claim_threshold(self) -> float:
+        return self.threshold
+
     @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """image: `HWC uint8 RGB` -> `(C, H, W) float32` claims at the image's resolution
-        (all zeros where no class claims the pixel: "no label")."""
-        return claim_scores(upsample(self.scores(image), image.shape[:2]), self.threshold)
+        """image: `HWC uint8 RGB` -> `(C, h, w) float32` class probabilities at the working
+        resolution (`scores`); the semantic branch upsamples them band by band and applies the
+        claim rule (`claim_scores`, `scores_kind = "claims"`), so no `(C, H, W)` map is made."""
+        return self.scores(image)
 
     def __repr__(self) -> str:
         return (

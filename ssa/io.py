@@ -25,7 +25,8 @@ os.umask(_UMASK)
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as `HWC uint8 RGB`, with its EXIF orientation applied.
 
-    Raises SSAError naming the file when it is missing, empty, truncated or not an image.
+    16-bit and float greyscale are scaled, not clipped (see `_to_rgb`); a multi-page file gives
+    its first page. Raises SSAError naming the file when it is missing, empty, truncated or not an image.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -33,9 +34,16 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
-            rgb = np.array(img.convert("RGB"))
+            rgb = _to_rgb(img, path)
     except FileNotFoundError:
         raise SSAError(f"image {path} does not exist; check the path") from None
+    except SSAError:
+        raise
+    except Image.DecompressionBombError as exc:  # one line, like any unreadable file
+        raise SSAError(
+            f"image {path} is too large to decode safely ({exc}); downsize it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS in a plug-in if you trust the file"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SSAError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); replace or remove the file"
@@ -43,6 +51,41 @@ def read_image(path: str | Path) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise SSAError(f"image {path} is empty; replace or remove the file")
     return np.ascontiguousarray(rgb)
+
+
+def _to_rgb(img: Any, path: Path) -> np.ndarray:
+    """`HWC uint8 RGB` of an opened PIL image, scaling the modes that `convert("RGB")` clips.
+
+    I;16* and I (16-bit greyscale, values 0..65535): divided by 257 and rounded, so 65535 is 255
+    and 257 * k is k (a plain conversion clips every value above 255 to white). F (float
+    greyscale): values in [0, 1] times 255, else values in [0, 255] as they are, rounded; other
+    ranges, NaN or infinity are refused. Alpha (LA, PA, RGBA) is dropped; palette (P) images take
+    their palette's colours; CMYK goes through Pillow's conversion. A multi-page file (TIFF, GIF)
+    gives its first page.
+    """
+    mode = img.mode
+    if mode.startswith("I"):
+        grey = np.asarray(img, dtype=np.int64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise SSAError(
+                f"image {path} is {mode} greyscale with values {grey.min()}..{grey.max()}, "
+                f"outside 0..65535; save it as 8- or 16-bit"
+            )
+        grey = (grey * 2 + 257) // 514  # round(v / 257), exact in integers
+    elif mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(grey).all():
+            raise SSAError(f"image {path} (float greyscale) holds NaN or infinity; fix the file")
+        low, high = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
+        if low < 0 or high > 255:
+            raise SSAError(
+                f"image {path} is float greyscale with values {low:g}..{high:g}, outside "
+                f"[0, 1] and [0, 255]; save it as 8-bit or scale it to [0, 1]"
+            )
+        grey = np.rint(grey * 255 if high <= 1 else grey)
+    else:
+        return np.asarray(img.convert("RGB"))
+    return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -68,6 +111,75 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
         rle["counts"] = rle["counts"].encode("ascii")
     return mask_utils.decode(rle).astype(bool)
 
+
+def _compressed_counts(counts: str, where: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`, in Python).
+
+    Each count is 5-bit groups in characters 48..111, bit 0x20 meaning "more follows" and 0x10 of
+    the last group the sign; from the third count on, a count is stored as its difference from
+    the count two before it.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                raise SSAError(f"{where}: RLE counts string ends inside a number; fix the file")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise SSAError(f"{where}: RLE counts holds {counts[p]!r}, not a COCO RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def check_rle(rle: Any, where: str) -> None:
+    """Refuse a COCO RLE that would not decode into exactly its `size`: `size` must be two
+    non-negative integers `[H, W]`, `counts` (a list of ints or a compressed str/bytes) must hold
+    non-negative runs summing to H x W. pycocotools decodes a short RLE into uninitialised memory
+    (a different mask on every run), so every RLE read from a user's file goes through here.
+
+    where: what names the RLE in the message, e.g. "masks file a.json: annotation 3".
+    """
+    if not isinstance(rle, dict):
+        raise SSAError(f"{where}: segmentation is {type(rle).__name__}, not a COCO RLE dict")
+    size = rle.get("size")
+    if (
+        not isinstance(size, (list, tuple)) or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
+    ):
+        raise SSAError(f"{where}: RLE size {size!r} is not [height, width] as two integers >= 0")
+    counts = rle.get("counts")
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            raise SSAError(f"{where}: RLE counts are not ASCII; fix the file") from None
+    if isinstance(counts, str):
+        runs = _compressed_counts(counts, where)
+    elif isinstance(counts, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in counts
+    ):
+        runs = counts
+    else:
+        raise SSAError(f"{where}: RLE counts must be a string or a list of integers")
+    if any(v < 0 for v in runs):
+        raise SSAError(f"{where}: RLE counts hold a negative run; fix the file")
+    total, pixels = sum(runs), size[0] * size[1]
+    if total != pixels:
+        raise SSAError(
+            f"{where}: RLE counts cover {total} pixels but its size {size[0]}x{size[1]} has "
+            f"{pixels}; pass masks encoded for this size"
+        )
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -406,12 +406,13 @@ class JsonMasks:
 
     def generate(self, image: np.ndarray, *, path: Path | None = None) -> list[dict[str, Any]]:
         from ssa.companions import find_companion
-        from ssa.io import decode_rle
+        from ssa.io import check_rle, decode_rle
 
         file = find_companion(self.folder, path, (".json",), "mask file")
         height, width = image.shape[:2]
         records = []
         for i, ann in enumerate(read_sa1b_json(file)):
+            check_rle(ann["segmentation"], f"masks file {file}: annotation {i}")
             size = [int(v) for v in ann["segmentation"]["size"]]
             if size != [height, width]:
                 raise SSAError(

@@ -459,7 +459,7 @@ def predict(
     ] = None,
 ) -> None:
     """Click or box -> SAM's three masks (whole, part, subpart), each with a semantic label."""
-    from ssa.config import RunConfig
+    from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
     from ssa.predictor import build_predictor, check_prompt
 
@@ -472,8 +472,8 @@ def predict(
         labels = [1] * len(pos) + [0] * len(neg) if points else None
         # Check the prompt against the image before any model loads.
         check_prompt(points, labels, box_xyxy, array.shape[:2])
-        cfg = RunConfig(
-            dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
+        cfg = validated(
+            RunConfig, dataset=dataset, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
             segmentor=segmentor, device=device, top_k=top_k,
         )
         predictor = build_predictor(cfg)
@@ -571,11 +571,13 @@ def engine(
 
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
+    from ssa.config import validated
     from ssa.engine.runner import EngineConfig, check_engine
     from ssa.masks import parse_amg
 
     try:
-        cfg = EngineConfig(
+        cfg = validated(
+            EngineConfig,
             data_dir=data_dir,
             out_dir=out_dir,
             masks_dir=masks,

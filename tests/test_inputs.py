@@ -157,3 +157,99 @@ def test_rle_short_or_long_fails_the_image(tmp_path: Path, compressed: bool, del
 def test_rle_bad_fields(size, counts, match) -> None:
     with pytest.raises(SSAError, match=match):
         io.check_rle({"size": size, "counts": counts}, "masks file m.json: annotation 0")
+
+
+# --- config validation: one typed schema for YAML and flags ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"overwrite": "false", "save_branch": "no", "save_vis": "off"},
+         {"overwrite": False, "save_branch": False, "save_vis": False}),
+        ({"overwrite": "true", "evaluate": "yes"}, {"overwrite": True, "evaluate": True}),
+        ({"top_k": "3", "limit": "10", "min_vote_share": "0.25"},
+         {"top_k": 3, "limit": 10, "min_vote_share": 0.25}),
+        ({"out_dir": "o", "masks": "m"}, {"out_dir": Path("o"), "masks": Path("m")}),
+        ({"min_vote_share": 1}, {"min_vote_share": 1.0}),
+    ],
+)
+def test_config_values_are_parsed_by_type(values: dict, expected: dict) -> None:
+    from ssa.config import build_config
+
+    cfg = build_config(values, {})
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert all(type(getattr(cfg, k)) is type(v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"limit": "ten"}, "limit (--limit) = 'ten': Input should be a valid integer"),
+        ({"device": 7}, "device (--device) = 7: Input should be a valid string"),
+        ({"top_k": 0}, "top_k (--top-k) = 0: Input should be greater than or equal to 1"),
+        ({"top_k": 2.5}, "top_k (--top-k) = 2.5"),
+        ({"limit": 0}, "limit (--limit) = 0"),
+        ({"limit": True}, "limit (--limit) = True: a number, not a boolean"),
+        ({"min_vote_share": 1.5}, "min_vote_share (--min-vote-share) = 1.5: Input should be less"),
+        ({"min_vote_share": -0.1}, "min_vote_share (--min-vote-share) = -0.1"),
+        ({"overwrite": "maybe"}, "overwrite (--overwrite) = 'maybe': Input should be a valid bool"),
+        ({"save_branch": 2}, "save_branch (--save-branch) = 2"),
+        ({"out_dir": 5}, "out_dir (--out-dir) = 5"),
+        ({"segmentor": ["hf:x"]}, "segmentor (--segmentor) = ['hf:x']"),
+    ],
+)
+def test_config_refuses_bad_values_in_one_line(values: dict, message: str) -> None:
+    from ssa.config import build_config
+
+    with pytest.raises(SSAError) as info:
+        build_config(values, {})
+    text = str(info.value)
+    assert message in text and "expected" in text and "\n" not in text
+    with pytest.raises(SSAError):  # the same from the command line's values
+        build_config({}, values)
+
+
+def test_yaml_words_and_engine_config(tmp_path: Path) -> None:
+    from ssa.config import build_config, load_yaml, validated
+    from ssa.engine.runner import EngineConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text('overwrite: "false"\nsave-branch: "no"\ntop-k: "3"\n')
+    cfg = build_config(load_yaml(path), {})
+    assert (cfg.overwrite, cfg.save_branch, cfg.top_k) == (False, False, 3)
+    path.write_text("limit: ten\n")
+    with pytest.raises(SSAError, match="limit \\(--limit\\) = 'ten'"):
+        build_config(load_yaml(path), {})
+
+    cfg = validated(EngineConfig, {"top_k": "2", "out_dir": "o", "save_vis": "no"})
+    assert (cfg.top_k, cfg.out_dir, cfg.save_vis) == (2, Path("o"), False)
+    for bad in ({"batch_size": 0}, {"top_k": "x"}, {"device": 7}, {"light": "maybe"}):
+        with pytest.raises(SSAError, match=f"{next(iter(bad))} \\("):
+            validated(EngineConfig, bad)
+    with pytest.raises(SSAError, match="unknown config key 'topk'"):
+        validated(EngineConfig, {"topk": 1})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--top-k", "0"], "top_k (--top-k) = 0"),
+        (["run", "--min-vote-share", "2"], "min_vote_share (--min-vote-share) = 2.0"),
+        (["run", "--limit", "0"], "limit (--limit) = 0"),
+        (["engine", "--top-k", "0"], "top_k (--top-k) = 0"),
+        (["engine", "--batch-size", "0"], "batch_size (--batch-size) = 0"),
+    ],
+)
+def test_cli_flags_go_through_the_schema(tmp_path: Path, args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from ssa.cli import app
+
+    (tmp_path / "d").mkdir()
+    result = CliRunner().invoke(
+        app, [*args, "--data-dir", str(tmp_path / "d"), "--out-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())  # rich may wrap
+    assert message in out, out

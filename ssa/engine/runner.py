@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ssa import io
+from ssa.config import PositiveInt
 from ssa.errors import FatalError, SSAError
 from ssa.pipeline import ImageResult, RunSummary, output_paths
 
@@ -25,7 +26,8 @@ from ssa.pipeline import ImageResult, RunSummary, output_paths
 @dataclass
 class EngineConfig:
     """Everything `ssa engine` needs. `models` maps roles (see `ssa.engine.models.ROLES`) to hub
-    ids or folders; missing roles take the (light) defaults."""
+    ids or folders; missing roles take the (light) defaults. Build it with
+    `ssa.config.validated(EngineConfig, values)` to have every value type-checked."""
 
     data_dir: Path | None = None
     out_dir: Path | None = None
@@ -36,11 +38,11 @@ class EngineConfig:
     amg: dict[str, Any] = field(default_factory=dict)
     models: dict[str, str | None] = field(default_factory=dict)
     light: bool = False
-    top_k: int = 3
-    batch_size: int = 16
+    top_k: PositiveInt = 3
+    batch_size: PositiveInt = 16
     save_vis: bool = False
     device: str | None = None
-    limit: int | None = None
+    limit: PositiveInt | None = None
     use_spacy: bool = True
 
     def resolved_device(self) -> str:

@@ -138,7 +138,7 @@ def plan_eval(
     if not pred_dir.is_dir():
         raise SSAError(f"--pred-dir {pred_dir} is not a folder; pass the --out-dir of `ssa run`")
     if rels is None:
-        _, rels = spec.list_images(Path(data_dir), split)
+        _, rels = spec.list_images(Path(data_dir), split, pred_dir)
     rels = [Path(r) for r in rels]
     if not rels:
         raise SSAError(f"no images to score under --data-dir {data_dir}; check it and --dataset")

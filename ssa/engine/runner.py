@@ -90,7 +90,7 @@ def check_engine(cfg: EngineConfig) -> None:
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
     from ssa.pipeline import select_images
 
-    return select_images("folder", cfg.data_dir, None, cfg.limit)
+    return select_images("folder", cfg.data_dir, None, cfg.limit, cfg.out_dir)
 
 
 class EngineRun:

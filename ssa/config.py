@@ -155,7 +155,7 @@ def validated(cls: type[C], values: dict[str, Any] | None = None, /, **kwargs: A
             where = f"{key}{'.' + detail if detail else ''}"
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(
-                f"{where} ({_flag(key)}) = {err.get('input')!r}: {msg} (expected "
-                f"{_expected(cls, key)})"
+                f"{_flag(key)} {err.get('input')!r} (config key {where}): {msg}, expected "
+                f"{_expected(cls, key)}"
             )
-        raise SSAError("bad config value: " + "; ".join(parts) + "; fix the value") from None
+        raise SSAError("bad value " + "; ".join(parts) + "; fix the flag or --config") from None

@@ -1,21 +1,24 @@
 """Image reading, COCO RLE, and atomic writers for JSON, PNG and overlays.
 
-Every writer writes to a temporary name in the destination folder and renames it into place, so
-a file either exists whole or not at all (an image is done exactly when its JSON exists).
+Every writer encodes its file in memory, writes it to a temporary name in the destination
+folder (size checked, fsync'd) and renames it into place, then fsyncs the folder, so a file
+either exists whole or not at all (an image is done exactly when its JSON exists), also on a
+full disk, where Pillow's JPEG writer would not notice a short write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ssa.errors import SSAError
+from ssa.errors import FatalError, SSAError
 
 TMP_PREFIX = ".ssa-tmp-"
 _UMASK = os.umask(0)
@@ -181,17 +184,99 @@ def check_rle(rle: Any, where: str) -> None:
             f"{pixels}; pass masks encoded for this size"
         )
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+# Errors after which every later write fails too: the run stops with one line (a rerun resumes).
+_RUN_WIDE = {
+    errno.ENOSPC: ("the disk is full", "free space"),
+    errno.EDQUOT: ("the disk quota is used up", "free space"),
+    errno.EROFS: ("the file system is read-only", "pass an --out-dir you can write"),
+}
+
+
+def write_error(path: str | Path, exc: OSError) -> SSAError:
+    """One line for a failed write of `path`: a FatalError when no later write can succeed
+    (full disk, quota, read-only file system), else an SSAError (that image's failure)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _RUN_WIDE:
+        what, fix = _RUN_WIDE[exc.errno]
+        return FatalError(
+            f"cannot write {path}: {what} ({reason}); {fix}, then rerun the same command "
+            f"(finished images are kept)"
+        )
+    return SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
-        write(Path(tmp))
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # the file is whole or absent either way; only the rename's durability is at stake
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that the file exists whole or not at all.
+
+    The bytes are complete in memory before anything touches the disk; they go to a temporary
+    name in the destination folder (every byte written, the size checked, fsync'd), which is
+    renamed into place, and the folder is fsync'd after the rename. Any OSError (full disk,
+    read-only folder) removes the temporary file and becomes one line (`write_error`).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+            view, done = memoryview(data), 0
+            while done < len(view):
+                n = os.write(fd, view[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
+                done += n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        size = os.stat(tmp).st_size
+        if size != len(view):
+            raise OSError(errno.EIO, f"{size} bytes on disk, {len(view)} written")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+    _fsync_dir(path.parent)
+
+
+def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
+    """Create `folder` if needed and write, fsync and remove a probe file in it: a read-only
+    folder, or a disk without room for one block, is one line before any model loads."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SSAError(
+            f"{flag} {folder} cannot be created ({exc.strerror or exc}); pass a folder you can "
+            f"write"
+        ) from None
+    probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}"
+    try:
+        atomic_write_bytes(probe, b"\0" * 4096)
+    except SSAError as exc:
+        raise SSAError(f"{flag} {folder} is not writable: {exc}") from None
+    try:
+        probe.unlink()
+    except OSError as exc:
+        raise SSAError(f"{flag} {folder}: cannot remove {probe.name} ({exc.strerror})") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:
@@ -209,23 +294,19 @@ def remove_temp_files(out_dir: str | Path) -> int:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(Path(path), write)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
-    _atomic_write(Path(path), write)
+
+def _pil_bytes(image: Any, **save: Any) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, **save)
+    return buffer.getvalue()
 
 
 def no_label_value(num_classes: int) -> int:
@@ -238,7 +319,7 @@ def write_label_png(path: str | Path, labels: np.ndarray, num_classes: int) -> N
     from PIL import Image
 
     arr = np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    atomic_write_bytes(path, _pil_bytes(Image.fromarray(arr), format="PNG"))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -277,7 +358,7 @@ def write_overlay(
             continue
         ys, xs = np.nonzero(mask)
         draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
-    _atomic_write(Path(path), lambda tmp: pil.save(tmp, format="JPEG", quality=90))
+    atomic_write_bytes(path, _pil_bytes(pil, format="JPEG", quality=90))
 
 
 def read_label_map(path: str | Path) -> np.ndarray:

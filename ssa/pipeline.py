@@ -335,10 +335,20 @@ def failure_record(result: ImageResult) -> dict[str, Any]:
 def record_failure(out_dir: Path, result: ImageResult) -> None:
     """Append one line to failures.jsonl now (one `write` of one line in append mode, so lines
     from ranks on one machine do not interleave)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(failure_record(result)) + "\n"
-    with open(out_dir / FAILURES_FILE, "a") as f:
-        f.write(line)
+    import errno
+    import os
+
+    line = (json.dumps(failure_record(result)) + "\n").encode()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / FAILURES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a full disk fails every later image too: stop in one line
+        raise io.write_error(out_dir / FAILURES_FILE, exc) from None
 
 
 def read_failures(out_dir: Path) -> list[dict[str, Any]]:
@@ -366,7 +376,7 @@ def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
         path.unlink(missing_ok=True)
         return
     records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
-    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # one line on OSError
 
 
 def _error_message(exc: BaseException) -> str:
@@ -419,6 +429,7 @@ def check_run(cfg: RunConfig) -> None:
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
+    io.check_writable(cfg.out_dir)  # a read-only or full out-dir: one line, no model loaded
     if cfg.sam_checkpoint is not None and not cfg.masks:
         from ssa.masks import ensure_checkpoint
 

@@ -185,18 +185,20 @@ def test_config_values_are_parsed_by_type(values: dict, expected: dict) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"limit": "ten"}, "limit (--limit) = 'ten': Input should be a valid integer"),
-        ({"device": 7}, "device (--device) = 7: Input should be a valid string"),
-        ({"top_k": 0}, "top_k (--top-k) = 0: Input should be greater than or equal to 1"),
-        ({"top_k": 2.5}, "top_k (--top-k) = 2.5"),
-        ({"limit": 0}, "limit (--limit) = 0"),
-        ({"limit": True}, "limit (--limit) = True: a number, not a boolean"),
-        ({"min_vote_share": 1.5}, "min_vote_share (--min-vote-share) = 1.5: Input should be less"),
-        ({"min_vote_share": -0.1}, "min_vote_share (--min-vote-share) = -0.1"),
-        ({"overwrite": "maybe"}, "overwrite (--overwrite) = 'maybe': Input should be a valid bool"),
-        ({"save_branch": 2}, "save_branch (--save-branch) = 2"),
-        ({"out_dir": 5}, "out_dir (--out-dir) = 5"),
-        ({"segmentor": ["hf:x"]}, "segmentor (--segmentor) = ['hf:x']"),
+        ({"limit": "ten"}, "--limit 'ten' (config key limit): Input should be a valid integer"),
+        ({"device": 7}, "--device 7 (config key device): Input should be a valid string"),
+        ({"top_k": 0}, "--top-k 0 (config key top_k): Input should be greater than or equal to 1"),
+        ({"top_k": 2.5}, "--top-k 2.5 (config key top_k)"),
+        ({"limit": 0}, "--limit 0 (config key limit)"),
+        ({"limit": True}, "--limit True (config key limit): a number, not a boolean"),
+        ({"min_vote_share": 1.5},
+         "--min-vote-share 1.5 (config key min_vote_share): Input should be less"),
+        ({"min_vote_share": -0.1}, "--min-vote-share -0.1 (config key min_vote_share)"),
+        ({"overwrite": "maybe"},
+         "--overwrite 'maybe' (config key overwrite): Input should be a valid bool"),
+        ({"save_branch": 2}, "--save-branch 2 (config key save_branch)"),
+        ({"out_dir": 5}, "--out-dir 5 (config key out_dir)"),
+        ({"segmentor": ["hf:x"]}, "--segmentor ['hf:x'] (config key segmentor)"),
     ],
 )
 def test_config_refuses_bad_values_in_one_line(values: dict, message: str) -> None:
@@ -219,13 +221,13 @@ def test_yaml_words_and_engine_config(tmp_path: Path) -> None:
     cfg = build_config(load_yaml(path), {})
     assert (cfg.overwrite, cfg.save_branch, cfg.top_k) == (False, False, 3)
     path.write_text("limit: ten\n")
-    with pytest.raises(SSAError, match="limit \\(--limit\\) = 'ten'"):
+    with pytest.raises(SSAError, match="--limit 'ten' \\(config key limit\\)"):
         build_config(load_yaml(path), {})
 
     cfg = validated(EngineConfig, {"top_k": "2", "out_dir": "o", "save_vis": "no"})
     assert (cfg.top_k, cfg.out_dir, cfg.save_vis) == (2, Path("o"), False)
     for bad in ({"batch_size": 0}, {"top_k": "x"}, {"device": 7}, {"light": "maybe"}):
-        with pytest.raises(SSAError, match=f"{next(iter(bad))} \\("):
+        with pytest.raises(SSAError, match=f"config key {next(iter(bad))}\\)"):
             validated(EngineConfig, bad)
     with pytest.raises(SSAError, match="unknown config key 'topk'"):
         validated(EngineConfig, {"topk": 1})
@@ -234,11 +236,11 @@ def test_yaml_words_and_engine_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "--top-k", "0"], "top_k (--top-k) = 0"),
-        (["run", "--min-vote-share", "2"], "min_vote_share (--min-vote-share) = 2.0"),
-        (["run", "--limit", "0"], "limit (--limit) = 0"),
-        (["engine", "--top-k", "0"], "top_k (--top-k) = 0"),
-        (["engine", "--batch-size", "0"], "batch_size (--batch-size) = 0"),
+        (["run", "--top-k", "0"], "--top-k 0 (config key top_k)"),
+        (["run", "--min-vote-share", "2"], "--min-vote-share 2.0 (config key min_vote_share)"),
+        (["run", "--limit", "0"], "--limit 0 (config key limit)"),
+        (["engine", "--top-k", "0"], "--top-k 0 (config key top_k)"),
+        (["engine", "--batch-size", "0"], "--batch-size 0 (config key batch_size)"),
     ],
 )
 def test_cli_flags_go_through_the_schema(tmp_path: Path, args: list[str], message: str) -> None:

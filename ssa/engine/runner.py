@@ -76,6 +76,7 @@ def check_engine(cfg: EngineConfig) -> None:
     if cfg.batch_size < 1:
         raise SSAError(f"--batch-size {cfg.batch_size} must be at least 1")
     list_engine_images(cfg)
+    io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
     if cfg.masks_dir is not None and not Path(cfg.masks_dir).is_dir():
         raise SSAError(

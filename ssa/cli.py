@@ -265,11 +265,7 @@ def _launch_or_run(
     """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
     share (one process, or a rank under torchrun); exit 1 when any image failed."""
     from ssa import distributed
-    from ssa.progress import run_with_progress
 
-    runner = None
-    if engine:
-        from ssa.engine.runner import run_engine as runner
     info = distributed.rank_info_from_env()
     try:
         if world_size is not None and world_size < 1:
@@ -281,47 +277,39 @@ def _launch_or_run(
             )
         if info is None and world_size is not None and world_size > 1:
             check(cfg)
-            distributed.check_gpus(cfg.resolved_device(), world_size)
-            command = "_engine_worker" if engine else "_worker"
-            raise typer.Exit(distributed.launch(world_size, cfg, _log_error, command=command))
+            distributed.check_world_size(cfg.resolved_device(), world_size)
+            code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
+            raise typer.Exit(code)
+    except SSAError as exc:
+        fail(exc)
+        return
+    code = run_share(cfg, engine)
+    if code:
+        raise typer.Exit(1 if code == distributed.REPORTED_EXIT else code)
+
+
+def run_share(cfg: Any, engine: bool = False) -> int:
+    """This process's share of the run (the only process, a rank under torchrun, or a worker of
+    `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
+    rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
+    from ssa import distributed
+    from ssa.progress import run_with_progress
+
+    runner = None
+    if engine:
+        from ssa.engine.runner import run_engine as runner
+    try:
+        info = distributed.rank_info_from_env()
         summary = run_with_progress(cfg, console, info, runner=runner)
     except SSAError as exc:
-        fail(exc)
-        return
+        _log_error(str(exc))
+        return distributed.REPORTED_EXIT
     # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
-    if summary.failed and (info is None or info.is_main):
-        raise typer.Exit(1)
-
-
-def _run_worker(parse: Callable[[str], Any], engine: bool = False) -> None:
-    """One worker started by `distributed.launch` (its config comes in SSA_WORKER_CONFIG)."""
-    import os
-
-    from ssa import distributed
-
-    text = os.environ.get(distributed.ENV_WORKER_CONFIG)
-    if text is None:
-        name = "engine" if engine else "run"
-        fail(SSAError(f"this command is started by ssa {name} --world-size N; run that instead"))
-        return
-    try:
-        cfg = parse(text)
-    except SSAError as exc:
-        fail(exc)
-        return
-    _launch_or_run(cfg, None, lambda _: None, engine=engine)
+    return 1 if summary.failed and (info is None or info.is_main) else 0
 
 
 def _log_error(message: str) -> None:
     console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
-
-
-@app.command("_worker", hidden=True)
-def worker() -> None:
-    """One worker of `ssa run --world-size N`."""
-    from ssa import distributed
-
-    _run_worker(distributed.config_from_json)
 
 
 @app.command("eval")
@@ -604,14 +592,6 @@ def engine(
         fail(exc)
         return
     _launch_or_run(cfg, world_size, check_engine, engine=True)
-
-
-@app.command("_engine_worker", hidden=True)
-def engine_worker() -> None:
-    """One worker of `ssa engine --world-size N`."""
-    from ssa.engine.runner import engine_config_from_json
-
-    _run_worker(engine_config_from_json, engine=True)
 
 
 if __name__ == "__main__":

@@ -51,20 +51,6 @@ class EngineConfig:
         return RunConfig(device=self.device).resolved_device()
 
 
-_PATH_FIELDS = ("data_dir", "out_dir", "masks_dir", "sam_checkpoint")
-
-
-def engine_config_from_json(text: str) -> EngineConfig:
-    """The EngineConfig that `ssa.distributed.config_to_json` wrote (for `--world-size` workers)."""
-    import json
-
-    values = json.loads(text)
-    for key in _PATH_FIELDS:
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    return EngineConfig(**values)
-
-
 def check_engine(cfg: EngineConfig) -> None:
     """The checks that need no model (before workers start, so one message, not N)."""
     from ssa.engine.models import resolve_models

@@ -489,3 +489,17 @@ def test_world_size_is_capped_by_the_cores(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(SSAError, match="0 GPUs"):
             check_world_size("cuda", 1)
+
+
+def test_world_size_beyond_the_cores_is_refused_before_any_worker(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ssa.cli import app
+
+    make_image(tmp_path / "data" / "a.png")
+    result = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path / "data"), "--out-dir",
+                                      str(tmp_path / "out"), "--device", "cpu", "--world-size",
+                                      "1000"])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "--world-size 1000 needs one core per worker" in text and "Traceback" not in text

@@ -87,9 +87,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SSAError(f"--config {path} does not exist; pass a YAML file such as configs/ade20k.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SSAError(f"--config {path} is not valid YAML ({exc}); fix the file") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSAError(f"--config {path} is not valid YAML ({first}); fix the file") from None
     if not isinstance(data, dict):
         raise SSAError(f"--config {path} must hold a mapping of option: value; fix the file")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}

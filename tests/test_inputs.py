@@ -255,3 +255,68 @@ def test_cli_flags_go_through_the_schema(tmp_path: Path, args: list[str], messag
     assert result.exit_code == 1
     out = " ".join(result.output.split())  # rich may wrap
     assert message in out, out
+
+
+# --- one line, not a traceback -----------------------------------------------------------------
+
+
+def test_binary_classes_label_map_and_config_files(tmp_path: Path) -> None:
+    from ssa.config import load_yaml
+    from ssa.segmentors.spec import read_classes_file, read_label_map_file
+
+    binary = tmp_path / "classes.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nul.txt").write_bytes(b"sky\x00tree\n")
+    with pytest.raises(SSAError, match="--classes .*classes.bin is not UTF-8 text"):
+        read_classes_file(binary)
+    with pytest.raises(SSAError, match="holds NUL bytes"):
+        read_classes_file(tmp_path / "nul.txt")
+    with pytest.raises(SSAError, match="--label-map .*cannot read it"):
+        read_label_map_file(binary, ["sky"])
+    with pytest.raises(SSAError, match="--config .* is not valid YAML"):
+        load_yaml(binary)
+
+
+def test_malicious_pickle_in_a_hf_folder_is_refused_in_one_line(tmp_path: Path, monkeypatch):
+    import os
+
+    import torch
+    from conftest import save_segformer
+
+    from ssa.segmentors import load_segmentor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = save_segformer(tmp_path / "seg", ["a", "b"])
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"decode_head.classifier.weight": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(SSAError) as info:
+        load_segmentor(f"hf:{folder}", device="cpu")
+    assert "pickled weights (.bin)" in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_remote_code_in_a_local_folder_is_refused_without_a_cache_hint(tmp_path, monkeypatch):
+    from ssa.segmentors import load_segmentor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "xyz", "auto_map": {"AutoConfig": "configuration_xyz.XyzConfig"}}
+    ))
+    marker = tmp_path / "code_ran"
+    (folder / "configuration_xyz.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    with pytest.raises(SSAError) as info:
+        load_segmentor(f"hf:{folder}", device="cpu")
+    msg = str(info.value)
+    assert "trust_remote_code" in msg and "cache" not in msg and "\n" not in msg
+    assert not marker.exists()
+    with pytest.raises(SSAError, match="needs config.json"):  # a folder, not a hub id
+        load_segmentor(f"hf:{tmp_path}", device="cpu")

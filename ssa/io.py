@@ -259,24 +259,48 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
     """Create `folder` if needed and write, fsync and remove a probe file in it: a read-only
-    folder, or a disk without room for one block, is one line before any model loads."""
+    folder, or a disk without room for one block, is one line before any model loads.
+
+    A folder that does not exist yet is not created here (nothing is written before the
+    run's other checks pass): its nearest existing parent must be a writable folder on a disk
+    with free space. The probe is not a `.ssa-tmp-*` file, so another rank's clean-up never
+    takes it away."""
     folder = Path(folder)
+    if not folder.is_dir():
+        parent = folder.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        why = None
+        if not parent.is_dir():
+            why = f"{parent} is not a folder"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            why = f"{parent} is not writable"
+        else:
+            try:
+                if os.statvfs(parent).f_bavail == 0:
+                    why = f"the disk of {parent} is full"
+            except (OSError, AttributeError):  # no statvfs (Windows): the writes will tell
+                pass
+        if folder.exists() or why is not None:
+            why = why or "it is a file"
+            raise SSAError(f"{flag} {folder} cannot be created ({why}); pass a folder you can write")
+        return
+    probe = folder / f".ssa-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SSAError(
-            f"{flag} {folder} cannot be created ({exc.strerror or exc}); pass a folder you can "
-            f"write"
-        ) from None
-    probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}"
-    try:
-        atomic_write_bytes(probe, b"\0" * 4096)
-    except SSAError as exc:
-        raise SSAError(f"{flag} {folder} is not writable: {exc}") from None
-    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if os.write(fd, b"\0" * 4096) != 4096:
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise SSAError(f"{flag} {folder}: cannot remove {probe.name} ({exc.strerror})") from None
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc)}") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:

@@ -92,14 +92,15 @@ def test_read_only_out_dir_is_one_line_before_models_load(tmp_path: Path, monkey
     from ssa.cli import app
 
     make_image(tmp_path / "data" / "x.png")
-    real = io.tempfile.mkstemp
+    (tmp_path / "ro").mkdir()  # the folder exists; writing into it fails
+    real = os.open
 
-    def mkstemp(*args, dir=None, **kwargs):
-        if Path(dir).is_relative_to(tmp_path / "ro"):
+    def open_(path, flags, *args, **kwargs):  # a read-only file system under ro/
+        if flags & os.O_CREAT and Path(path).is_relative_to(tmp_path / "ro"):
             raise OSError(errno.EROFS, "Read-only file system")
-        return real(*args, dir=dir, **kwargs)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", open_)
     # The segmentor folder does not exist: a model load would fail with another message.
     for command in (["run", "--segmentor", f"hf:{tmp_path / 'none'}"], ["engine"]):
         result = CliRunner().invoke(app, [*command, "--data-dir", str(tmp_path / "data"),
@@ -111,10 +112,18 @@ def test_read_only_out_dir_is_one_line_before_models_load(tmp_path: Path, monkey
         assert "--out-dir" in text and "is not writable" in text and "read-only" in text, text
 
 
-def test_out_dir_that_cannot_be_created(tmp_path: Path) -> None:
+def test_out_dir_that_cannot_be_created(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SSAError, match="cannot be created"):
+    with pytest.raises(SSAError, match="file/out cannot be created .*file is not a folder"):
         io.check_writable(tmp_path / "file" / "out")
+    with pytest.raises(SSAError, match="cannot be created \\(it is a file\\)"):
+        io.check_writable(tmp_path / "file")
+    io.check_writable(tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()  # nothing is created before the run's checks pass
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    with pytest.raises(SSAError, match=f"new/out cannot be created \\({tmp_path} is not writ"):
+        io.check_writable(tmp_path / "new" / "out")
 
 
 def test_failures_report_on_a_full_disk(tmp_path: Path, full_disk) -> None:

@@ -288,7 +288,22 @@ def _worker_entry(launcher_pid: int, fn: Callable[..., int], args: tuple) -> int
 def _describe(failure: Any) -> str:
     if failure.exitcode < 0:
         return f"killed by {failure.signal_name()}"
+    message = failure.error_file_data.get("message")
+    if isinstance(message, dict) and message.get("message"):  # an exception: a bug, not input
+        return f"exit code {failure.exitcode}, {message['message'].splitlines()[0]}"
     return f"exit code {failure.exitcode}"
+
+
+def _print_traceback(failure: Any) -> None:
+    """A worker's unexpected exception (a bug, not bad input) keeps its traceback: torch's
+    agent recorded it in the worker's error file instead of printing it."""
+    import sys
+
+    message = failure.error_file_data.get("message")
+    if isinstance(message, dict):
+        stack = message.get("extraInfo", {}).get("py_callstack")
+        if stack:
+            sys.stderr.write(stack if stack.endswith("\n") else stack + "\n")
 
 
 def launch(
@@ -310,13 +325,18 @@ def launch(
     which), 128 + signal when the launcher was stopped by one.
     """
     import logging
+    import tempfile
     import uuid
 
-    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # The agent's per-run folder (workers' error files) goes when the run ends, not into /tmp
+    # for good as torchrun's does.
+    logs = tempfile.TemporaryDirectory(prefix="ssa-elastic-")
     config = LaunchConfig(
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name),
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=world_size,
@@ -342,6 +362,8 @@ def launch(
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items())
         unreported = [(rank, f) for rank, f in failures if f.exitcode != REPORTED_EXIT]
+        for _, failure in unreported:
+            _print_traceback(failure)
         if unreported and log is not None:
             what = ", ".join(f"rank {rank} {_describe(f)}" for rank, f in unreported)
             log(
@@ -356,6 +378,7 @@ def launch(
     finally:
         for logger, level in zip(loggers, saved_levels):
             logger.setLevel(level)
+        logs.cleanup()
         if saved_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     return int(returns.get(0) or 0)

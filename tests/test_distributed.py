@@ -503,3 +503,28 @@ def test_world_size_beyond_the_cores_is_refused_before_any_worker(tmp_path: Path
     assert result.exit_code == 1
     text = " ".join(result.output.split())
     assert "--world-size 1000 needs one core per worker" in text and "Traceback" not in text
+
+
+def _rank_code() -> int:
+    """A worker for `launch`: rank 0 returns 5, rank 1 raises a bug."""
+    if os.environ["RANK"] == "1":
+        raise KeyError("a bug in rank 1")
+    time.sleep(60)  # stopped by the agent long before this ends
+    return 5
+
+
+def _rank_zero_speaks() -> int:
+    return 5 if os.environ["RANK"] == "0" else 0
+
+
+def test_launch_returns_rank_0s_code_and_keeps_a_bugs_traceback(capfd) -> None:
+    from ssa.distributed import launch
+
+    assert launch(2, _rank_zero_speaks) == 5
+    lines: list[str] = []
+    start = time.monotonic()
+    assert launch(2, _rank_code, log=lines.append) == 1
+    assert time.monotonic() - start < 50  # rank 0 was stopped, not waited for
+    assert len(lines) == 1 and "rank 1 exit code 1, KeyError: 'a bug in rank 1'" in lines[0]
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "raise KeyError" in err  # a bug keeps its traceback

@@ -1,3 +1,4 @@
 from ssa.cli import app
 
-app(prog_name="ssa")
+if __name__ == "__main__":  # not when a spawned worker re-imports the main module
+    app(prog_name="ssa")

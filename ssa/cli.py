@@ -298,11 +298,7 @@ def _launch_or_run(
     """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
     share (one process, or a rank under torchrun); exit 1 when any image failed."""
     from ssa import distributed
-    from ssa.progress import run_with_progress
 
-    runner = None
-    if engine:
-        from ssa.engine.runner import run_engine as runner
     info = distributed.rank_info_from_env()
     try:
         if world_size is not None and world_size < 1:
@@ -314,47 +310,39 @@ def _launch_or_run(
             )
         if info is None and world_size is not None and world_size > 1:
             check(cfg)
-            distributed.check_gpus(cfg.resolved_device(), world_size)
-            command = "_engine_worker" if engine else "_worker"
-            raise typer.Exit(distributed.launch(world_size, cfg, _log_error, command=command))
+            distributed.check_world_size(cfg.resolved_device(), world_size)
+            code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
+            raise typer.Exit(code)
+    except SSAError as exc:
+        fail(exc)
+        return
+    code = run_share(cfg, engine)
+    if code:
+        raise typer.Exit(1 if code == distributed.REPORTED_EXIT else code)
+
+
+def run_share(cfg: Any, engine: bool = False) -> int:
+    """This process's share of the run (the only process, a rank under torchrun, or a worker of
+    `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
+    rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
+    from ssa import distributed
+    from ssa.progress import run_with_progress
+
+    runner = None
+    if engine:
+        from ssa.engine.runner import run_engine as runner
+    try:
+        info = distributed.rank_info_from_env()
         summary = run_with_progress(cfg, console, info, runner=runner)
     except SSAError as exc:
-        fail(exc)
-        return
+        _log_error(str(exc))
+        return distributed.REPORTED_EXIT
     # Rank 0 speaks for the run (its summary covers every rank); the others end cleanly.
-    if summary.failed and (info is None or info.is_main):
-        raise typer.Exit(1)
-
-
-def _run_worker(parse: Callable[[str], Any], engine: bool = False) -> None:
-    """One worker started by `distributed.launch` (its config comes in SSA_WORKER_CONFIG)."""
-    import os
-
-    from ssa import distributed
-
-    text = os.environ.get(distributed.ENV_WORKER_CONFIG)
-    if text is None:
-        name = "engine" if engine else "run"
-        fail(SSAError(f"this command is started by ssa {name} --world-size N; run that instead"))
-        return
-    try:
-        cfg = parse(text)
-    except SSAError as exc:
-        fail(exc)
-        return
-    _launch_or_run(cfg, None, lambda _: None, engine=engine)
+    return 1 if summary.failed and (info is None or info.is_main) else 0
 
 
 def _log_error(message: str) -> None:
     console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
-
-
-@app.command("_worker", hidden=True)
-def worker() -> None:
-    """One worker of `ssa run --world-size N`."""
-    from ssa import distributed
-
-    _run_worker(distributed.config_from_json)
 
 
 @app.command("eval")
@@ -519,7 +507,7 @@ def predict(
 ) -> None:
     """Click or box -> the model's three masks (whole, part, subpart), each with a semantic
     label; any promptable mask source (sam:, hf:)."""
-    from ssa.config import RunConfig
+    from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
     from ssa.predictor import build_predictor, check_prompt
 
@@ -532,9 +520,10 @@ def predict(
         labels = [1] * len(pos) + [0] * len(neg) if points else None
         # Check the prompt against the image before any model loads.
         check_prompt(points, labels, box_xyxy, array.shape[:2])
-        cfg = RunConfig(
-            dataset=dataset, masks=masks, sam_model=sam_model, sam_checkpoint=sam_checkpoint,
-            segmentor=segmentor, device=device, top_k=top_k, classes=classes, prompts=prompts,
+        cfg = validated(
+            RunConfig, dataset=dataset, masks=masks, sam_model=sam_model,
+            sam_checkpoint=sam_checkpoint, segmentor=segmentor, device=device, top_k=top_k,
+            classes=classes, prompts=prompts,
         )
         predictor = build_predictor(cfg)
         predictor.set_image(array)
@@ -631,11 +620,13 @@ def engine(
 
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
+    from ssa.config import validated
     from ssa.engine.runner import EngineConfig, check_engine
     from ssa.keyvalue import parse_key_values
 
     try:
-        cfg = EngineConfig(
+        cfg = validated(
+            EngineConfig,
             data_dir=data_dir,
             out_dir=out_dir,
             masks=masks,
@@ -663,14 +654,6 @@ def engine(
         fail(exc)
         return
     _launch_or_run(cfg, world_size, check_engine, engine=True)
-
-
-@app.command("_engine_worker", hidden=True)
-def engine_worker() -> None:
-    """One worker of `ssa engine --world-size N`."""
-    from ssa.engine.runner import engine_config_from_json
-
-    _run_worker(engine_config_from_json, engine=True)
 
 
 # --- ssa export (issue 13): a finished run's labels in the formats dataset tools import ---
@@ -744,7 +727,6 @@ def export_(
     from ssa import distributed
     from ssa.export.base import ExportConfig
     from ssa.export.runner import check_export
-    from ssa.progress import export_with_progress
 
     info = distributed.rank_info_from_env()
     try:
@@ -762,31 +744,28 @@ def export_(
             )
         if info is None and world_size is not None and world_size > 1:
             check_export(cfg, world_size)
-            raise typer.Exit(
-                distributed.launch(world_size, cfg, _log_error, command="_export_worker")
-            )
-        export_with_progress(cfg, console, info)
+            distributed.check_world_size("cpu", world_size)
+            raise typer.Exit(distributed.launch(world_size, export_share, (cfg,), log=_log_error))
     except SSAError as exc:
         fail(exc)
+        return
+    code = export_share(cfg)
+    if code:
+        raise typer.Exit(1)
 
 
-@app.command("_export_worker", hidden=True)
-def export_worker() -> None:
-    """One worker of `ssa export --world-size N`."""
-    import os
-
+def export_share(cfg: Any) -> int:
+    """This process's share of `ssa export` (the only process, a rank under torchrun, or a
+    worker of `distributed.launch`): 0, or `distributed.REPORTED_EXIT` after a one-line error."""
     from ssa import distributed
-    from ssa.export.base import config_from_json
     from ssa.progress import export_with_progress
 
-    text = os.environ.get(distributed.ENV_WORKER_CONFIG)
     try:
-        if text is None:
-            raise SSAError("this command is started by ssa export --world-size N; run that")
-        export_with_progress(config_from_json(text), console, distributed.rank_info_from_env())
+        export_with_progress(cfg, console, distributed.rank_info_from_env())
     except SSAError as exc:
-        fail(exc)
-
+        _log_error(str(exc))
+        return distributed.REPORTED_EXIT
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,36 @@
-"""One dataclass per run, filled from defaults < `--config` YAML < command-line flags."""
+"""One dataclass per run, filled from defaults < `--config` YAML < command-line flags.
+
+The merged values are validated against the dataclass's own type hints by pydantic
+(`validated`): numbers from strings ("3") are parsed, booleans from the words pydantic knows
+("false", "no", "off", "0" are False; "true", "yes", "on", "1" True; anything else is refused),
+and a wrong type or a value out of range is one SSAError line naming the key, the value and
+what it should be. Constraints live in the annotations (`PositiveInt`, `Share`), so a field added
+later with a plain type hint is checked too.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BeforeValidator, Field
 
 from ssa.errors import SSAError
+
+C = TypeVar("C")
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads True as 1; `limit: yes` is a mistake, not one image.
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean, is needed")  # noqa: TRY004 - pydantic wants it
+    return value
+
+
+PositiveInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=1)]
+Share = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0)]
 
 
 @dataclass
@@ -42,10 +65,10 @@ class RunConfig(MaskBranchConfig):
     prompts: Path | None = None  # SAM 3: YAML/JSON {class name: phrase or [phrases]}
     prompt_batch: int | None = None  # SAM 3: phrases per forward pass (None: its default)
     vote: str = "hard"
-    min_vote_share: float = 0.0
+    min_vote_share: Share = 0.0
     device: str | None = None
-    limit: int | None = None
-    top_k: int = 3
+    limit: PositiveInt | None = None
+    top_k: PositiveInt = 3
     save_branch: bool = False
     save_vis: bool = False
     overwrite: bool = False  # redo images that are done (their JSON exists and parses)
@@ -63,9 +86,6 @@ class RunConfig(MaskBranchConfig):
         return self.device
 
 
-_PATH_FIELDS = {
-    "data_dir", "out_dir", "sam_checkpoint", "classes", "label_map", "prompts", "gt_dir"
-}
 _DICT_FIELDS = ("amg", "segmentor_args")
 
 
@@ -81,9 +101,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SSAError(f"--config {path} does not exist; pass a YAML file such as configs/ade20k.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SSAError(f"--config {path} is not valid YAML ({exc}); fix the file") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SSAError(f"--config {path} is not valid YAML ({first}); fix the file") from None
     if not isinstance(data, dict):
         raise SSAError(f"--config {path} must hold a mapping of option: value; fix the file")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -111,8 +132,47 @@ def build_config(file_values: dict[str, Any] | None, cli_values: dict[str, Any])
                 dicts[key].update(value)
             else:
                 merged[key] = value
-    for key in _PATH_FIELDS & merged.keys():
-        merged[key] = Path(merged[key])
-    if "masks" in merged:
+    if merged.get("masks") is not None:
         merged["masks"] = str(merged["masks"])  # a spec; a YAML/CLI Path is a folder
-    return RunConfig(**merged, **dicts)
+    return validated(RunConfig, {**merged, **dicts})
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _expected(cls: type, key: str) -> str:
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == key:
+            hint = str(f.type)
+            for alias, plain in (("PositiveInt", "int >= 1"), ("Share", "float in [0, 1]")):
+                hint = hint.replace(alias, plain)
+            return hint
+    return "?"
+
+
+def validated(cls: type[C], values: dict[str, Any] | None = None, /, **kwargs: Any) -> C:
+    """`cls(**values, **kwargs)` for a config dataclass (RunConfig, EngineConfig), every value checked and
+    converted by pydantic against the field's type hint ("3" -> 3, "no" -> False, "a/b" ->
+    Path); unknown keys and bad values raise one SSAError line naming key, value and type."""
+    from pydantic import TypeAdapter, ValidationError
+
+    values = {**(values or {}), **kwargs}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in names:
+            raise SSAError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(names))}")
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "?"
+            detail = ".".join(str(p) for p in err["loc"][1:])
+            where = f"{key}{'.' + detail if detail else ''}"
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(
+                f"{_flag(key)} {err.get('input')!r} (config key {where}): {msg}, expected "
+                f"{_expected(cls, key)}"
+            )
+        raise SSAError("bad value " + "; ".join(parts) + "; fix the flag or --config") from None

@@ -148,8 +148,19 @@ class DatasetSpec:
             return np.asarray(self.palette[:num_classes], dtype=np.uint8)
         return default_palette(num_classes)
 
-    def list_images(self, data_dir: Path, split: str | None = None) -> tuple[Path, list[Path]]:
-        """Return the image folder and the sorted relative paths of every image under it."""
+    def list_images(
+        self, data_dir: Path, split: str | None = None, out_dir: Path | None = None
+    ) -> tuple[Path, list[Path]]:
+        """Return the image folder and the sorted relative paths of every image under it.
+
+        Only ssa's own outputs are left out, found by `out_dir` (the run's `--out-dir`, or the
+        `--pred-dir` scored): everything under it when it is a folder inside the image folder;
+        when it is the image folder itself, the outputs (`<stem>_semantic.png`, `_branch.png`,
+        `_vis.jpg`) of images listed beside them. Any other name is an image, `_semantic` and
+        all. Temporary files of a killed run (`.ssa-tmp-*`) are never listed.
+        """
+        from ssa.io import TMP_PREFIX
+
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise SSAError(f"--data-dir {data_dir} is not a folder; pass the dataset's root folder")
@@ -159,11 +170,17 @@ class DatasetSpec:
                 f"no image folder {root} for --dataset {self.name}; check --data-dir "
                 f"(see README 'Folder layouts') or use --dataset folder"
             )
+        inside = _relative_inside(Path(out_dir), root) if out_dir is not None else None
         rels = sorted(
             p.relative_to(root)
             for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_output(p)
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            and not p.name.startswith(TMP_PREFIX)
         )
+        if inside is not None and inside != Path("."):
+            rels = [r for r in rels if not r.is_relative_to(inside)]
+        elif inside == Path("."):
+            rels = _without_own_outputs(rels)
         return root, rels
 
     def gt_path(self, data_dir: Path, split: str | None, rel: Path) -> Path | None:
@@ -174,9 +191,29 @@ class DatasetSpec:
         return None
 
 
-def _is_output(path: Path) -> bool:
-    # An out-dir inside a `folder` dataset must not feed its own outputs back in.
-    return path.stem.endswith(("_semantic", "_branch", "_vis"))
+def _relative_inside(folder: Path, root: Path) -> Path | None:
+    """`folder` relative to `root` when it is root or lies under it (symlinks resolved)."""
+    try:
+        return folder.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return None
+
+
+OUTPUT_SUFFIXES = ("_semantic.png", "_branch.png", "_vis.jpg")  # see ssa.pipeline.output_paths
+
+
+def _without_own_outputs(rels: list[Path]) -> list[Path]:
+    """Images and outputs in one folder (out-dir = image folder): drop the files that are the
+    outputs of another image kept, shortest stems first (an output's stem is longer than its
+    image's), so `a_semantic.png` goes when `a.jpg` is there and stays when it is alone."""
+    kept: list[Path] = []
+    outputs: set[Path] = set()
+    for rel in sorted(rels, key=lambda r: (len(r.stem), r.as_posix())):
+        if rel in outputs:
+            continue
+        kept.append(rel)
+        outputs.update(rel.parent / f"{rel.stem}{suffix}" for suffix in OUTPUT_SUFFIXES)
+    return sorted(kept)
 
 
 def _ade20k_gt(root: Path, split: str, rel: Path) -> list[Path]:

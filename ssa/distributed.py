@@ -1,9 +1,10 @@
 """Ranks, exact sharding, the process group and its few collectives, and `--world-size N`.
 
-A run is one process (no process group), N workers that `ssa run --world-size N` starts itself
-(`launch`), or workers that `torchrun` started (single node or rendezvous across machines). The
-workers of the last two read their place from the environment torchrun defines (RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and run the same code.
+A run is one process (no process group), N workers that `ssa run --world-size N` starts with
+torch's own elastic launcher (`launch`, what `torchrun --standalone` does), or workers that
+`torchrun` started (single node or rendezvous across machines). Every worker reads its place
+from the environment torchrun defines (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
+and runs the same code.
 
 Collectives run only before and after the image loop, never inside it: ranks finish their
 shares at different times, and a collective per image would make every rank wait for the
@@ -14,18 +15,12 @@ applies to them.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from typing_extensions import Self
@@ -35,9 +30,7 @@ from ssa.errors import SSAError
 T = TypeVar("T")
 G = TypeVar("G", bound="Group")
 
-ENV_WORKER_CONFIG = "SSA_WORKER_CONFIG"  # the run's config (JSON) that `launch` hands its workers
 _POLL_S = 0.2
-_GRACE_S = 10.0  # how long the launcher lets the other workers end on their own
 
 
 @dataclass(frozen=True)
@@ -112,20 +105,6 @@ def rank_device(device: str, info: RankInfo) -> str:
             f"start at most {count} workers per machine"
         )
     return f"cuda:{info.local_rank}"
-
-
-def check_gpus(device: str, workers: int) -> None:
-    """Refuse more CUDA workers than this machine has GPUs (one GPU per worker)."""
-    if device != "cuda":
-        return
-    import torch
-
-    count = torch.cuda.device_count()
-    if workers > count:
-        raise SSAError(
-            f"--world-size {workers} needs {workers} GPUs but this machine shows {count}; "
-            f"pass --world-size {count} (or --device cpu)"
-        )
 
 
 class Group:
@@ -253,124 +232,153 @@ class Group:
             time.sleep(_POLL_S)
 
 
-def free_port() -> int:
-    """A TCP port that is free on this machine now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def max_workers(device: str) -> int:
+    """The most workers one machine runs: one per GPU on CUDA, one per usable core on the CPU."""
+    if device.startswith("cuda"):
+        import torch
 
-
-def config_to_json(cfg: Any) -> str:
-    """A RunConfig as JSON (paths as strings), for `config_from_json` in a worker."""
-    values = dataclasses.asdict(cfg)
-    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
-
-
-def config_from_json(text: str) -> Any:
-    from ssa.config import build_config
-
-    return build_config({}, json.loads(text))
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def launch(world_size: int, cfg: Any, log: Any = None, command: str = "_worker") -> int:
-    """Start `world_size` workers on this machine (`python -m ssa <command>`, `_worker` for
-    `ssa run`, `_engine_worker` for `ssa engine`) and supervise them.
-
-    The workers see the environment torchrun would give them (RANK, LOCAL_RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT on a free port) and the config in SSA_WORKER_CONFIG. Like torchrun,
-    when one worker dies the others are stopped (each loses only its in-flight image; a rerun
-    completes the set). Returns the exit code for the command: rank 0's (non-zero when any
-    image failed), or 1 when a worker died. `log(message)` reports a dead worker.
-    """
-    if world_size < 1:
-        raise SSAError(f"--world-size {world_size} must be at least 1")
-    env = dict(os.environ)
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(world_size),
-        GROUP_RANK="0",
-        **{ENV_WORKER_CONFIG: config_to_json(cfg)},
-    )
-    # N workers share the CPU cores (torchrun sets 1 thread; the post-processing here uses more).
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
-    procs: list[subprocess.Popen] = []
-    for rank in range(world_size):
-        worker_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen([sys.executable, "-m", "ssa", command], env=worker_env))
-
-    def stop(signum: int, frame: Any) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+        return torch.cuda.device_count()
     try:
-        return _supervise(procs, log)
-    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too
-        _stop_all(procs)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop_all(procs)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def _supervise(procs: list[subprocess.Popen], log: Any) -> int:
-    while True:
-        codes = [proc.poll() for proc in procs]
-        if all(code is not None for code in codes):
-            return _exit_code(codes, log)
-        if any(code not in (None, 0) for code in codes):
-            if codes[0] == 1 and all(code in (None, 0) for code in codes[1:]):
-                # Rank 0 exits 1 at the very end when images failed, after the others have
-                # passed the last collective: give them time to end on their own.
-                deadline = time.monotonic() + _GRACE_S
-                while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                    time.sleep(_POLL_S)
-            stopped = [rank for rank, p in enumerate(procs) if p.poll() is None]
-            _stop_all(procs)
-            codes = [proc.poll() for proc in procs]
-            return _exit_code(codes, log, stopped)
-        time.sleep(_POLL_S)
-
-
-def _exit_code(codes: list[int | None], log: Any, stopped: Sequence[int] = ()) -> int:
-    dead = [
-        (rank, code) for rank, code in enumerate(codes)
-        if rank not in stopped and code not in (0, None) and not (rank == 0 and code == 1)
-    ]
-    if not dead and not stopped:
-        return int(codes[0] or 0)
-    if log is not None:
-        what = ", ".join(f"rank {rank} {_describe_exit(int(code))}" for rank, code in dead)
-        if stopped:
-            what += ("; " if what else "") + "stopped " + ", ".join(f"rank {r}" for r in stopped)
-        log(
-            f"worker died ({what}); the outputs written so far stand: rerun the same command "
-            f"to label the rest"
+def check_world_size(device: str, workers: int) -> None:
+    """Refuse `--world-size` below 1, or above what this machine runs (`max_workers`)."""
+    if workers < 1:
+        raise SSAError(f"--world-size {workers} must be at least 1")
+    cap = max_workers(device)
+    if workers > cap:
+        what = f"{cap} GPUs" if device.startswith("cuda") else f"{cap} CPU cores"
+        other = " (or --device cpu)" if device.startswith("cuda") else ""
+        raise SSAError(
+            f"--world-size {workers} needs one {'GPU' if other else 'core'} per worker but this "
+            f"machine has {what}; pass --world-size {max(cap, 1)}{other}"
         )
-    return 1
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + 5.0
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# Exit code of a worker that has printed its own one-line error (the launcher adds nothing).
+REPORTED_EXIT = 3
+_WATCH_S = 0.5  # how often a worker checks that its launcher is alive
+
+
+def _watch_parent(launcher_pid: int) -> None:
+    """End this worker (SIGKILL) soon after its launcher dies: a worker left alone would write
+    on unsupervised. A SIGKILLed launcher cannot stop its workers, so each watches it."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(_WATCH_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ssa-parent-watch", daemon=True).start()
+
+
+def _worker_entry(launcher_pid: int, fn: Callable[..., int], args: tuple) -> int:
+    """What torch's elastic agent runs in each worker (module level, so it pickles by name)."""
+    _watch_parent(launcher_pid)
+    code = fn(*args)
+    if code == REPORTED_EXIT:  # exit, not return: the agent then stops the other workers
+        raise SystemExit(code)
+    return code
+
+
+def _describe(failure: Any) -> str:
+    if failure.exitcode < 0:
+        return f"killed by {failure.signal_name()}"
+    message = failure.error_file_data.get("message")
+    if isinstance(message, dict) and message.get("message"):  # an exception: a bug, not input
+        return f"exit code {failure.exitcode}, {message['message'].splitlines()[0]}"
+    return f"exit code {failure.exitcode}"
+
+
+def _print_traceback(failure: Any) -> None:
+    """A worker's unexpected exception (a bug, not bad input) keeps its traceback: torch's
+    agent recorded it in the worker's error file instead of printing it."""
+    import sys
+
+    message = failure.error_file_data.get("message")
+    if isinstance(message, dict):
+        stack = message.get("extraInfo", {}).get("py_callstack")
+        if stack:
+            sys.stderr.write(stack if stack.endswith("\n") else stack + "\n")
+
+
+def launch(
+    world_size: int,
+    fn: Callable[..., int],
+    args: tuple = (),
+    log: Callable[[str], None] | None = None,
+) -> int:
+    """Run `fn(*args)` in `world_size` workers on this machine under torch's elastic launcher
+    (`torch.distributed.launcher.api.elastic_launch`, what `torchrun --standalone` runs).
+
+    fn: a module-level function (it is pickled by name into spawned workers, which import the
+    same `ssa` as this process); it returns the worker's exit code. The workers find their
+    place in the environment torchrun defines (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT), and torch supervises them: when one dies the others are stopped (each loses
+    only its in-flight image; a rerun completes the set), and SIGTERM/SIGINT to the launcher
+    stops them all. A SIGKILLed launcher cannot, so each worker ends itself soon after.
+    Returns the command's exit code: rank 0's return value, 1 when a worker died (`log` says
+    which), 128 + signal when the launcher was stopped by one.
+    """
+    import logging
+    import tempfile
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The agent's per-run folder (workers' error files) goes when the run ends, not into /tmp
+    # for good as torchrun's does.
+    logs = tempfile.TemporaryDirectory(prefix="ssa-elastic-")
+    config = LaunchConfig(
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name),
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=world_size,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",  # as torchrun --standalone: a store on a free local port
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,  # an image that kills a worker would kill it again
+        start_method="spawn",
+        shutdown_timeout=5,
+    )
+    # N workers share the cores (torchrun sets 1 thread each; the post-processing uses more).
+    threads = str(max(1, (os.cpu_count() or 1) // world_size))
+    saved_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    # The agent's INFO/WARNING/ERROR lines ("Terminating process ... via signal SIGTERM", the
+    # failure table): the launcher says what happened in one line instead.
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    saved_levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        returns = elastic_launch(config, _worker_entry)(os.getpid(), fn, args)
+    except ChildFailedError as exc:
+        failures = sorted(exc.failures.items())
+        unreported = [(rank, f) for rank, f in failures if f.exitcode != REPORTED_EXIT]
+        for _, failure in unreported:
+            _print_traceback(failure)
+        if unreported and log is not None:
+            what = ", ".join(f"rank {rank} {_describe(f)}" for rank, f in unreported)
+            log(
+                f"worker died ({what}); the others were stopped and the outputs written so far "
+                f"stand: rerun the same command to label the rest"
+            )
+        return 1
+    except SignalException as exc:
+        if log is not None:
+            log(f"stopped by {exc.sigval.name}; rerun the same command to label the rest")
+        return 128 + int(exc.sigval)
+    finally:
+        for logger, level in zip(loggers, saved_levels):
+            logger.setLevel(level)
+        logs.cleanup()
+        if saved_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return int(returns.get(0) or 0)

@@ -138,7 +138,7 @@ def plan_eval(
     if not pred_dir.is_dir():
         raise SSAError(f"--pred-dir {pred_dir} is not a folder; pass the --out-dir of `ssa run`")
     if rels is None:
-        _, rels = spec.list_images(Path(data_dir), split)
+        _, rels = spec.list_images(Path(data_dir), split, pred_dir)
     rels = [Path(r) for r in rels]
     if not rels:
         raise SSAError(f"no images to score under --data-dir {data_dir}; check it and --dataset")
@@ -399,18 +399,21 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
     def cell(value: float | None) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for index, (name, scores) in enumerate(report["per_class"].items()):
-            row = [str(index), name, cell(scores["iou"]), cell(scores["acc"])]
-            if branch:
-                b = branch["per_class"][name]
-                row += [cell(b["iou"]), cell(b["acc"]), cell(delta(scores["iou"], b["iou"])),
-                        cell(delta(scores["acc"], b["acc"]))]
-            writer.writerow(row)
+    from io import StringIO
+
+    from ssa.io import write_text
+
+    buffer = StringIO(newline="")  # the whole table, then one atomic write (whole or absent)
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for index, (name, scores) in enumerate(report["per_class"].items()):
+        row = [str(index), name, cell(scores["iou"]), cell(scores["acc"])]
+        if branch:
+            b = branch["per_class"][name]
+            row += [cell(b["iou"]), cell(b["acc"]), cell(delta(scores["iou"], b["iou"])),
+                    cell(delta(scores["acc"], b["acc"]))]
+        writer.writerow(row)
+    write_text(Path(path), buffer.getvalue())
 
 
 def check_run_eval(cfg: Any) -> None:

@@ -1,21 +1,24 @@
 """Image reading, COCO RLE, and atomic writers for JSON, PNG and overlays.
 
-Every writer writes to a temporary name in the destination folder and renames it into place, so
-a file either exists whole or not at all (an image is done exactly when its JSON exists).
+Every writer encodes its file in memory, writes it to a temporary name in the destination
+folder (size checked, fsync'd) and renames it into place, then fsyncs the folder, so a file
+either exists whole or not at all (an image is done exactly when its JSON exists), also on a
+full disk, where Pillow's JPEG writer would not notice a short write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ssa.errors import SSAError
+from ssa.errors import FatalError, SSAError
 
 TMP_PREFIX = ".ssa-tmp-"
 _UMASK = os.umask(0)
@@ -25,7 +28,8 @@ os.umask(_UMASK)
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as `HWC uint8 RGB`, with its EXIF orientation applied.
 
-    Raises SSAError naming the file when it is missing, empty, truncated or not an image.
+    16-bit and float greyscale are scaled, not clipped (see `_to_rgb`); a multi-page file gives
+    its first page. Raises SSAError naming the file when it is missing, empty, truncated or not an image.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -33,9 +37,16 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
-            rgb = np.array(img.convert("RGB"))
+            rgb = _to_rgb(img, path)
     except FileNotFoundError:
         raise SSAError(f"image {path} does not exist; check the path") from None
+    except SSAError:
+        raise
+    except Image.DecompressionBombError as exc:  # one line, like any unreadable file
+        raise SSAError(
+            f"image {path} is too large to decode safely ({exc}); downsize it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS in a plug-in if you trust the file"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SSAError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); replace or remove the file"
@@ -43,6 +54,41 @@ def read_image(path: str | Path) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise SSAError(f"image {path} is empty; replace or remove the file")
     return np.ascontiguousarray(rgb)
+
+
+def _to_rgb(img: Any, path: Path) -> np.ndarray:
+    """`HWC uint8 RGB` of an opened PIL image, scaling the modes that `convert("RGB")` clips.
+
+    I;16* and I (16-bit greyscale, values 0..65535): divided by 257 and rounded, so 65535 is 255
+    and 257 * k is k (a plain conversion clips every value above 255 to white). F (float
+    greyscale): values in [0, 1] times 255, else values in [0, 255] as they are, rounded; other
+    ranges, NaN or infinity are refused. Alpha (LA, PA, RGBA) is dropped; palette (P) images take
+    their palette's colours; CMYK goes through Pillow's conversion. A multi-page file (TIFF, GIF)
+    gives its first page.
+    """
+    mode = img.mode
+    if mode.startswith("I"):
+        grey = np.asarray(img, dtype=np.int64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise SSAError(
+                f"image {path} is {mode} greyscale with values {grey.min()}..{grey.max()}, "
+                f"outside 0..65535; save it as 8- or 16-bit"
+            )
+        grey = (grey * 2 + 257) // 514  # round(v / 257), exact in integers
+    elif mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(grey).all():
+            raise SSAError(f"image {path} (float greyscale) holds NaN or infinity; fix the file")
+        low, high = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
+        if low < 0 or high > 255:
+            raise SSAError(
+                f"image {path} is float greyscale with values {low:g}..{high:g}, outside "
+                f"[0, 1] and [0, 255]; save it as 8-bit or scale it to [0, 1]"
+            )
+        grey = np.rint(grey * 255 if high <= 1 else grey)
+    else:
+        return np.asarray(img.convert("RGB"))
+    return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
 def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -69,17 +115,192 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+def _compressed_counts(counts: str, where: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`, in Python).
+
+    Each count is 5-bit groups in characters 48..111, bit 0x20 meaning "more follows" and 0x10 of
+    the last group the sign; from the third count on, a count is stored as its difference from
+    the count two before it.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = k = 0
+        more = True
+        while more:
+            if p >= n:
+                raise SSAError(f"{where}: RLE counts string ends inside a number; fix the file")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise SSAError(f"{where}: RLE counts holds {counts[p]!r}, not a COCO RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def check_rle(rle: Any, where: str) -> None:
+    """Refuse a COCO RLE that would not decode into exactly its `size`: `size` must be two
+    non-negative integers `[H, W]`, `counts` (a list of ints or a compressed str/bytes) must hold
+    non-negative runs summing to H x W. pycocotools decodes a short RLE into uninitialised memory
+    (a different mask on every run), so every RLE read from a user's file goes through here.
+
+    where: what names the RLE in the message, e.g. "masks file a.json: annotation 3".
+    """
+    if not isinstance(rle, dict):
+        raise SSAError(f"{where}: segmentation is {type(rle).__name__}, not a COCO RLE dict")
+    size = rle.get("size")
+    if (
+        not isinstance(size, (list, tuple)) or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
+    ):
+        raise SSAError(f"{where}: RLE size {size!r} is not [height, width] as two integers >= 0")
+    counts = rle.get("counts")
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            raise SSAError(f"{where}: RLE counts are not ASCII; fix the file") from None
+    if isinstance(counts, str):
+        runs = _compressed_counts(counts, where)
+    elif isinstance(counts, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in counts
+    ):
+        runs = counts
+    else:
+        raise SSAError(f"{where}: RLE counts must be a string or a list of integers")
+    if any(v < 0 for v in runs):
+        raise SSAError(f"{where}: RLE counts hold a negative run; fix the file")
+    total, pixels = sum(runs), size[0] * size[1]
+    if total != pixels:
+        raise SSAError(
+            f"{where}: RLE counts cover {total} pixels but its size {size[0]}x{size[1]} has "
+            f"{pixels}; pass masks encoded for this size"
+        )
+
+# Errors after which every later write fails too: the run stops with one line (a rerun resumes).
+_RUN_WIDE = {
+    errno.ENOSPC: ("the disk is full", "free space"),
+    errno.EDQUOT: ("the disk quota is used up", "free space"),
+    errno.EROFS: ("the file system is read-only", "pass an --out-dir you can write"),
+}
+
+
+def write_error(path: str | Path, exc: OSError) -> SSAError:
+    """One line for a failed write of `path`: a FatalError when no later write can succeed
+    (full disk, quota, read-only file system), else an SSAError (that image's failure)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _RUN_WIDE:
+        what, fix = _RUN_WIDE[exc.errno]
+        return FatalError(
+            f"cannot write {path}: {what} ({reason}); {fix}, then rerun the same command "
+            f"(finished images are kept)"
+        )
+    return SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
-        write(Path(tmp))
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # the file is whole or absent either way; only the rename's durability is at stake
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that the file exists whole or not at all.
+
+    The bytes are complete in memory before anything touches the disk; they go to a temporary
+    name in the destination folder (every byte written, the size checked, fsync'd), which is
+    renamed into place, and the folder is fsync'd after the rename. Any OSError (full disk,
+    read-only folder) removes the temporary file and becomes one line (`write_error`).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+            view, done = memoryview(data), 0
+            while done < len(view):
+                n = os.write(fd, view[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
+                done += n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        size = os.stat(tmp).st_size
+        if size != len(view):
+            raise OSError(errno.EIO, f"{size} bytes on disk, {len(view)} written")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
+    _fsync_dir(path.parent)
+
+
+def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
+    """Create `folder` if needed and write, fsync and remove a probe file in it: a read-only
+    folder, or a disk without room for one block, is one line before any model loads.
+
+    A folder that does not exist yet is not created here (nothing is written before the
+    run's other checks pass): its nearest existing parent must be a writable folder on a disk
+    with free space. The probe is not a `.ssa-tmp-*` file, so another rank's clean-up never
+    takes it away."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        parent = folder.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        why = None
+        if not parent.is_dir():
+            why = f"{parent} is not a folder"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            why = f"{parent} is not writable"
+        else:
+            try:
+                if os.statvfs(parent).f_bavail == 0:
+                    why = f"the disk of {parent} is full"
+            except (OSError, AttributeError):  # no statvfs (Windows): the writes will tell
+                pass
+        if folder.exists() or why is not None:
+            why = why or "it is a file"
+            raise SSAError(f"{flag} {folder} cannot be created ({why}); pass a folder you can write")
+        return
+    probe = folder / f".ssa-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if os.write(fd, b"\0" * 4096) != 4096:
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc)}") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:
@@ -97,23 +318,19 @@ def remove_temp_files(out_dir: str | Path) -> int:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(Path(path), write)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
-    _atomic_write(Path(path), write)
+
+def _pil_bytes(image: Any, **save: Any) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, **save)
+    return buffer.getvalue()
 
 
 def no_label_value(num_classes: int) -> int:
@@ -126,7 +343,7 @@ def write_label_png(path: str | Path, labels: np.ndarray, num_classes: int) -> N
     from PIL import Image
 
     arr = np.asarray(labels).astype(np.uint8 if num_classes <= 255 else np.uint16)
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    atomic_write_bytes(path, _pil_bytes(Image.fromarray(arr), format="PNG"))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -165,7 +382,7 @@ def write_overlay(
             continue
         ys, xs = np.nonzero(mask)
         draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
-    _atomic_write(Path(path), lambda tmp: pil.save(tmp, format="JPEG", quality=90))
+    atomic_write_bytes(path, _pil_bytes(pil, format="JPEG", quality=90))
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
@@ -207,4 +424,4 @@ def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
     arr = np.ascontiguousarray(rgb, dtype=np.uint8)
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    atomic_write_bytes(path, _pil_bytes(Image.fromarray(arr), format="PNG"))

@@ -152,10 +152,20 @@ def failure_record(result: ImageResult) -> dict[str, Any]:
 def record_failure(out_dir: Path, result: ImageResult) -> None:
     """Append one line to failures.jsonl now (one `write` of one line in append mode, so lines
     from ranks on one machine do not interleave)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(failure_record(result)) + "\n"
-    with open(out_dir / FAILURES_FILE, "a") as f:
-        f.write(line)
+    import errno
+    import os
+
+    line = (json.dumps(failure_record(result)) + "\n").encode()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / FAILURES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        finally:
+            os.close(fd)
+    except OSError as exc:  # a full disk fails every later image too: stop in one line
+        raise io.write_error(out_dir / FAILURES_FILE, exc) from None
 
 
 def read_failures(out_dir: Path) -> list[dict[str, Any]]:
@@ -183,4 +193,4 @@ def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
         path.unlink(missing_ok=True)
         return
     records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
-    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # one line on OSError

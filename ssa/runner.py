@@ -39,16 +39,18 @@ class RunSummary:
 
 
 def list_images(cfg: Any) -> tuple[Path, list[Path]]:
-    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit)
+    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.out_dir)
 
 
 def select_images(
-    dataset: str, data_dir: Path | None, split: str | None, limit: int | None
+    dataset: str, data_dir: Path | None, split: str | None, limit: int | None,
+    out_dir: Path | None = None,
 ) -> tuple[Path, list[Path]]:
-    """The image folder and the sorted relative paths of its images, the first `limit` only."""
+    """The image folder and the sorted relative paths of its images (outputs under `out_dir`
+    left out, see `DatasetSpec.list_images`), the first `limit` only."""
     if data_dir is None:
         raise SSAError("--data-dir is required; pass the dataset's root folder")
-    root, rels = get_dataset(dataset).list_images(Path(data_dir), split)
+    root, rels = get_dataset(dataset).list_images(Path(data_dir), split, out_dir)
     if limit is not None:
         if limit < 1:
             raise SSAError(f"--limit {limit} must be at least 1")
@@ -69,6 +71,7 @@ def check_run(cfg: Any) -> None:
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
+    io.check_writable(cfg.out_dir)  # a read-only or full out-dir: one line, no model loaded
     check_mask_source(spec)
 
 

@@ -58,13 +58,33 @@ def test_cityscapes_every_city_and_foggy_driving(tmp_path):
     assert [str(r) for r in rels] == ["pedestrian/b.jpg", "public/a.png"]
 
 
-def test_folder_is_recursive_and_skips_outputs(tmp_path):
+def test_folder_is_recursive_and_skips_only_its_outputs(tmp_path):
     touch(tmp_path / "a.png")
     touch(tmp_path / "deep" / "er" / "b.JPG")
-    touch(tmp_path / "deep" / "b_semantic.png")
     touch(tmp_path / "notes.txt")
-    _, rels = get_dataset("folder").list_images(tmp_path)
-    assert [str(r) for r in rels] == ["a.png", "deep/er/b.JPG"]
+    # Names that look like outputs are images unless they lie under the out-dir.
+    for name in ("deep/b_semantic.png", "c_branch.png", "d_vis.jpg"):
+        touch(tmp_path / name)
+    touch(tmp_path / ".ssa-tmp-x1.png")  # a killed run's temporary file
+    touch(tmp_path / "out" / "a_semantic.png")
+    touch(tmp_path / "out" / "a_vis.jpg")
+    touch(tmp_path / "out" / "sub" / ".ssa-tmp-x2.png")
+    spec = get_dataset("folder")
+    everything = ["a.png", "c_branch.png", "d_vis.jpg", "deep/b_semantic.png", "deep/er/b.JPG"]
+    _, rels = spec.list_images(tmp_path, out_dir=tmp_path / "out")
+    assert [r.as_posix() for r in rels] == everything
+    _, rels = spec.list_images(tmp_path, out_dir=tmp_path / "elsewhere")
+    assert [r.as_posix() for r in rels] == everything + ["out/a_semantic.png", "out/a_vis.jpg"]
+
+
+def test_out_dir_equal_to_the_image_folder(tmp_path):
+    for name in ("a.jpg", "a_semantic.png", "a_branch.png", "a_vis.jpg", "b_semantic.png",
+                 "b_semantic_semantic.png", "sub/c.png", "sub/c_vis.jpg", "sub/a_vis.jpg"):
+        touch(tmp_path / name)
+    _, rels = get_dataset("folder").list_images(tmp_path, out_dir=tmp_path)
+    # b_semantic.png has no b.* beside it: an image; its own output goes.
+    assert [r.as_posix() for r in rels] == ["a.jpg", "b_semantic.png", "sub/a_vis.jpg",
+                                            "sub/c.png"]
 
 
 def test_bad_dataset_inputs(tmp_path):
@@ -125,3 +145,17 @@ def test_config_errors(tmp_path):
 def test_shipped_configs_load(name):
     values = load_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert build_config(values, {}).dataset == name
+
+
+def test_run_and_engine_list_without_their_out_dir(tmp_path):
+    from ssa.pipeline import list_images
+
+    from ssa.engine.runner import EngineConfig, list_engine_images
+
+    touch(tmp_path / "x_semantic.png")
+    touch(tmp_path / "out" / "x_semantic_semantic.png")
+    touch(tmp_path / "out" / ".ssa-tmp-k1ll3d.png")
+    cfg = build_config({}, {"data_dir": tmp_path, "out_dir": tmp_path / "out"})
+    assert [r.as_posix() for r in list_images(cfg)[1]] == ["x_semantic.png"]
+    engine = EngineConfig(data_dir=tmp_path, out_dir=tmp_path / "out")
+    assert [r.as_posix() for r in list_engine_images(engine)[1]] == ["x_semantic.png"]

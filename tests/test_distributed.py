@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,17 +75,6 @@ def test_rank_info_from_env() -> None:
     for bad in ({"RANK": "2", "WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"}):
         with pytest.raises(SSAError):
             rank_info_from_env(bad)
-
-
-def test_config_travels_to_workers_unchanged(tmp_path: Path) -> None:
-    from ssa.config import build_config
-    from ssa.distributed import config_from_json, config_to_json
-
-    cfg = build_config({}, {"data_dir": tmp_path / "d", "out_dir": tmp_path / "o",
-                            "amg": {"points_per_side": 2, "box_nms_thresh": 1.0},
-                            "overwrite": True, "evaluate": True, "gt_dir": tmp_path / "gt",
-                            "limit": 3, "segmentor": "hf:x"})
-    assert config_from_json(config_to_json(cfg)) == cfg
 
 
 # --- failure isolation and failures.jsonl, in process --------------------------------------
@@ -296,21 +286,88 @@ def test_torchrun_matches_one_process(
     assert "[rank 1/2] 3 images to label" in proc.stderr
 
 
-def test_sigkill_mid_run_then_resume(
+LAUNCHER = """from ssa.cli import app
+
+if __name__ == "__main__":
+    app(prog_name="ssa")
+"""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _workers(launcher: int) -> list[int]:
+    """The launcher's spawned workers (torch's elastic agent starts them with multiprocessing's
+    spawn, so their command line names spawn_main; the resource tracker's does not)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields is not None and int(fields[1]) == launcher and b"spawn_main" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids still alive (not gone, not zombies) after up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in pids if (_stat(p) or ["Z"])[0] not in ("Z", "X")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _start_from_cwd_with_ssa_folder(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    """`ssa` started as an installed command would be, from a working directory that holds an
+    unrelated folder named `ssa` (as where the repo was cloned)."""
+    cwd = tmp_path / "cwd"
+    (cwd / "ssa").mkdir(parents=True)
+    (cwd / "ssa" / "__init__.py").write_text("raise ImportError('the cwd ssa/ was imported')\n")
+    script = tmp_path / "bin" / "ssa_launcher.py"
+    script.parent.mkdir()
+    script.write_text(LAUNCHER)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], env=_env(), cwd=cwd, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_first_image(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not list(out.rglob("*_semantic.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no image finished: {proc.communicate()[1]}")
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_launcher_sigkilled_alone_from_a_cwd_with_ssa_then_resume(
     tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path
 ) -> None:
     out = tmp_path / "out"
     args = [*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ssa", *args], env=_env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not list(out.rglob("*_semantic.json")):
-        assert proc.poll() is None and time.monotonic() < deadline, "no image finished"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, at once
-    proc.wait()
+    proc = _start_from_cwd_with_ssa_folder(tmp_path, args)
+    try:
+        _wait_first_image(proc, out)  # the workers imported the right ssa: they wrote images
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone; nobody is left to stop them
+        proc.wait()
+        assert _wait_gone(workers, 5.0) == [], "workers outlived their launcher"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     done_at_kill = len(list(out.rglob("*_semantic.json")))
     assert done_at_kill < len(NAMES), "the run ended before the kill; nothing to resume"
     # What a kill in the middle of a write leaves behind (the kill above may or may not have).
@@ -364,26 +421,10 @@ def test_bad_files_are_isolated_and_reported(
     assert not (out / FAILURES_FILE).exists()
 
 
-def _worker_pid(launcher: int, rank: int) -> int | None:
-    """The pid of the launcher's worker of the given rank (from /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == launcher and f"RANK={rank}".encode() in environ:
-            return int(entry.name)
-    return None
-
-
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_a_dead_worker_loses_only_its_image(
     tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path, reference: Path
 ) -> None:
-    if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc to find the worker")
     out = tmp_path / "out"
     args = [*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2"]
     proc = subprocess.Popen(
@@ -391,22 +432,98 @@ def test_a_dead_worker_loses_only_its_image(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not list(out.rglob("*_semantic.json")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no image finished"
-            time.sleep(0.01)
-        worker = _worker_pid(proc.pid, rank=1)
-        assert worker is not None
-        os.kill(worker, signal.SIGKILL)
+        _wait_first_image(proc, out)
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
+        assert _wait_gone(workers, 5.0) == []  # torch's agent stopped the other one
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1
-    assert "rank 1 killed by SIGKILL" in stderr and "rerun" in stderr
+    stderr = " ".join(stderr.split())
+    assert re.search(r"rank [01] killed by SIGKILL", stderr) and "rerun" in stderr, stderr
+    assert "Traceback" not in stderr
     assert list(out.rglob("*_semantic.json"))  # what was written stands
 
     resumed = _ssa(args)
     assert resumed.returncode == 0, resumed.stderr
     assert "images already done" in resumed.stderr
     assert_same_outputs(out, reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_to_the_launcher_stops_every_worker(
+    tmp_path: Path, images: Path, tiny_sam: Path, segformer_5: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [*_run_args(images, out, tiny_sam, segformer_5), "--world-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssa", *args], env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_first_image(proc, out)
+        workers = _workers(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert _wait_gone(workers, 5.0) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr
+
+
+def test_world_size_is_capped_by_the_cores(tmp_path: Path) -> None:
+    from ssa.distributed import check_world_size, max_workers
+
+    cores = max_workers("cpu")
+    check_world_size("cpu", cores)
+    with pytest.raises(SSAError, match=f"--world-size {cores + 1} needs one core per worker"):
+        check_world_size("cpu", cores + 1)
+    with pytest.raises(SSAError, match="at least 1"):
+        check_world_size("cpu", 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(SSAError, match="0 GPUs"):
+            check_world_size("cuda", 1)
+
+
+def test_world_size_beyond_the_cores_is_refused_before_any_worker(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ssa.cli import app
+
+    make_image(tmp_path / "data" / "a.png")
+    result = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path / "data"), "--out-dir",
+                                      str(tmp_path / "out"), "--device", "cpu", "--world-size",
+                                      "1000"])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "--world-size 1000 needs one core per worker" in text and "Traceback" not in text
+
+
+def _rank_code() -> int:
+    """A worker for `launch`: rank 0 returns 5, rank 1 raises a bug."""
+    if os.environ["RANK"] == "1":
+        raise KeyError("a bug in rank 1")
+    time.sleep(60)  # stopped by the agent long before this ends
+    return 5
+
+
+def _rank_zero_speaks() -> int:
+    return 5 if os.environ["RANK"] == "0" else 0
+
+
+def test_launch_returns_rank_0s_code_and_keeps_a_bugs_traceback(capfd) -> None:
+    from ssa.distributed import launch
+
+    assert launch(2, _rank_zero_speaks) == 5
+    lines: list[str] = []
+    start = time.monotonic()
+    assert launch(2, _rank_code, log=lines.append) == 1
+    assert time.monotonic() - start < 50  # rank 0 was stopped, not waited for
+    assert len(lines) == 1 and "rank 1 exit code 1, KeyError: 'a bug in rank 1'" in lines[0]
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "raise KeyError" in err  # a bug keeps its traceback

@@ -321,3 +321,33 @@ def test_chunked_encoder_attention_matches_stock(sams) -> None:
         for budget in (1 << 21, 5 * 4096 * 3, 4096 * 7):
             with chunked_attention(block, budget=budget):
                 torch.testing.assert_close(block.attn(tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [256, 512])
+def test_fast_matches_stock_for_a_custom_image_size(image_size: int, tmp_path: Path) -> None:
+    """A SAM trained at another input size (logits image_size / 4): same masks as the stock
+    generator (the low-res grid used to be fixed at 256 cells: "index 191 is out of bounds")."""
+    from segment_anything import SamAutomaticMaskGenerator
+    from ssa.fast_amg import FastMaskGenerator
+
+    from ssa.masks import EncoderConfig, build_sam_from_config, load_sam
+
+    torch.manual_seed(image_size)
+    model = build_sam_from_config(
+        EncoderConfig(16, 1, 1, (0,), window_size=4, image_size=image_size, out_chans=32)
+    )
+    torch.save(model.state_dict(), tmp_path / "sam.pth")
+    sam = load_sam("vit_b", tmp_path / "sam.pth")
+    assert sam.image_encoder.img_size == image_size
+    with torch.no_grad():  # sharper logits: stability scores spread, as with "sharp" above
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 30
+    rng = np.random.default_rng(0)
+    image = np.kron(rng.integers(0, 255, (20, 30, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    settings = {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                "box_nms_thresh": 0.8, "crop_n_layers": 1}
+    with torch.inference_mode():
+        stock = SamAutomaticMaskGenerator(sam, **settings).generate(image)
+        fast = FastMaskGenerator(sam, **settings).generate(image)
+    assert stock, "a case that keeps no mask tests nothing"
+    assert_same_records(stock, fast)

@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from conftest import ADE20K_FULL, CITY_STEM, CITYSCAPES, need, save_segformer
 from PIL import Image
-from ssa.labeller import Labeller
-from ssa.outputs import semantic_mask_rles
 from test_voting import _ade_instances
 from test_voting_policies import brute_force
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +28,8 @@ from typer.testing import CliRunner
 
 from ssa import io, voting
 from ssa.cli import app
+from ssa.labeller import Labeller
+from ssa.outputs import semantic_mask_rles
 from ssa.segmentors.base import BranchOutput
 from ssa.segmentors.hf import HFSegmentor
 

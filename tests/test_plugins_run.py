@@ -186,7 +186,7 @@ def test_soft_vote_with_labels_only_stops_the_run(disagree, tmp_path):
     ("extra", "message"),
     [
         (["--vote", "mean"], "unknown --vote 'mean'"),
-        (["--min-vote-share", "2"], "--min-vote-share 2.0 must be a number in [0, 1]"),
+        (["--min-vote-share", "2"], "--min-vote-share 2.0 (config key min_vote_share)"),
         (["--segmentor-arg", "colour=red"], "takes no argument 'colour'"),
         (["--classes", "x.txt"], "--classes applies to labels: segmentors"),
     ],

@@ -5,6 +5,7 @@ turned into one-line SSAErrors that name the option, the model and the fix."""
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +80,10 @@ def load(role: str, model_id: str, loader: Callable[[str], T]) -> T:
         return loader(model_id)
     except SSAError as exc:
         raise SSAError(f"{option_name(role)}: {exc}") from None
+    except pickle.UnpicklingError:
+        from ssa.segmentors.hf import unpickling_refused
+
+        raise SSAError(unpickling_refused(f"{option_name(role)} {model_id}")) from None
     except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
         raise load_error(role, model_id, exc) from None
 
@@ -95,8 +100,13 @@ class HFModel:
         self.model_id = model_id
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.processor = load(role, model_id, AutoProcessor.from_pretrained)
-        self.model = load(role, model_id, model_cls.from_pretrained)
+        # Code that a model ships is never run (and never asked about on a terminal).
+        self.processor = load(
+            role, model_id, lambda m: AutoProcessor.from_pretrained(m, trust_remote_code=False)
+        )
+        self.model = load(
+            role, model_id, lambda m: model_cls.from_pretrained(m, trust_remote_code=False)
+        )
         self.model.to(self.device).eval()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ssa import io
-from ssa.config import MaskBranchConfig
+from ssa.config import MaskBranchConfig, PositiveInt
 from ssa.errors import SSAError
 from ssa.outputs import ImageResult
 from ssa.runner import RunSummary
@@ -26,39 +26,24 @@ from ssa.runner import RunSummary
 class EngineConfig(MaskBranchConfig):
     """Everything `ssa engine` needs. The mask branch's fields are `MaskBranchConfig`'s
     (amg_preset None: "default"). `models` maps roles (see `ssa.engine.models.ROLES`) to hub
-    ids or folders; missing roles take the (light) defaults."""
+    ids or folders; missing roles take the (light) defaults. Build it with
+    `ssa.config.validated(EngineConfig, values)` to have every value type-checked."""
 
     data_dir: Path | None = None
     out_dir: Path | None = None
     models: dict[str, str | None] = field(default_factory=dict)
     light: bool = False
-    top_k: int = 3
-    batch_size: int = 16
+    top_k: PositiveInt = 3
+    batch_size: PositiveInt = 16
     save_vis: bool = False
     device: str | None = None
-    limit: int | None = None
+    limit: PositiveInt | None = None
     use_spacy: bool = True
 
     def resolved_device(self) -> str:
         from ssa.config import RunConfig
 
         return RunConfig(device=self.device).resolved_device()
-
-
-_PATH_FIELDS = ("data_dir", "out_dir", "sam_checkpoint")
-
-
-def engine_config_from_json(text: str) -> EngineConfig:
-    """The EngineConfig that `ssa.distributed.config_to_json` wrote (for `--world-size` workers)."""
-    import json
-
-    values = json.loads(text)
-    if "masks_dir" in values:  # the former name of `masks`
-        values["masks"] = values.pop("masks_dir")
-    for key in _PATH_FIELDS:
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    return EngineConfig(**values)
 
 
 def check_engine(cfg: EngineConfig) -> None:
@@ -72,6 +57,7 @@ def check_engine(cfg: EngineConfig) -> None:
     if cfg.batch_size < 1:
         raise SSAError(f"--batch-size {cfg.batch_size} must be at least 1")
     list_engine_images(cfg)
+    io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
     from ssa.labeller import mask_settings
     from ssa.masks.spec import check_mask_source
@@ -83,7 +69,7 @@ def check_engine(cfg: EngineConfig) -> None:
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
     from ssa.runner import select_images
 
-    return select_images("folder", cfg.data_dir, None, cfg.limit)
+    return select_images("folder", cfg.data_dir, None, cfg.limit, cfg.out_dir)
 
 
 class EngineRun:

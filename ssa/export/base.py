@@ -63,15 +63,6 @@ class ExportConfig:
     overwrite: bool = False
 
 
-def config_from_json(text: str) -> ExportConfig:
-    """The ExportConfig that `ssa.distributed.config_to_json` wrote (for `--world-size` workers)."""
-    values = json.loads(text)
-    for key in ("pred_dir", "out", "data_dir", "classes", "things"):
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    return ExportConfig(**values)
-
-
 @dataclass(frozen=True)
 class RunItem:
     """One image of the export. index: 0-based position (COCO image id = index + 1); rel: the

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_LOWRES = 256
 # Full-resolution float pixels upsampled at once (about 256 MB of float32).
 _CHUNK_PIXELS = 1 << 26
 # Chunks of the separable CPU resize: a few full-resolution masks, so passes hit the cache.
@@ -58,15 +57,17 @@ class _Axis:
 
     @staticmethod
     def build(input_len: int, out_len: int, encoder_size: int, device: torch.device) -> _Axis:
-        eye = torch.eye(_LOWRES, dtype=torch.float32, device=device).view(1, _LOWRES, _LOWRES, 1)
+        # The decoder's logits are a quarter of the encoder's input (256 for SAM's 1024).
+        lowres = encoder_size // 4
+        eye = torch.eye(lowres, dtype=torch.float32, device=device).view(1, lowres, lowres, 1)
         up = F.interpolate(eye, (encoder_size, 1), mode="bilinear", align_corners=False)
         up = up[:, :, :input_len]
         weights = F.interpolate(up, (out_len, 1), mode="bilinear", align_corners=False)
-        support = weights[0, :, :, 0] > 0  # (256 cells, out_len)
-        cells = torch.arange(_LOWRES, device=device)[:, None]
-        lo = torch.where(support, cells, _LOWRES).amin(0)
+        support = weights[0, :, :, 0] > 0  # (lowres cells, out_len)
+        cells = torch.arange(lowres, device=device)[:, None]
+        lo = torch.where(support, cells, lowres).amin(0)
         hi = torch.where(support, cells, -1).amax(0)
-        keys = lo * (_LOWRES + 1) + hi
+        keys = lo * (lowres + 1) + hi
         uniq, inverse = torch.unique(keys, return_inverse=True)
         idx = torch.arange(out_len, device=device)
         n = len(uniq)
@@ -75,11 +76,12 @@ class _Axis:
         count = torch.zeros(n, dtype=torch.int64, device=device).scatter_add(
             0, inverse, torch.ones_like(idx)
         )
-        ranges = torch.stack([uniq // (_LOWRES + 1), uniq % (_LOWRES + 1)], 1)
+        ranges = torch.stack([uniq // (lowres + 1), uniq % (lowres + 1)], 1)
         return _Axis(ranges, first, last, count)
 
     def block_any(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
-        """OR of `cells` (bool, 256 long on `dim`) over each range: the range axis replaces `dim`.
+        """OR of `cells` (bool, lowres long on `dim`) over each range: the range axis replaces
+        `dim`.
 
         A range is contiguous, so the OR is a sliding-window max picked per range length.
         """
@@ -88,9 +90,10 @@ class _Axis:
         out = torch.empty(*cells.shape[:-1], len(self.ranges), dtype=torch.bool,
                           device=cells.device)
         window = cells.clone()
+        lowres = cells.shape[-1]
         for k in range(1, int(lengths.max()) + 1):
             if k > 1:  # window[..., c] = OR of cells[c .. c+k-1]
-                window[..., : _LOWRES - k + 1] |= cells[..., k - 1 :]
+                window[..., : lowres - k + 1] |= cells[..., k - 1 :]
             sel = (lengths == k).nonzero(as_tuple=True)[0]
             out[..., sel] = window[..., self.ranges[sel, 0]]
         return out.movedim(-1, dim)

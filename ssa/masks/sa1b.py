@@ -58,11 +58,13 @@ class JsonMasks:
 
     def generate(self, image: np.ndarray, *, path: Path | None = None) -> MaskResult:
         from ssa.companions import find_companion
+        from ssa.io import check_rle
 
         file = find_companion(self.folder, path, (".json",), "mask file")
         height, width = image.shape[:2]
         annotations = read_sa1b_json(file)
         for i, ann in enumerate(annotations):
+            check_rle(ann["segmentation"], f"masks file {file}: annotation {i}")
             size = [int(v) for v in ann["segmentation"]["size"]]
             if size != [height, width]:
                 raise SSAError(

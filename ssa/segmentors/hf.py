@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,17 +60,12 @@ def load_config(model_id: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_id)
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (
-            "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
-            if offline
-            else "pass a hub id or a local save_pretrained folder; offline, download it "
-            "elsewhere and pass the folder"
-        )
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SSAError(f"cannot load segmentor hf:{model_id} ({first}); {hint}") from None
+        raise SSAError(
+            f"cannot load segmentor hf:{model_id} ({_first_line(exc)}); "
+            f"{config_hint(model_id, exc)}"
+        ) from None
 
 
 def is_sam3(model_id: str) -> bool:
@@ -94,6 +91,39 @@ def hf_factory(
             f"--prompts applies to SAM 3 segmentors; hf:{model_id} is trained on its own classes"
         )
     return partial(HFSegmentor, model_id)
+
+
+def _first_line(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
+
+
+def config_hint(model_id: str, exc: BaseException) -> str:
+    """What to do when a model's config does not load: code the model ships is never run;
+    a local folder needs its save_pretrained files; a hub id offline must be in the cache."""
+    if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+        return (
+            "ssa does not run code that a model ships (trust_remote_code); pass a model whose "
+            "architecture transformers implements"
+        )
+    if Path(model_id).expanduser().is_dir():
+        return "the folder needs config.json and the weights that save_pretrained writes"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
+    return (
+        "pass a hub id or a local save_pretrained folder; offline, download it elsewhere and "
+        "pass the folder"
+    )
+
+
+def unpickling_refused(what: str) -> str:
+    """The one line for a pickled weights file (`.bin`) that torch's `weights_only` loader
+    refused: it would run code when loaded, and nothing of it ran."""
+    return (
+        f"cannot load {what}: its pickled weights (.bin) hold objects that torch refuses to "
+        f"load without running code (weights_only), so nothing of it ran; pass safetensors "
+        f"weights (save_pretrained writes them) from a source you trust"
+    )
 
 
 def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
@@ -163,28 +193,35 @@ class HFSegmentor:
             if self.universal:
                 from transformers import AutoModelForUniversalSegmentation
 
-                self.model = AutoModelForUniversalSegmentation.from_pretrained(self.model_id)
+                self.model = AutoModelForUniversalSegmentation.from_pretrained(
+                    self.model_id, trust_remote_code=False
+                )
             else:
                 from transformers import AutoModelForSemanticSegmentation
 
-                self.model = AutoModelForSemanticSegmentation.from_pretrained(self.model_id)
+                self.model = AutoModelForSemanticSegmentation.from_pretrained(
+                    self.model_id, trust_remote_code=False
+                )
             self.task_inputs = None
             if self.model_type == "oneformer":
                 from transformers import AutoProcessor
 
-                processor = AutoProcessor.from_pretrained(self.model_id)
+                processor = AutoProcessor.from_pretrained(self.model_id, trust_remote_code=False)
                 self.image_processor = processor.image_processor
                 dummy = np.zeros((32, 32, 3), dtype=np.uint8)
                 self.task_inputs = processor(
                     images=dummy, task_inputs=["semantic"], return_tensors="pt"
                 )["task_inputs"].to(self.device)
             else:
-                self.image_processor = AutoImageProcessor.from_pretrained(self.model_id)
+                self.image_processor = AutoImageProcessor.from_pretrained(
+                    self.model_id, trust_remote_code=False
+                )
+        except pickle.UnpicklingError:
+            raise SSAError(unpickling_refused(f"segmentor hf:{self.model_id}")) from None
         except (OSError, ValueError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SSAError(
-                f"cannot load segmentor hf:{self.model_id} ({first}); pass a folder with the "
-                f"model and its image processor (save_pretrained both)"
+                f"cannot load segmentor hf:{self.model_id} ({_first_line(exc)}); pass a folder "
+                f"with the model and its image processor (save_pretrained both)"
             ) from None
         self.model.to(self.device).eval()
 

@@ -179,9 +179,16 @@ def read_classes_file(path: str | Path) -> list[str]:
     """Class names, one per line, in index order (blank lines and `#` comments skipped)."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SSAError(f"--classes {path}: cannot read it ({exc}); pass a text file") from None
+    except UnicodeDecodeError:
+        raise SSAError(
+            f"--classes {path} is not UTF-8 text (a binary file?); pass class names, one per line"
+        ) from None
+    if "\0" in text:
+        raise SSAError(f"--classes {path} holds NUL bytes (a binary file?); pass a text file")
+    lines = text.splitlines()
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise SSAError(f"--classes {path} holds no class names; write one name per line")
@@ -199,8 +206,8 @@ def read_label_map_file(path: str | Path, classes: Sequence[str]) -> dict[int, i
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())  # YAML reads JSON too
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML reads JSON too
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SSAError(f"--label-map {path}: cannot read it ({exc}); pass a JSON/YAML mapping") from None
     if not isinstance(data, dict) or not data:
         raise SSAError(f"--label-map {path} must map stored ids to class indices or names")

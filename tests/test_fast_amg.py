@@ -328,9 +328,9 @@ def test_fast_matches_stock_for_a_custom_image_size(image_size: int, tmp_path: P
     """A SAM trained at another input size (logits image_size / 4): same masks as the stock
     generator (the low-res grid used to be fixed at 256 cells: "index 191 is out of bounds")."""
     from segment_anything import SamAutomaticMaskGenerator
-    from ssa.fast_amg import FastMaskGenerator
 
     from ssa.masks import EncoderConfig, build_sam_from_config, load_sam
+    from ssa.masks.fast_amg import FastMaskGenerator
 
     torch.manual_seed(image_size)
     model = build_sam_from_config(

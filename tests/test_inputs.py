@@ -170,7 +170,7 @@ def test_rle_bad_fields(size, counts, match) -> None:
         ({"overwrite": "true", "evaluate": "yes"}, {"overwrite": True, "evaluate": True}),
         ({"top_k": "3", "limit": "10", "min_vote_share": "0.25"},
          {"top_k": 3, "limit": 10, "min_vote_share": 0.25}),
-        ({"out_dir": "o", "masks": "m"}, {"out_dir": Path("o"), "masks": Path("m")}),
+        ({"out_dir": "o", "masks": "m"}, {"out_dir": Path("o"), "masks": "m"}),
         ({"min_vote_share": 1}, {"min_vote_share": 1.0}),
     ],
 )

@@ -127,7 +127,7 @@ def test_out_dir_that_cannot_be_created(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_failures_report_on_a_full_disk(tmp_path: Path, full_disk) -> None:
-    from ssa.pipeline import ImageResult, record_failure, write_failures
+    from ssa.outputs import ImageResult, record_failure, write_failures
 
     failed = [ImageResult(Path(f"im{i}.png"), "failed", stage="read", error="x" * 80)
               for i in range(3)]

@@ -44,7 +44,7 @@ _UNKNOWN = 1e7
 
 @dataclass
 class _Axis:
-    """Bilinear support of one axis of the stock upsampling (`256 -> 1024 -> crop -> size`).
+    """Bilinear support of one axis of the stock upsampling (`low -> encoder -> crop -> size`).
 
     ranges: `(U, 2) int64` distinct `[lo, hi]` low-res cell ranges (inclusive) that full-res
     indices read from; first/last/count: `(U,)` the smallest and largest full-res index with
@@ -55,18 +55,21 @@ class _Axis:
     first: torch.Tensor
     last: torch.Tensor
     count: torch.Tensor
+    low: int = _LOWRES
 
     @staticmethod
-    def build(input_len: int, out_len: int, encoder_size: int, device: torch.device) -> _Axis:
-        eye = torch.eye(_LOWRES, dtype=torch.float32, device=device).view(1, _LOWRES, _LOWRES, 1)
+    def build(input_len: int, out_len: int, encoder_size: int, device: torch.device,
+              low: int = _LOWRES) -> _Axis:
+        """`low` is the decoder's logit size (256 for SAM at 1024; any size for other models)."""
+        eye = torch.eye(low, dtype=torch.float32, device=device).view(1, low, low, 1)
         up = F.interpolate(eye, (encoder_size, 1), mode="bilinear", align_corners=False)
         up = up[:, :, :input_len]
         weights = F.interpolate(up, (out_len, 1), mode="bilinear", align_corners=False)
         support = weights[0, :, :, 0] > 0  # (256 cells, out_len)
-        cells = torch.arange(_LOWRES, device=device)[:, None]
-        lo = torch.where(support, cells, _LOWRES).amin(0)
+        cells = torch.arange(low, device=device)[:, None]
+        lo = torch.where(support, cells, low).amin(0)
         hi = torch.where(support, cells, -1).amax(0)
-        keys = lo * (_LOWRES + 1) + hi
+        keys = lo * (low + 1) + hi
         uniq, inverse = torch.unique(keys, return_inverse=True)
         idx = torch.arange(out_len, device=device)
         n = len(uniq)
@@ -75,11 +78,11 @@ class _Axis:
         count = torch.zeros(n, dtype=torch.int64, device=device).scatter_add(
             0, inverse, torch.ones_like(idx)
         )
-        ranges = torch.stack([uniq // (_LOWRES + 1), uniq % (_LOWRES + 1)], 1)
-        return _Axis(ranges, first, last, count)
+        ranges = torch.stack([uniq // (low + 1), uniq % (low + 1)], 1)
+        return _Axis(ranges, first, last, count, low)
 
     def block_any(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
-        """OR of `cells` (bool, 256 long on `dim`) over each range: the range axis replaces `dim`.
+        """OR of `cells` (bool, `low` long on `dim`) over each range: the range axis replaces `dim`.
 
         A range is contiguous, so the OR is a sliding-window max picked per range length.
         """
@@ -90,7 +93,7 @@ class _Axis:
         window = cells.clone()
         for k in range(1, int(lengths.max()) + 1):
             if k > 1:  # window[..., c] = OR of cells[c .. c+k-1]
-                window[..., : _LOWRES - k + 1] |= cells[..., k - 1 :]
+                window[..., : self.low - k + 1] |= cells[..., k - 1 :]
             sel = (lengths == k).nonzero(as_tuple=True)[0]
             out[..., sel] = window[..., self.ranges[sel, 0]]
         return out.movedim(-1, dim)

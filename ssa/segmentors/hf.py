@@ -36,6 +36,27 @@ def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
     return 512, 512
 
 
+def load_error(kind: str, model_id: str, exc: BaseException) -> SSAError:
+    """One line for a Hugging Face model that cannot be loaded: what failed (the first line of
+    `exc`) and what to do; offline (`HF_HUB_OFFLINE=1`) it names the cache to put it in."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if offline:
+        from huggingface_hub import constants
+
+        hint = (
+            f"it is not in the local cache (HF_HUB_OFFLINE=1); download it where the hub is "
+            f"reachable (`hf download {model_id}`) into the cache {constants.HF_HUB_CACHE}, or "
+            f"pass a local save_pretrained folder"
+        )
+    else:
+        hint = (
+            "pass a hub id or a local save_pretrained folder; offline, download it elsewhere "
+            "and pass the folder"
+        )
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return SSAError(f"cannot load {kind} hf:{model_id} ({first}); {hint}")
+
+
 def _windows(length: int, crop: int, stride: int) -> list[int]:
     if length <= crop:
         return [0]
@@ -68,15 +89,7 @@ class HFSegmentor:
         try:
             config = AutoConfig.from_pretrained(model_id)
         except (OSError, ValueError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            hint = (
-                "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
-                if offline
-                else "pass a hub id or a local save_pretrained folder; offline, download it "
-                "elsewhere and pass the folder"
-            )
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SSAError(f"cannot load segmentor hf:{model_id} ({first}); {hint}") from None
+            raise load_error("segmentor", model_id, exc) from None
         self.universal = config.model_type in UNIVERSAL_TYPES
         self.model_type = config.model_type
         self._load(config)

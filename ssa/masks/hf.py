@@ -26,6 +26,7 @@ on a non-square image its prompts cover only part of it. Here SAM 2 points are s
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
 
@@ -119,8 +120,10 @@ def load_hf_mask_source(name: str, device: str = "cpu",
 
     from ssa.segmentors.hf import load_error
 
+    # HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import).
+    local = {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:
         raise load_error("mask model", name, exc) from None
     model_type = getattr(config, "model_type", None)
@@ -130,8 +133,8 @@ def load_hf_mask_source(name: str, device: str = "cpu",
             f"checkpoint whose config model_type is one of: {', '.join(FAMILIES)}"
         )
     try:
-        model = AutoModelForMaskGeneration.from_pretrained(name)
-        processor = AutoImageProcessor.from_pretrained(name)
+        model = AutoModelForMaskGeneration.from_pretrained(name, **local)
+        processor = AutoImageProcessor.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SSAError(

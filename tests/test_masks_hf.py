@@ -40,24 +40,12 @@ def _sam_folder(folder, hq: bool = False):
     from transformers import SamImageProcessor
 
     if hq:
-        from transformers import (
-            SamHQConfig as Config,
-        )
-        from transformers import (
-            SamHQMaskDecoderConfig as Decoder,
-        )
-        from transformers import (
-            SamHQModel as Model,
-        )
-        from transformers import (
-            SamHQProcessor as Processor,
-        )
-        from transformers import (
-            SamHQPromptEncoderConfig as Prompt,
-        )
-        from transformers import (
-            SamHQVisionConfig as Vision,
-        )
+        from transformers import SamHQConfig as Config
+        from transformers import SamHQMaskDecoderConfig as Decoder
+        from transformers import SamHQModel as Model
+        from transformers import SamHQProcessor as Processor
+        from transformers import SamHQPromptEncoderConfig as Prompt
+        from transformers import SamHQVisionConfig as Vision
         extra = {"vit_dim": 32}
     else:
         from transformers import SamConfig as Config
@@ -232,7 +220,7 @@ def test_default_knobs_equal_pipeline(folders):
                             "crop_n_points_downscale_factor", "min_mask_region_area",
                             "multimask_output"}
     image = _blocks(128, 128)
-    ref_masks, ref_scores, _ = _pipeline(folders["sam"], image, points_per_crop=POINTS,
+    ref_masks, _ref_scores, _ = _pipeline(folders["sam"], image, points_per_crop=POINTS,
                                          pred_iou_thresh=0.0, stability_score_thresh=0.0)
     source = load_hf_mask_source(str(folders["sam"]), "cpu", {
         "points_per_side": POINTS, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
@@ -327,8 +315,8 @@ def test_predict_equals_model(folders, family):
     model = AutoModelForMaskGeneration.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
     prompts = [
-        dict(points=[[30.0, 20.0], [120.0, 70.0]], labels=[1, 0], box=None),
-        dict(points=None, labels=None, box=[10.0, 5.0, 90.0, 60.0]),
+        {"points": [[30.0, 20.0], [120.0, 70.0]], "labels": [1, 0], "box": None},
+        {"points": None, "labels": None, "box": [10.0, 5.0, 90.0, 60.0]},
     ]
     for prompt in prompts:
         for multimask in (True, False):

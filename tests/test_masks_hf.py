@@ -162,10 +162,10 @@ def _xyxy(record: dict) -> list[int]:
 # (family, image, box NMS, crop layers, fewest masks the pipeline keeps): NMS off and on, one
 # crop layer; SAM also on a landscape image.
 CASES = [
-    ("sam", (128, 128), 1.0, 0, 150), ("sam", (128, 128), 0.7, 0, 5),
-    ("sam", (96, 160), 0.7, 1, 2), ("sam2", (128, 128), 1.0, 0, 150),
-    ("sam2", (128, 128), 0.7, 0, 8), ("sam2", (128, 128), 0.7, 1, 8),
-    ("sam_hq", (128, 128), 1.0, 0, 150),
+    ("sam", (96, 96), 1.0, 0, 150), ("sam", (96, 96), 0.7, 0, 10),
+    ("sam", (80, 128), 0.7, 1, 5), ("sam2", (96, 96), 1.0, 0, 150),
+    ("sam2", (96, 96), 0.7, 0, 10), ("sam2", (96, 96), 0.7, 1, 10),
+    ("sam_hq", (96, 96), 1.0, 0, 150),
 ]
 
 
@@ -219,7 +219,7 @@ def test_default_knobs_equal_pipeline(folders):
                             "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
                             "crop_n_points_downscale_factor", "min_mask_region_area",
                             "multimask_output"}
-    image = _blocks(128, 128)
+    image = _blocks(96, 96)
     ref_masks, _ref_scores, _ = _pipeline(folders["sam"], image, points_per_crop=POINTS,
                                          pred_iou_thresh=0.0, stability_score_thresh=0.0)
     source = load_hf_mask_source(str(folders["sam"]), "cpu", {

@@ -26,7 +26,6 @@ on a non-square image its prompts cover only part of it. Here SAM 2 points are s
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from typing import Any
 
@@ -118,10 +117,9 @@ def load_hf_mask_source(name: str, device: str = "cpu",
     load as transformers loads them (safetensors, or `weights_only` torch files)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForMaskGeneration
 
-    from ssa.segmentors.hf import load_error
+    from ssa.segmentors.hf import load_error, offline_kwargs
 
-    # HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import).
-    local = {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+    local = offline_kwargs()  # HF_HUB_OFFLINE as set now
     try:
         config = AutoConfig.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:

@@ -36,6 +36,12 @@ def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
     return 512, 512
 
 
+def offline_kwargs() -> dict[str, Any]:
+    """`from_pretrained` keywords for `HF_HUB_OFFLINE` as set now: huggingface_hub reads the
+    variable once, at import, and otherwise retries the hub for about 20 s before failing."""
+    return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
 def load_error(kind: str, model_id: str, exc: BaseException) -> SSAError:
     """One line for a Hugging Face model that cannot be loaded: what failed (the first line of
     `exc`) and what to do; offline (`HF_HUB_OFFLINE=1`) it names the cache to put it in."""
@@ -87,7 +93,7 @@ class HFSegmentor:
         self.batch_size = batch_size
         self.resize = resize
         try:
-            config = AutoConfig.from_pretrained(model_id)
+            config = AutoConfig.from_pretrained(model_id, **offline_kwargs())
         except (OSError, ValueError) as exc:
             raise load_error("segmentor", model_id, exc) from None
         self.universal = config.model_type in UNIVERSAL_TYPES

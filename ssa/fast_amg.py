@@ -240,7 +240,8 @@ class _Bounds:
 class _Candidates:
     """Candidate masks of one crop, kept at low resolution. Row i of every field is candidate i.
 
-    logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY.
+    logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY, on
+    the CPU whatever the device (`select` moves its index there).
     """
 
     logits: torch.Tensor
@@ -254,7 +255,7 @@ class _Candidates:
         bounds = None if b is None else _Bounds(
             b.box_lo[keep], b.box_hi[keep], b.stab_lo[keep], b.stab_hi[keep], b.exact[keep]
         )
-        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep], bounds,
+        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep.cpu()], bounds,
                            self.input_size)
 
 

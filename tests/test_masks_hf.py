@@ -209,6 +209,35 @@ def test_generate_equals_pipeline(folders, family, size, nms, layers, fewest):
     assert source.stats.candidates == (1 + 4 * layers) * 3 * POINTS * POINTS
 
 
+def test_sam2_landscape_equals_pipeline_with_processor_scaling(folders, monkeypatch):
+    """On a non-square image the pipeline scales SAM 2 grid points for a longest-edge resize;
+    with `Sam2Processor`'s own point scaling patched in, it gives ssa's masks."""
+    import transformers.models.sam2.image_processing_sam2 as sam2_ip
+    from transformers import AutoProcessor
+
+    from ssa.masks.hf import load_hf_mask_source
+
+    image = _blocks(80, 128)
+    folder = folders["sam2"]
+    settings = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    source = load_hf_mask_source(str(folder), "cpu", dict(settings, points_per_side=POINTS,
+                                                          box_nms_thresh=0.7))
+    out = source.generate(image)
+    stock, _, _ = _pipeline(folder, image, points_per_crop=POINTS, crops_nms_thresh=0.7,
+                            **settings)
+    processor = AutoProcessor.from_pretrained(folder)
+    monkeypatch.setattr(sam2_ip, "_normalize_coordinates",
+                        lambda target, coords, size: processor._normalize_coordinates(
+                            target, coords, size))
+    fixed, _, _ = _pipeline(folder, image, points_per_crop=POINTS, crops_nms_thresh=0.7,
+                            **settings)
+    assert len(fixed) >= 3
+    assert len(out.records) == len(fixed)
+    assert len(_match(fixed, out.masks)) == len(fixed)
+    # Unpatched, the prompts differ (the grid covers the top 5/8 of the image only).
+    assert len(_match(stock, out.masks)) < len(fixed) or len(stock) != len(fixed)
+
+
 def test_default_knobs_equal_pipeline(folders):
     """The pipeline's own defaults for every knob but the grid and the thresholds (its batch,
     NMS, crop settings, offset, multimask)."""

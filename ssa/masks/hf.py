@@ -206,9 +206,9 @@ class HFMaskSource:
     def _encode(self, image: np.ndarray, crop_box: list[int]) -> _Encoded:
         """Run the image encoder on `image[crop]` (`HWC uint8 RGB`), as the pipeline does."""
         x0, y0, x1, y1 = crop_box
-        whole = torch.from_numpy(np.array(image, copy=True)) if not image.flags.writeable else \
-            torch.from_numpy(np.ascontiguousarray(image))
-        crop = whole.permute(2, 0, 1)[:, y0:y1, x0:x1]
+        if not (image.flags.writeable and image.flags.c_contiguous):
+            image = np.array(image)  # torch.from_numpy wants a writeable C-order array
+        crop = torch.from_numpy(image).permute(2, 0, 1)[:, y0:y1, x0:x1]
         inputs = self.processor(images=[crop], return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
         if "reshaped_input_sizes" in inputs:
@@ -238,14 +238,16 @@ class HFMaskSource:
         coords[..., 1] = coords[..., 1] * (new_h / old_h)
         return coords
 
-    def _decode(self, enc: _Encoded, coords: torch.Tensor, labels: torch.Tensor,
+    def _decode(self, enc: _Encoded, coords: torch.Tensor | None, labels: torch.Tensor | None,
                 boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> low-res logits `(B, M, h, w)` and predicted IoUs `(B, M)` (float32).
 
-        coords: `(B, K, 2)` in the prompt encoder's frame; labels `(B, K)`; boxes `(B, 4)`."""
+        coords: `(B, K, 2)` in the prompt encoder's frame, labels `(B, K)`, boxes `(B, 4)`;
+        points or boxes may be None."""
         kwargs: dict[str, Any] = dict(enc.embeddings)
-        kwargs["input_points"] = coords[None].to(self.device, self.model.dtype)
-        kwargs["input_labels"] = labels[None].to(self.device)
+        if coords is not None:
+            kwargs["input_points"] = coords[None].to(self.device, self.model.dtype)
+            kwargs["input_labels"] = labels[None].to(self.device)
         if boxes is not None:
             kwargs["input_boxes"] = boxes[None].to(self.device, self.model.dtype)
         out = self.model(**kwargs, multimask_output=multimask)
@@ -316,14 +318,8 @@ class HFMaskSource:
         if box is not None:
             b = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(1, 2, 2)
             boxes = self._scale_points(b, enc.crop_size).reshape(1, 4)
-        kwargs: dict[str, Any] = dict(enc.embeddings)
-        if coords is not None:
-            kwargs["input_points"] = coords[None].to(self.device, self.model.dtype)
-            kwargs["input_labels"] = lab[None].to(self.device)
-        if boxes is not None:
-            kwargs["input_boxes"] = boxes[None].to(self.device, self.model.dtype)
-        out = self.model(**kwargs, multimask_output=multimask)
-        logits, iou = out.pred_masks[0, 0].float(), out.iou_scores[0, 0].float()
+        logits, iou = self._decode(enc, coords, lab, boxes, multimask)
+        logits, iou = logits[0], iou[0]
         full = self._post_process(logits[None], enc)[0]  # (M, H, W) float
         masks = full > self.mask_threshold
         off = float(self.settings["stability_score_offset"])

@@ -13,6 +13,14 @@ are built in `--work-dir` on first use.
 
 Both totals leave out loading the two models (timed apart as "load (models, not in total)"),
 so the ratio compares the per-image work a dataset run repeats.
+
+`--mask-source hf:<folder>` compares instead, in this one process on the same image, labels and
+settings: transformers' `pipeline("mask-generation")` + ssa's vote (`ssa.voting.vote`) against
+ssa's `hf:` source (`ssa.masks.hf`) + the same vote. `--make-random-sam2` first saves a random
+SAM 2 (a reduced Hiera, full-size decoder, 1024 input) to that folder if it has no model:
+
+    python scripts/benchmark.py --mask-source hf:/tmp/ssa-benchmark/sam2_random --make-random-sam2 \
+        --image ../shared/fixtures/cityscapes_sample/mmseg_demo.png
 """
 
 from __future__ import annotations
@@ -271,6 +279,121 @@ def _lap(t: dict, stage: str, start: float) -> float:
     return now
 
 
+# ---------------------------------------------------------------- hf: mask sources
+
+
+def make_random_sam2(folder: Path) -> None:
+    """A random SAM 2 for benchmarks: Hiera with a quarter of hiera-tiny's widths and fewer
+    blocks, the full-size prompt encoder and mask decoder, 1024 input (256x256 logits)."""
+    import torch
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2ImageProcessor,
+        Sam2Model,
+        Sam2Processor,
+        Sam2VisionConfig,
+    )
+
+    if (folder / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    backbone = Sam2HieraDetConfig(hidden_size=24, embed_dim_per_stage=[24, 48, 96, 192],
+                                  blocks_per_stage=[1, 1, 3, 1],
+                                  num_attention_heads_per_stage=[1, 1, 2, 4],
+                                  global_attention_blocks=[4])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[192, 96, 48, 24])
+    model = Sam2Model(Sam2Config(vision_config=vision)).eval()
+    model.save_pretrained(folder)
+    Sam2Processor(Sam2ImageProcessor()).save_pretrained(folder)
+
+
+def _hf_settings(settings: dict) -> dict:
+    """ssa's knob names -> the pipeline's keywords (`ssa.masks.hf` maps them the same way)."""
+    from ssa.masks.hf import _PIPELINE_KNOBS
+
+    out = {}
+    for key, value in settings.items():
+        if key not in _PIPELINE_KNOBS:
+            raise SystemExit(f"--amg {key}: transformers' pipeline has no such knob")
+        out[_PIPELINE_KNOBS[key][1]] = value
+    return out
+
+
+def run_hf_compare(args: argparse.Namespace) -> dict:
+    """transformers' pipeline + vote against ssa's hf: source + vote, per image, in-process."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForMaskGeneration, pipeline
+
+    from ssa import io
+    from ssa.masks.hf import load_hf_mask_source
+    from ssa.segmentors import load_segmentor
+    from ssa.segmentors.base import BranchOutput, class_names
+    from ssa.voting import vote
+
+    folder = args.mask_source[len("hf:"):]
+    _, seg = make_models(args.work_dir, args.sam_model)
+    segmentor = load_segmentor(f"hf:{seg}", device=args.device)
+    names = class_names(segmentor)
+    start = time.perf_counter()
+    gen = pipeline("mask-generation", model=AutoModelForMaskGeneration.from_pretrained(folder),
+                   image_processor=AutoImageProcessor.from_pretrained(folder), device=args.device)
+    load_pipe = time.perf_counter() - start
+    start = time.perf_counter()
+    source = load_hf_mask_source(folder, args.device, args.settings)
+    load_ssa = time.perf_counter() - start
+    pipe_kwargs = _hf_settings(args.settings)
+    sides = {"pipeline": defaultdict(float), "ssa": defaultdict(float)}
+    sides["pipeline"][LOAD], sides["ssa"][LOAD] = load_pipe, load_ssa
+    agree = []
+    for path in args.images:
+        image = io.read_image(path)
+        if args.square:  # the centre square
+            h, w = image.shape[:2]
+            side = min(h, w)
+            y0, x0 = (h - side) // 2, (w - side) // 2
+            image = np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+        with torch.inference_mode():
+            labels = BranchOutput.from_raw(segmentor(image), len(names), image.shape[:2],
+                                           args.device).labels
+        t = sides["pipeline"]
+        start = time.perf_counter()
+        out = gen(Image.fromarray(image), **pipe_kwargs)
+        start = _lap(t, "masks", start)
+        stack = torch.from_numpy(np.stack([np.asarray(m, dtype=bool) for m in out["masks"]]))
+        ref = vote(stack.to(args.device), labels, len(names))
+        _lap(t, "voting", start)
+        t["count"] += len(stack)
+        t = sides["ssa"]
+        start = time.perf_counter()
+        result = source.generate(image)
+        start = _lap(t, "masks", start)
+        got = vote(result.masks, labels, len(names))
+        _lap(t, "voting", start)
+        t["count"] += len(result.records)
+        for stage, sec in source.stats.seconds.items():
+            t[f"  {stage}"] += sec
+        mine = result.masks.cpu()
+        n = min(len(stack), len(mine))
+        inter = (stack[:n] & mine[:n]).flatten(1).sum(1)
+        union = (stack[:n] | mine[:n]).flatten(1).sum(1)
+        iou = torch.where(union > 0, inter / union.clamp_min(1), 1.0)
+        agree.append({"counts": [len(stack), len(mine)],
+                      "same_order_iou_ge_0.99": int((iou >= 0.99).sum()),
+                      "masks_equal": len(stack) == len(mine) and bool(torch.equal(stack, mine)),
+                      "label_maps_equal": bool(torch.equal(ref.label_map.cpu(),
+                                                           got.label_map.cpu()))})
+    report = {"mask_source": args.mask_source, "settings": args.settings, "device": args.device,
+              "images": [str(p) for p in args.images], "square": args.square,
+              "torch_threads": torch.get_num_threads(), "agreement": agree}
+    for side, t in sides.items():
+        t["total"] = t["masks"] + t["voting"]
+        report[side] = dict(t)
+    report["speedup"] = report["pipeline"]["total"] / report["ssa"]["total"]
+    return report
+
+
 # ---------------------------------------------------------------- agreement
 
 
@@ -347,6 +470,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stock-keep-heap", action="store_true",
                    help="give the stock run ssa's allocator setting too (ssa.allocator), to "
                         "see how much of the ratio it accounts for")
+    p.add_argument("--mask-source", help="hf:<folder>: transformers' mask-generation pipeline + "
+                   "vote against ssa's hf: source + vote (in this process)")
+    p.add_argument("--make-random-sam2", action="store_true",
+                   help="with --mask-source hf:<folder>: save a random SAM 2 there if missing")
+    p.add_argument("--square", action="store_true",
+                   help="with --mask-source: centre-crop each image to a square (transformers' "
+                        "pipeline scales SAM 2 grid points for the longest edge, so on other "
+                        "images its prompts differ from ssa's)")
     p.add_argument("--only", choices=["stock", "ssa"], help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--segformer", help=argparse.SUPPRESS)
@@ -354,6 +485,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from ssa.masks import parse_amg
 
     args.images = [Path(x) for x in (args.image or [DEFAULT_IMAGE])]
+    if args.mask_source:
+        if not args.mask_source.startswith("hf:"):
+            p.error("--mask-source takes hf:<folder> (sam: is the default comparison)")
+        from ssa.masks.hf import resolve_settings
+
+        extra = dict(item.split("=", 1) for item in args.amg)
+        knobs = resolve_settings({})
+        args.settings = {
+            "points_per_side": args.points_per_side,
+            "pred_iou_thresh": args.pred_iou_thresh,
+            "stability_score_thresh": args.stability_score_thresh,
+            "box_nms_thresh": args.box_nms_thresh,
+            **{k: _knob_value(knobs[k], v) for k, v in extra.items()},
+        }
+        return args
     args.settings = {
         "points_per_side": args.points_per_side,
         "pred_iou_thresh": args.pred_iou_thresh,
@@ -364,8 +510,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _knob_value(default, raw: str):
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true")
+    return type(default)(raw)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.mask_source:
+        if args.make_random_sam2:
+            make_random_sam2(Path(args.mask_source[len("hf:"):]))
+        report = run_hf_compare(args)
+        print(json.dumps(report, indent=2))
+        return
     if args.only:
         fn = run_stock if args.only == "stock" else run_ssa
         out = args.work_dir / f"out_{args.only}"

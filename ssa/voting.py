@@ -64,7 +64,7 @@ class VoteResult:
 
 def _column_major(masks: torch.Tensor) -> bool:
     """Whether an `(N, H, W)` stack is stored column-major per mask: the transposed view of a
-    contiguous `(N, W, H)` tensor, as `ssa.fast_amg` builds it for RLE encoding."""
+    contiguous `(N, W, H)` tensor, as `ssa.masks.fast_amg` builds it for RLE encoding."""
     return (masks.dim() == 3 and not masks.is_contiguous()
             and masks.transpose(1, 2).is_contiguous())
 

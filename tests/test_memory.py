@@ -373,7 +373,7 @@ def test_pixel_chunked_hard_votes_and_narrow_paint_equal_brute_force(monkeypatch
     labels_np = rng.integers(0, 12, (23, 31))
     labels_np[rng.random(labels_np.shape) < 0.1] = 255
     masks = torch.from_numpy(masks_np)
-    if column_major:  # the layout ssa.fast_amg builds: a transposed view of (N, W, H)
+    if column_major:  # the layout ssa.masks.fast_amg builds: a transposed view of (N, W, H)
         masks = torch.from_numpy(np.ascontiguousarray(masks_np.transpose(0, 2, 1))).transpose(1, 2)
     labels = torch.from_numpy(labels_np.astype(np.uint8))
     counts = voting.hard_vote_counts(masks, labels, 12)

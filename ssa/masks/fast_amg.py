@@ -43,7 +43,7 @@ _UNKNOWN = 1e7
 
 @dataclass
 class _Axis:
-    """Bilinear support of one axis of the stock upsampling (`256 -> 1024 -> crop -> size`).
+    """Bilinear support of one axis of the stock upsampling (`low -> encoder -> crop -> size`).
 
     ranges: `(U, 2) int64` distinct `[lo, hi]` low-res cell ranges (inclusive) that full-res
     indices read from; first/last/count: `(U,)` the smallest and largest full-res index with
@@ -54,20 +54,23 @@ class _Axis:
     first: torch.Tensor
     last: torch.Tensor
     count: torch.Tensor
+    low: int = 256
 
     @staticmethod
-    def build(input_len: int, out_len: int, encoder_size: int, device: torch.device) -> _Axis:
-        # The decoder's logits are a quarter of the encoder's input (256 for SAM's 1024).
-        lowres = encoder_size // 4
-        eye = torch.eye(lowres, dtype=torch.float32, device=device).view(1, lowres, lowres, 1)
+    def build(input_len: int, out_len: int, encoder_size: int, device: torch.device,
+              low: int | None = None) -> _Axis:
+        """`low` is the decoder's logit size (default a quarter of the encoder's input: 256 for
+        SAM at 1024, as SAM's decoder gives; any size for other models)."""
+        low = encoder_size // 4 if low is None else low
+        eye = torch.eye(low, dtype=torch.float32, device=device).view(1, low, low, 1)
         up = F.interpolate(eye, (encoder_size, 1), mode="bilinear", align_corners=False)
         up = up[:, :, :input_len]
         weights = F.interpolate(up, (out_len, 1), mode="bilinear", align_corners=False)
-        support = weights[0, :, :, 0] > 0  # (lowres cells, out_len)
-        cells = torch.arange(lowres, device=device)[:, None]
-        lo = torch.where(support, cells, lowres).amin(0)
+        support = weights[0, :, :, 0] > 0  # (low cells, out_len)
+        cells = torch.arange(low, device=device)[:, None]
+        lo = torch.where(support, cells, low).amin(0)
         hi = torch.where(support, cells, -1).amax(0)
-        keys = lo * (lowres + 1) + hi
+        keys = lo * (low + 1) + hi
         uniq, inverse = torch.unique(keys, return_inverse=True)
         idx = torch.arange(out_len, device=device)
         n = len(uniq)
@@ -76,12 +79,11 @@ class _Axis:
         count = torch.zeros(n, dtype=torch.int64, device=device).scatter_add(
             0, inverse, torch.ones_like(idx)
         )
-        ranges = torch.stack([uniq // (lowres + 1), uniq % (lowres + 1)], 1)
-        return _Axis(ranges, first, last, count)
+        ranges = torch.stack([uniq // (low + 1), uniq % (low + 1)], 1)
+        return _Axis(ranges, first, last, count, low)
 
     def block_any(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
-        """OR of `cells` (bool, lowres long on `dim`) over each range: the range axis replaces
-        `dim`.
+        """OR of `cells` (bool, `low` long on `dim`) over each range: the range axis replaces `dim`.
 
         A range is contiguous, so the OR is a sliding-window max picked per range length.
         """
@@ -90,10 +92,9 @@ class _Axis:
         out = torch.empty(*cells.shape[:-1], len(self.ranges), dtype=torch.bool,
                           device=cells.device)
         window = cells.clone()
-        lowres = cells.shape[-1]
         for k in range(1, int(lengths.max()) + 1):
             if k > 1:  # window[..., c] = OR of cells[c .. c+k-1]
-                window[..., : lowres - k + 1] |= cells[..., k - 1 :]
+                window[..., : self.low - k + 1] |= cells[..., k - 1 :]
             sel = (lengths == k).nonzero(as_tuple=True)[0]
             out[..., sel] = window[..., self.ranges[sel, 0]]
         return out.movedim(-1, dim)
@@ -240,7 +241,8 @@ class _Bounds:
 class _Candidates:
     """Candidate masks of one crop, kept at low resolution. Row i of every field is candidate i.
 
-    logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY.
+    logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY, on
+    the CPU whatever the device (`select` moves its index there).
     """
 
     logits: torch.Tensor
@@ -254,7 +256,7 @@ class _Candidates:
         bounds = None if b is None else _Bounds(
             b.box_lo[keep], b.box_hi[keep], b.stab_lo[keep], b.stab_hi[keep], b.exact[keep]
         )
-        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep], bounds,
+        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep.cpu()], bounds,
                            self.input_size)
 
 

@@ -60,12 +60,9 @@ def load_config(model_id: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_id, trust_remote_code=False)
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=False, **offline_kwargs())
     except (OSError, ValueError) as exc:
-        raise SSAError(
-            f"cannot load segmentor hf:{model_id} ({_first_line(exc)}); "
-            f"{config_hint(model_id, exc)}"
-        ) from None
+        raise load_error("segmentor", model_id, exc) from None
 
 
 def is_sam3(model_id: str) -> bool:
@@ -109,7 +106,13 @@ def config_hint(model_id: str, exc: BaseException) -> str:
     if Path(model_id).expanduser().is_dir():
         return "the folder needs config.json and the weights that save_pretrained writes"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return "it is not in the local cache (HF_HUB_OFFLINE=1); pass a local save_pretrained folder"
+        from huggingface_hub import constants
+
+        return (
+            f"it is not in the local cache (HF_HUB_OFFLINE=1); download it where the hub is "
+            f"reachable (`hf download {model_id}`) into the cache {constants.HF_HUB_CACHE}, or "
+            f"pass a local save_pretrained folder"
+        )
     return (
         "pass a hub id or a local save_pretrained folder; offline, download it elsewhere and "
         "pass the folder"
@@ -138,6 +141,20 @@ def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
     if "shortest_edge" in size:
         return int(size["shortest_edge"]), int(size["shortest_edge"])
     return 512, 512
+
+
+def offline_kwargs() -> dict[str, Any]:
+    """`from_pretrained` keywords for `HF_HUB_OFFLINE` as set now: huggingface_hub reads the
+    variable once, at import, and otherwise retries the hub for about 20 s before failing."""
+    return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
+def load_error(kind: str, model_id: str, exc: BaseException) -> SSAError:
+    """One line for a Hugging Face model that cannot be loaded: what failed (the first line of
+    `exc`) and what to do (`config_hint`; offline it names the cache to put it in)."""
+    return SSAError(
+        f"cannot load {kind} hf:{model_id} ({_first_line(exc)}); {config_hint(model_id, exc)}"
+    )
 
 
 def _windows(length: int, crop: int, stride: int) -> list[int]:

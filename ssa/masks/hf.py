@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ssa.errors import SSAError
+from ssa.masks.base import MaskResult
 from ssa.masks.fast_amg import (
     FastMaskGenerator,
     Stats,
@@ -44,7 +45,6 @@ from ssa.masks.fast_amg import (
     _Separable,
     _sync,
 )
-from ssa.masks.base import MaskResult
 
 # config.model_type -> geometry: "sam" (longest-edge resize, padded square input) or "sam2"
 # (input squashed to a square). SAM 2.1 checkpoints are `sam2`; video configs hold the same
@@ -512,7 +512,7 @@ class _HFPostprocess(FastMaskGenerator):
         if self.source.family != "sam2":
             yield from super()._upsample(logits, input_size, crop_size)
             return
-        from ssa import fast_amg
+        from ssa.masks import fast_amg
 
         sep = _Separable.get(tuple(logits.shape[-2:]), tuple(crop_size), logits.device)
         budget = fast_amg._SEPARABLE_CHUNK_PIXELS if sep is not None else fast_amg._CHUNK_PIXELS

@@ -403,3 +403,95 @@ def test_unknown_knob_lists_valid_keys(folders):
 
     with pytest.raises(SSAError, match="valid keys: .*points_per_side"):
         load_hf_mask_source(str(folders["sam"]), "cpu", {"points_per_sid": 8})
+
+
+def test_ssa_run_with_an_hf_mask_source(folders, tmp_path):
+    """`ssa run --masks hf:<SAM 2 folder>` end to end: the output JSON's masks are the
+    pipeline's (pycocotools decode, matched one-to-one) and the label map follows the SSA rule
+    (brute force) over the branch's labels."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from test_voting_policies import brute_force
+    from typer.testing import CliRunner
+
+    from ssa.cli import app
+
+    image = _blocks(96, 96)
+    data, labels_dir, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
+    data.mkdir()
+    labels_dir.mkdir()
+    Image.fromarray(image).save(data / "x.png")
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, image.shape[:2]).astype(np.uint8)
+    Image.fromarray(labels).save(labels_dir / "x.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\nc\n")
+    knobs = {"points_per_side": POINTS, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+             "box_nms_thresh": 1.0}
+    result = CliRunner().invoke(app, [
+        "run", "--dataset", "folder", "--data-dir", str(data), "--out-dir", str(out),
+        "--masks", f"hf:{folders['sam2']}", *[f"--amg={k}={v}" for k, v in knobs.items()],
+        "--segmentor", f"labels:{labels_dir}", "--classes", str(classes), "--device", "cpu",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    doc = json.loads((out / "x_semantic.json").read_text())
+    got = np.stack([mask_utils.decode(a["segmentation"]).astype(bool) for a in doc["annotations"]])
+    ref_masks, _, _ = _pipeline(folders["sam2"], image, points_per_crop=POINTS,
+                                pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                crops_nms_thresh=1.0, crops_n_layers=0)
+    assert len(got) == len(ref_masks) > 10
+    assert len(_match(ref_masks, torch.from_numpy(got))) == len(ref_masks)
+    ref_classes, _, ref_map = brute_force(got, labels.astype(np.int64), 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x_semantic.png")), ref_map)
+    assert [a["class_name"] for a in doc["annotations"]] == [
+        "abc"[c] if c >= 0 else None for c in ref_classes
+    ]
+
+
+def test_ssa_predict_with_an_hf_mask_source(folders, tmp_path):
+    """`ssa predict --masks hf:<SAM folder>` gives the source's own three masks for the click,
+    ordered whole -> subpart by area."""
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+    from typer.testing import CliRunner
+
+    from ssa.cli import app
+    from ssa.masks.hf import load_hf_prompt_source
+
+    image = _blocks(96, 96)
+    path = tmp_path / "x.png"
+    Image.fromarray(image).save(path)
+    plugin = tmp_path / "halves.py"  # a segmentor: class 0 on the left half, 1 on the right
+    plugin.write_text(
+        "import numpy as np\n"
+        "class Halves:\n"
+        "    classes = ['left', 'right']\n"
+        "    def __call__(self, image):\n"
+        "        out = np.zeros(image.shape[:2], np.int64)\n"
+        "        out[:, image.shape[1] // 2:] = 1\n"
+        "        return out\n"
+        "def make(device='cpu'):\n"
+        "    return Halves()\n"
+    )
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, [
+        "predict", str(path), "--point", "30,20", "--masks", f"hf:{folders['sam']}",
+        "--segmentor", f"py:{plugin}:make", "--json", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    source = load_hf_prompt_source(str(folders["sam"]))
+    source.set_image(image)
+    ref = source.predict(np.array([[30.0, 20.0]]), np.array([1]), None, True).masks.numpy()
+    doc = json.loads(out.read_text())
+    records = doc["masks"] if isinstance(doc, dict) and "masks" in doc else doc
+    got = [mask_utils.decode(r["segmentation"]).astype(bool) for r in records]
+    assert len(got) == 3
+    by_area = sorted(range(3), key=lambda i: -int(ref[i].sum()))
+    for mask, i, record in zip(got, by_area, records):
+        np.testing.assert_array_equal(mask, ref[i])
+        left, right = int(mask[:, :48].sum()), int(mask[:, 48:].sum())
+        assert record["class_name"] == ("left" if left >= right else "right")

@@ -92,21 +92,26 @@ def _disk_logits() -> torch.Tensor:
 
 @pytest.mark.parametrize("size", [(1467, 2200), (128, 256), (500, 333)])
 def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
-    """Smooth synthetic logits: the stock upsampling's box and stability lie within the bounds
-    from the low-res grid, and the box bounds are tight (a few low-res cells)."""
-    from ssa.masks.fast_amg import FastMaskGenerator, _Candidates
+    """Smooth synthetic logits: the box and stability of segment-anything's own upsampling
+    (`Sam.postprocess_masks`, `calculate_stability_score`, `batched_mask_to_box`) lie within the
+    bounds from the low-res grid, and the box bounds are tight (a few low-res cells)."""
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    gen = FastMaskGenerator(sams["plain"], points_per_side=2)
+    from ssa.masks.fast_amg import FastMaskGenerator
+
+    sam = sams["plain"]
+    gen = FastMaskGenerator(sam, points_per_side=2)
     h, w = size
     scale = 1024 / max(h, w)
     input_size = (int(h * scale + 0.5), int(w * scale + 0.5))  # ResizeLongestSide's rounding
     gen.predictor.input_size = input_size
     logits = _disk_logits()
-    cands = _Candidates(logits, torch.zeros(len(logits)), torch.zeros(len(logits), 2),
-                        input_size=input_size)
     with torch.inference_mode():
         bounds = gen._bounds(logits, gen._axes(size), boxes=True, stability=True)
-        stab, boxes = gen._exact(cands, [0, 0, w, h], size)
+        full = sam.postprocess_masks(logits[:, None], input_size, size)[:, 0]
+        stab = calculate_stability_score(full, sam.mask_threshold, gen.stability_score_offset)
+        boxes = batched_mask_to_box(full > sam.mask_threshold)
+        del full
     ok = ~torch.isnan(stab)
     assert ((bounds.stab_lo <= stab + 1e-6) & (stab <= bounds.stab_hi + 1e-6))[ok].all()
     assert ((bounds.box_lo <= boxes) & (boxes <= bounds.box_hi)).all()

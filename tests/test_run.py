@@ -185,11 +185,36 @@ def test_segmentor_that_cannot_load(tmp_path):
     assert "nothing" in line
 
 
-def test_version_and_help():
-    from ssa import __version__
+HELP_SCRIPT = """
+import sys
+from ssa.cli import app
+try:
+    app(["--help"], prog_name="ssa")
+except SystemExit as exc:
+    print("EXIT", exc.code)
+print("HEAVY", sorted(m for m in sys.modules
+                      if m.split(".")[0] in ("torch", "transformers", "cv2", "segment_anything")))
+"""
 
-    assert __version__ in invoke("--version").output
-    assert "run" in invoke("--help").output
+
+def test_version_and_help():
+    """`--version` prints pyproject's version; `--help` lists the five commands and imports no
+    heavy library (so it is instant)."""
+    import re
+    import subprocess
+    import sys
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    text = pyproject.read_text()
+    version = re.search(r"^version = \"(.+)\"$", text, flags=re.MULTILINE).group(1)
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"ssa {version}\n"
+    env = {"PYTHONPATH": str(pyproject.parent), "COLUMNS": "100", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    commands = re.findall(r"^│ (\w+) ", out.split("Commands")[1], flags=re.MULTILINE)
+    assert commands == ["run", "eval", "predict", "engine", "export"]
+    assert "EXIT 0" in out and "HEAVY []" in out
 
 
 @pytest.mark.parametrize("bad", ["--limit 0"])

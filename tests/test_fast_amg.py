@@ -299,9 +299,9 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
 
 def test_chunked_encoder_attention_matches_stock(sams) -> None:
     """chunked_attention against the stock encoder: the tiny checkpoint's (windowed and global
-    blocks), and one vit_b-sized global block (768 channels, 12 heads, 64x64 tokens) with
-    several chunk sizes, including ones that split the heads and leave a ragged last block.
-    The stock forwards are back afterwards."""
+    blocks), and one global block (64 channels, 4 heads, 32x32 tokens, relative positions) with
+    budgets that take all heads in two row blocks, all heads in ragged 3-row blocks, and the
+    heads split 3 + 1 one row at a time. The stock forwards are back afterwards."""
     from segment_anything.modeling.image_encoder import Attention
 
     from ssa.masks.sam_speedups import chunked_attention
@@ -318,12 +318,13 @@ def test_chunked_encoder_attention_matches_stock(sams) -> None:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
         block = torch.nn.Module()
-        block.attn = Attention(768, num_heads=12, use_rel_pos=True, input_size=(64, 64))
+        block.attn = Attention(64, num_heads=4, use_rel_pos=True, input_size=(32, 32))
         torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
         torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
-        tokens = torch.randn(1, 64, 64, 768, generator=gen)
+        tokens = torch.randn(1, 32, 32, 64, generator=gen)
         expected = block.attn(tokens)
-        for budget in (1 << 21, 5 * 4096 * 3, 4096 * 7):
+        n = 32 * 32  # groups = 4 heads: rows = budget // (4 n), heads per block = budget // (rows n)
+        for budget in (4 * n * 512, 4 * n * 3, 3 * n):
             with chunked_attention(block, budget=budget):
                 torch.testing.assert_close(block.attn(tokens), expected, atol=1e-5, rtol=1e-5)
 

@@ -184,6 +184,29 @@ def test_sdpa_encoder_matches_stock(sams) -> None:
         torch.testing.assert_close(patched(x), encoder(x), atol=1e-4, rtol=1e-4)
 
 
+def test_sdpa_and_compile_leave_the_given_model_alone(sams) -> None:
+    """Like SamPredictor, the generator never changes the model it is given: SDPA patches and
+    compiled modules live in its own module tree, which shares the model's weights."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from ssa.masks.fast_amg import FastMaskGenerator
+
+    sam = sams["plain"]
+    modules = dict(sam.named_modules())
+    gen = FastMaskGenerator(sam, points_per_side=2, sdpa=True, compile=True)
+    assert dict(sam.named_modules()) == modules
+    assert not any("forward" in vars(m) for m in sam.modules())
+    assert gen.model is not sam and gen.model.image_encoder is not sam.image_encoder
+    attention = [m for m in gen.model.modules() if isinstance(m, Attention)]
+    assert len(attention) == len(sam.image_encoder.blocks)
+    assert all("forward" in vars(m) for m in attention)  # SDPA's, in the generator's tree
+    ours = dict(gen.model.named_parameters())
+    for name, param in sam.named_parameters():  # the same tensors, not copies
+        key = name if name in ours else name.replace("image_encoder.", "image_encoder._orig_mod.")
+        key = key if key in ours else key.replace("mask_decoder.", "mask_decoder._orig_mod.")
+        assert ours[key] is param, name
+
+
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     from conftest import make_image
 

@@ -294,6 +294,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model`'s module tree whose parameters and buffers are `model`'s own tensors
+    (no weight is copied): patching or replacing its modules leaves `model` unchanged."""
+    import copy
+    import itertools
+
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 class FastMaskGenerator:
     """`SamAutomaticMaskGenerator`'s keywords and records, without its work outside the network.
 
@@ -343,10 +353,13 @@ class FastMaskGenerator:
                                         crop_n_points_downscale_factor)
             if points_per_side is not None else point_grids
         )
-        self.predictor = SamPredictor(model)
-        self.model = model
         self.device = torch.device(model.device)
         cuda = self.device.type == "cuda"
+        self.sdpa = sdpa if sdpa is not None else cuda
+        # SDPA and compiling change modules: they change this generator's own module tree,
+        # which shares every weight with `model`; `model` stays as given (as SamPredictor's).
+        self.model = _sharing_weights(model) if self.sdpa or compile else model
+        self.predictor = SamPredictor(self.model)
         self.points_per_batch = points_per_batch
         self.prompt_batch = prompt_batch or (max(points_per_batch, 256) if cuda
                                              else points_per_batch)
@@ -363,17 +376,16 @@ class FastMaskGenerator:
         self.autocast_dtype = (
             {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
         )
-        self.sdpa = sdpa if sdpa is not None else cuda
         if self.sdpa:
             from ssa.masks.sam_speedups import use_sdpa
 
-            use_sdpa(model.image_encoder)
+            use_sdpa(self.model.image_encoder)
         # The compiled stock decoder where compiling was asked for (decode_fused would call
         # the uncompiled submodules).
         self.shared_decoder = not compile
         if compile:
-            model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
-            model.mask_decoder = torch.compile(model.mask_decoder, dynamic=True)
+            self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
+            self.model.mask_decoder = torch.compile(self.model.mask_decoder, dynamic=True)
         self.stats = Stats()
 
     # ---------------------------------------------------------------- public API

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 from ssa.masks.base import MaskResult
 from ssa.masks.fast_amg import (
     FastMaskGenerator,
@@ -134,7 +134,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
         model = AutoModelForMaskGeneration.from_pretrained(name, **local)
         processor = AutoImageProcessor.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise SSAError(
             f"cannot load mask model hf:{name} ({first}); pass a folder with the model and its "
             f"image processor (save_pretrained both)"

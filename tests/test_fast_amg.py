@@ -122,7 +122,8 @@ def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
 def test_interval_nms_matches_torchvision() -> None:
     from torchvision.ops import batched_nms
 
-    from ssa.masks.fast_amg import Stats, _interval_nms
+    from ssa.masks.fast_amg import Stats
+    from ssa.masks.interval_nms import _interval_nms
 
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=gen) * 100
@@ -146,7 +147,7 @@ def test_interval_nms_matches_torchvision() -> None:
 
 def test_device_rle_matches_pycocotools() -> None:
     from ssa import io
-    from ssa.masks.fast_amg import _rle_areas, encode_rle_device
+    from ssa.masks.device_rle import _rle_areas, encode_rle_device
 
     masks = torch.rand(300, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
     rles = encode_rle_device(masks)
@@ -286,8 +287,10 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    from ssa.masks import fast_amg
-    from ssa.masks.fast_amg import FastMaskGenerator, _box_from_lines, _CountBuffer
+    from ssa.masks import candidates
+    from ssa.masks.bilinear import _CountBuffer
+    from ssa.masks.candidates import _box_from_lines
+    from ssa.masks.fast_amg import FastMaskGenerator
 
     sam = sams["sharp"]
     gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
@@ -298,8 +301,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     logits[2] = -5.0
     logits[2, 100:140, 37] = 5.0  # a thin vertical line
     input_size, crop_size = (80, 128), (97, 151)
-    old = fast_amg._CHUNK_PIXELS
-    fast_amg._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
+    old = candidates._CHUNK_PIXELS
+    candidates._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
     try:
         for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
             with torch.inference_mode():
@@ -317,7 +320,7 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
             assert boxes[1].tolist() == [0, 0, 0, 0]
             assert boxes[2, 0] == boxes[2, 2]  # one column wide
     finally:
-        fast_amg._CHUNK_PIXELS = old
+        candidates._CHUNK_PIXELS = old
 
 
 def test_chunked_encoder_attention_matches_stock(sams) -> None:

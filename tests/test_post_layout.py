@@ -79,7 +79,7 @@ def test_chunked_paint_on_column_major_stack(monkeypatch):
 
 def test_rle_of_column_major_stack_matches_pycocotools():
     from ssa import io
-    from ssa.masks.fast_amg import encode_rle_device
+    from ssa.masks.device_rle import encode_rle_device
 
     masks = np.random.default_rng(1).random((5, 37, 23)) > 0.5
     assert encode_rle_device(column_major(masks)) == io.encode_rle(masks)
@@ -89,7 +89,7 @@ def test_rle_of_column_major_stack_matches_pycocotools():
 @pytest.mark.parametrize("in_size,out_size", [((80, 128), (97, 151)), ((683, 1024), (1467, 2200)),
                                               ((7, 5), (120, 40)), ((40, 64), (41, 90))])
 def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
-    from ssa.masks.fast_amg import _Separable
+    from ssa.masks.bilinear import _Separable
 
     sep = _Separable.get(in_size, out_size, torch.device("cpu"))
     assert sep is not None
@@ -102,7 +102,7 @@ def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
 
 
 def test_separable_resize_declines_small_outputs_and_other_devices():
-    from ssa.masks.fast_amg import _Separable
+    from ssa.masks.bilinear import _Separable
 
     assert _Separable.get((16, 16), (60, 60), torch.device("cpu")) is None  # vectorised kernel
     assert _Separable.get((80, 128), (97, 151), torch.device("meta")) is None
@@ -111,7 +111,7 @@ def test_separable_resize_declines_small_outputs_and_other_devices():
 
 
 def test_count_buffer_counts_like_a_sum():
-    from ssa.masks.fast_amg import _CountBuffer
+    from ssa.masks.bilinear import _CountBuffer
 
     x = torch.randn(3, 47, 61, generator=torch.Generator().manual_seed(4))
     buf = _CountBuffer(x.shape, x.device)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, Field
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 
 C = TypeVar("C")
 
@@ -103,7 +103,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise SSAError(f"--config {path} is not valid YAML ({first}); fix the file") from None
     if not isinstance(data, dict):
         raise SSAError(f"--config {path} must hold a mapping of option: value; fix the file")

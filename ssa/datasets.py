@@ -52,7 +52,8 @@ CITYSCAPES_PALETTE = (
     (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
 
-# The official Cityscapes labelId -> trainId table (cityscapesScripts `labels.py`); ids not
+# The official Cityscapes labelId -> trainId table (cityscapesScripts `labels.py`, checked against
+# it by test_datasets_config); ids not
 # listed (0-6, parking, rail track, guard rail, bridge, tunnel, polegroup, caravan, trailer,
 # license plate) are ignored.
 CITYSCAPES_ID_TO_TRAINID = {

@@ -107,6 +107,24 @@ def rank_device(device: str, info: RankInfo) -> str:
     return f"cuda:{info.local_rank}"
 
 
+def sum_over_ranks(tensor: Any, group: Any = None) -> Any:
+    """A tensor summed over the ranks of torch.distributed's process group (`group`, default
+    the default one), returned on the tensor's own device; the tensor itself when no group is
+    initialised. Every rank must call it. nccl sums on this rank's current GPU, gloo on the CPU.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    work = tensor.to(device).clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM, group=group)
+    return work.to(tensor.device)
+
+
 class Group:
     """The run's process group (gloo on CPU, nccl on CUDA), or nothing for a single process.
 
@@ -171,13 +189,7 @@ class Group:
 
         State that ranks combine this way (counts, confusion matrices) must be a plain sum.
         """
-        if not self.info.distributed:
-            return tensor
-        import torch.distributed as dist
-
-        work = tensor.to(self.device).clone()
-        dist.all_reduce(work, op=dist.ReduceOp.SUM)
-        return work.to(tensor.device)
+        return sum_over_ranks(tensor) if self.info.distributed else tensor
 
     def all_reduce_sum_many(self, tensors: Sequence[Any]) -> list[Any]:
         """Sum several tensors (same dtype, any shapes) over the ranks with one all-reduce:

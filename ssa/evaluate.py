@@ -239,18 +239,14 @@ class EvalCounts:
         """Sum over every rank (no-op unless torch.distributed is initialised); all ranks call it
         with the same plan, so the branch matrix exists everywhere or nowhere."""
         import torch
-        import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
+        from ssa.distributed import sum_over_ranks
+
         self.voted.all_reduce(group)
         if self.branch is not None:
             self.branch.all_reduce(group)
         count = torch.tensor([self.num_images], dtype=torch.int64)
-        if dist.get_backend(group) == "nccl":
-            count = count.cuda()
-        dist.all_reduce(count, group=group)
-        self.num_images = int(count.item())
+        self.num_images = int(sum_over_ranks(count, group).item())
         return self
 
 

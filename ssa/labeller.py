@@ -20,7 +20,7 @@ import torch
 
 from ssa import io
 from ssa.datasets import DatasetSpec, get_dataset
-from ssa.errors import FatalError, SSAError
+from ssa.errors import FatalError, SSAError, first_line
 from ssa.outputs import ImageResult, annotations_from, output_paths, semantic_document
 from ssa.voting import POLICIES, vote
 
@@ -383,8 +383,7 @@ def error_message(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "CUDA out of memory on this image; free GPU memory or lower --amg points_per_batch"
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def failure_message(exc: BaseException) -> str:

@@ -220,16 +220,9 @@ class ConfusionMatrix:
 
         Every rank must call it. The tensor goes to the backend's device (CUDA for nccl).
         """
-        import torch.distributed as dist
+        from ssa.distributed import sum_over_ranks
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        mat = self.mat.to(device)
-        dist.all_reduce(mat, op=dist.ReduceOp.SUM, group=group)
-        self.mat = mat.cpu()
+        self.mat = sum_over_ranks(self.mat, group)
         return self
 
     def reset(self) -> None:

@@ -158,3 +158,21 @@ def test_run_and_engine_list_without_their_out_dir(tmp_path):
     assert [r.as_posix() for r in list_images(cfg)[1]] == ["x_semantic.png"]
     engine = EngineConfig(data_dir=tmp_path, out_dir=tmp_path / "out")
     assert [r.as_posix() for r in list_engine_images(engine)[1]] == ["x_semantic.png"]
+
+
+def test_cityscapes_tables_are_the_official_ones():
+    """Names, palette and labelId -> trainId against cityscapesScripts' own `labels` table."""
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    from ssa.datasets import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE
+
+    train = sorted((lab for lab in labels.labels if 0 <= lab.trainId < 255),
+                   key=lambda lab: lab.trainId)
+    assert [lab.trainId for lab in train] == list(range(19))
+    assert CITYSCAPES_CLASSES == tuple(lab.name for lab in train)
+    assert CITYSCAPES_PALETTE == tuple(tuple(lab.color) for lab in train)
+    official = {lab.id: lab.trainId for lab in labels.labels
+                if lab.id >= 0 and 0 <= lab.trainId < 255}
+    assert CITYSCAPES_ID_TO_TRAINID == official
+    ids = np.array([[lab.id for lab in labels.labels]])  # every labelId, -1 (license plate) too
+    want = [lab.trainId if 0 <= lab.trainId < 255 else 255 for lab in labels.labels]
+    assert cityscapes_labelids_to_trainids(ids)[0].tolist() == want

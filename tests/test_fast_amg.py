@@ -92,21 +92,26 @@ def _disk_logits() -> torch.Tensor:
 
 @pytest.mark.parametrize("size", [(1467, 2200), (128, 256), (500, 333)])
 def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
-    """Smooth synthetic logits: the stock upsampling's box and stability lie within the bounds
-    from the low-res grid, and the box bounds are tight (a few low-res cells)."""
-    from ssa.masks.fast_amg import FastMaskGenerator, _Candidates
+    """Smooth synthetic logits: the box and stability of segment-anything's own upsampling
+    (`Sam.postprocess_masks`, `calculate_stability_score`, `batched_mask_to_box`) lie within the
+    bounds from the low-res grid, and the box bounds are tight (a few low-res cells)."""
+    from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    gen = FastMaskGenerator(sams["plain"], points_per_side=2)
+    from ssa.masks.fast_amg import FastMaskGenerator
+
+    sam = sams["plain"]
+    gen = FastMaskGenerator(sam, points_per_side=2)
     h, w = size
     scale = 1024 / max(h, w)
     input_size = (int(h * scale + 0.5), int(w * scale + 0.5))  # ResizeLongestSide's rounding
     gen.predictor.input_size = input_size
     logits = _disk_logits()
-    cands = _Candidates(logits, torch.zeros(len(logits)), torch.zeros(len(logits), 2),
-                        input_size=input_size)
     with torch.inference_mode():
         bounds = gen._bounds(logits, gen._axes(size), boxes=True, stability=True)
-        stab, boxes = gen._exact(cands, [0, 0, w, h], size)
+        full = sam.postprocess_masks(logits[:, None], input_size, size)[:, 0]
+        stab = calculate_stability_score(full, sam.mask_threshold, gen.stability_score_offset)
+        boxes = batched_mask_to_box(full > sam.mask_threshold)
+        del full
     ok = ~torch.isnan(stab)
     assert ((bounds.stab_lo <= stab + 1e-6) & (stab <= bounds.stab_hi + 1e-6))[ok].all()
     assert ((bounds.box_lo <= boxes) & (boxes <= bounds.box_hi)).all()
@@ -117,7 +122,8 @@ def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
 def test_interval_nms_matches_torchvision() -> None:
     from torchvision.ops import batched_nms
 
-    from ssa.masks.fast_amg import Stats, _interval_nms
+    from ssa.masks.fast_amg import Stats
+    from ssa.masks.interval_nms import _interval_nms
 
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=gen) * 100
@@ -141,7 +147,7 @@ def test_interval_nms_matches_torchvision() -> None:
 
 def test_device_rle_matches_pycocotools() -> None:
     from ssa import io
-    from ssa.masks.fast_amg import _rle_areas, encode_rle_device
+    from ssa.masks.device_rle import _rle_areas, encode_rle_device
 
     masks = torch.rand(300, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
     rles = encode_rle_device(masks)
@@ -177,6 +183,29 @@ def test_sdpa_encoder_matches_stock(sams) -> None:
     x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         torch.testing.assert_close(patched(x), encoder(x), atol=1e-4, rtol=1e-4)
+
+
+def test_sdpa_and_compile_leave_the_given_model_alone(sams) -> None:
+    """Like SamPredictor, the generator never changes the model it is given: SDPA patches and
+    compiled modules live in its own module tree, which shares the model's weights."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from ssa.masks.fast_amg import FastMaskGenerator
+
+    sam = sams["plain"]
+    modules = dict(sam.named_modules())
+    gen = FastMaskGenerator(sam, points_per_side=2, sdpa=True, compile=True)
+    assert dict(sam.named_modules()) == modules
+    assert not any("forward" in vars(m) for m in sam.modules())
+    assert gen.model is not sam and gen.model.image_encoder is not sam.image_encoder
+    attention = [m for m in gen.model.modules() if isinstance(m, Attention)]
+    assert len(attention) == len(sam.image_encoder.blocks)
+    assert all("forward" in vars(m) for m in attention)  # SDPA's, in the generator's tree
+    ours = dict(gen.model.named_parameters())
+    for name, param in sam.named_parameters():  # the same tensors, not copies
+        key = name if name in ours else name.replace("image_encoder.", "image_encoder._orig_mod.")
+        key = key if key in ours else key.replace("mask_decoder.", "mask_decoder._orig_mod.")
+        assert ours[key] is param, name
 
 
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
@@ -258,8 +287,10 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-    from ssa.masks import fast_amg
-    from ssa.masks.fast_amg import FastMaskGenerator, _box_from_lines, _CountBuffer
+    from ssa.masks import candidates
+    from ssa.masks.bilinear import _CountBuffer
+    from ssa.masks.candidates import _box_from_lines
+    from ssa.masks.fast_amg import FastMaskGenerator
 
     sam = sams["sharp"]
     gen = FastMaskGenerator(sam, **{**KEEP_ALL, "points_per_side": 2})
@@ -270,8 +301,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     logits[2] = -5.0
     logits[2, 100:140, 37] = 5.0  # a thin vertical line
     input_size, crop_size = (80, 128), (97, 151)
-    old = fast_amg._CHUNK_PIXELS
-    fast_amg._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
+    old = candidates._CHUNK_PIXELS
+    candidates._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
     try:
         for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
             with torch.inference_mode():
@@ -289,14 +320,14 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
             assert boxes[1].tolist() == [0, 0, 0, 0]
             assert boxes[2, 0] == boxes[2, 2]  # one column wide
     finally:
-        fast_amg._CHUNK_PIXELS = old
+        candidates._CHUNK_PIXELS = old
 
 
 def test_chunked_encoder_attention_matches_stock(sams) -> None:
     """chunked_attention against the stock encoder: the tiny checkpoint's (windowed and global
-    blocks), and one vit_b-sized global block (768 channels, 12 heads, 64x64 tokens) with
-    several chunk sizes, including ones that split the heads and leave a ragged last block.
-    The stock forwards are back afterwards."""
+    blocks), and one global block (64 channels, 4 heads, 32x32 tokens, relative positions) with
+    budgets that take all heads in two row blocks, all heads in ragged 3-row blocks, and the
+    heads split 3 + 1 one row at a time. The stock forwards are back afterwards."""
     from segment_anything.modeling.image_encoder import Attention
 
     from ssa.masks.sam_speedups import chunked_attention
@@ -313,12 +344,13 @@ def test_chunked_encoder_attention_matches_stock(sams) -> None:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
         block = torch.nn.Module()
-        block.attn = Attention(768, num_heads=12, use_rel_pos=True, input_size=(64, 64))
+        block.attn = Attention(64, num_heads=4, use_rel_pos=True, input_size=(32, 32))
         torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
         torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
-        tokens = torch.randn(1, 64, 64, 768, generator=gen)
+        tokens = torch.randn(1, 32, 32, 64, generator=gen)
         expected = block.attn(tokens)
-        for budget in (1 << 21, 5 * 4096 * 3, 4096 * 7):
+        n = 32 * 32  # groups = 4 heads: rows = budget // (4 n), heads per block = budget // (rows n)
+        for budget in (4 * n * 512, 4 * n * 3, 3 * n):
             with chunked_attention(block, budget=budget):
                 torch.testing.assert_close(block.attn(tokens), expected, atol=1e-5, rtol=1e-5)
 

@@ -113,6 +113,33 @@ def test_failed_download_leaves_no_partial(tmp_path, monkeypatch):
     assert list(dest.parent.iterdir()) == []
 
 
+def test_download_moves_the_whole_file_in(tmp_path, monkeypatch):
+    from ssa.masks import sam as masks
+
+    served = tmp_path / "server" / "sam_vit_b_01ec64.pth"
+    served.parent.mkdir()
+    served.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    monkeypatch.setattr(masks, "CHECKPOINT_URL", served.parent.as_uri() + "/")
+    dest = tmp_path / "ckp" / "sam_vit_b_01ec64.pth"
+    seen: list[tuple[int, int | None]] = []
+    assert masks.download_checkpoint("vit_b", dest, lambda d, t: seen.append((d, t))) == dest
+    assert dest.read_bytes() == served.read_bytes()
+    assert list(dest.parent.iterdir()) == [dest] and seen[-1] == (2**20, 2**20)
+
+
+def test_official_sizes_are_segment_anythings_own_models():
+    """build_sam_from_config gives the modules of segment-anything's registry builders."""
+    from segment_anything import sam_model_registry
+
+    from ssa.masks.sam import SAM_ENCODERS, build_sam_from_config
+
+    ours = build_sam_from_config(SAM_ENCODERS["vit_b"])
+    stock = sam_model_registry["vit_b"](checkpoint=None)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in stock.state_dict().items()}
+    assert repr(ours) == repr(stock)
+
+
 def _stock(sam, image, **settings):
     from segment_anything import SamAutomaticMaskGenerator
 

@@ -156,3 +156,33 @@ def test_uint8_maps_with_more_than_256_classes() -> None:
     for pred, gt in pairs:
         cm.update(pred, gt)
     check(cm, brute_force(pairs, 300, ignore=65535))
+
+
+def _reduce_on_two_ranks() -> int:
+    """A worker for `ssa.distributed.launch`: each rank counts its own pairs, then
+    `EvalCounts.all_reduce` (and through it `ConfusionMatrix.all_reduce`) sums both ranks';
+    the totals must be brute force over both ranks' pairs. Returns 0 when they are."""
+    from ssa.distributed import Group, rank_info_from_env
+    from ssa.evaluate import EvalCounts
+
+    with Group(rank_info_from_env(), device="cpu") as group:  # gloo, as `ssa run --world-size 2` on CPU
+        rank = group.info.rank
+        shards = [random_pairs(seed, 6, {4}) for seed in (10, 11)]
+        counts = EvalCounts(ConfusionMatrix(6), ConfusionMatrix(6), num_images=len(shards[rank]))
+        for pred, gt in shards[rank]:
+            counts.voted.update(pred, gt)
+            counts.branch.update(gt, gt)  # the branch is perfect
+        counts.all_reduce()
+        both = shards[0] + shards[1]
+        check(counts.voted, brute_force(both, 6))
+        check(counts.branch, brute_force([(gt, gt) for _, gt in both], 6))
+        assert counts.num_images == len(both)
+    return 0
+
+
+def test_all_reduce_sums_both_ranks_under_gloo() -> None:
+    """ConfusionMatrix.all_reduce and EvalCounts.all_reduce in a real two-process gloo group."""
+    from ssa.distributed import launch
+
+    lines: list[str] = []
+    assert launch(2, _reduce_on_two_ranks, log=lines.append) == 0, lines

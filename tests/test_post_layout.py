@@ -36,37 +36,50 @@ def test_vote_on_column_major_stack_against_brute_force(seed):
 
 
 @pytest.mark.parametrize("policy,share", [("soft", 0.0), ("hard", 0.6), ("soft", 0.5)])
-def test_policies_agree_on_both_layouts(policy, share, monkeypatch):
+def test_policies_on_both_layouts_against_brute_force(policy, share, monkeypatch):
+    """Both layouts, chunked over masks, against the brute-force rule of every policy."""
+    from test_voting_policies import brute_force as policy_brute_force
+    from test_voting_policies import softmax
+
     from ssa import voting
 
     rng = np.random.default_rng(7)
-    labels = torch.from_numpy(rng.integers(0, 5, size=(13, 19)))
-    scores = torch.from_numpy(rng.normal(size=(5, 13, 19)).astype(np.float32))
+    labels = rng.integers(0, 5, size=(13, 19))
+    raw = rng.normal(size=(5, 13, 19)).astype(np.float32)
     masks = rng.random((11, 13, 19)) < rng.random((11, 1, 1))
     monkeypatch.setattr(voting, "_CHUNK_ELEMENTS", 600)  # several chunks of masks
-    kw = {"scores": scores, "policy": policy, "min_vote_share": share}
-    plain = vote(torch.from_numpy(masks), labels, 5, 3, **kw)
-    cm = vote(column_major(masks), labels, 5, 3, **kw)
-    for field in ("classes", "counts", "proposals", "shares", "label_map", "trusted"):
-        torch.testing.assert_close(getattr(cm, field), getattr(plain, field), atol=1e-5, rtol=0)
+    probs = softmax(raw) if policy == "soft" else None
+    classes, trusted, label_map = policy_brute_force(masks, labels, 5, probs, share)
+    kw = {"scores": torch.from_numpy(raw), "policy": policy, "min_vote_share": share}
+    for stack in (torch.from_numpy(masks), column_major(masks)):
+        got = vote(stack, torch.from_numpy(labels), 5, 3, **kw)
+        assert got.classes.tolist() == classes
+        if got.trusted is not None:
+            assert got.trusted.tolist() == trusted
+        np.testing.assert_array_equal(got.label_map.numpy(), label_map)
 
 
 def test_chunked_paint_on_column_major_stack(monkeypatch):
+    """Chunked painting of the column-major stack against painting by hand: largest first
+    (ties in input order), NO_CLASS masks leave the base."""
     from ssa import voting
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=(20, 21))
-    masks = rng.random((12, 20, 21)) < 0.3
-    classes = torch.from_numpy(rng.integers(-1, 4, size=12))
+    masks = rng.random((12, 20, 21)) < rng.random((12, 1, 1))
+    classes = rng.integers(-1, 4, size=12)
     monkeypatch.setattr(voting, "_CHUNK_ELEMENTS", 450)
-    got = paint(column_major(masks), classes, torch.from_numpy(labels))
-    want = paint(torch.from_numpy(masks), classes, torch.from_numpy(labels))
-    assert torch.equal(got, want)
+    want = labels.copy()
+    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
+        if classes[i] != NO_CLASS:
+            want[masks[i]] = classes[i]
+    got = paint(column_major(masks), torch.from_numpy(classes), torch.from_numpy(labels))
+    np.testing.assert_array_equal(got.numpy(), want)
 
 
 def test_rle_of_column_major_stack_matches_pycocotools():
     from ssa import io
-    from ssa.masks.fast_amg import encode_rle_device
+    from ssa.masks.device_rle import encode_rle_device
 
     masks = np.random.default_rng(1).random((5, 37, 23)) > 0.5
     assert encode_rle_device(column_major(masks)) == io.encode_rle(masks)
@@ -76,7 +89,7 @@ def test_rle_of_column_major_stack_matches_pycocotools():
 @pytest.mark.parametrize("in_size,out_size", [((80, 128), (97, 151)), ((683, 1024), (1467, 2200)),
                                               ((7, 5), (120, 40)), ((40, 64), (41, 90))])
 def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
-    from ssa.masks.fast_amg import _Separable
+    from ssa.masks.bilinear import _Separable
 
     sep = _Separable.get(in_size, out_size, torch.device("cpu"))
     assert sep is not None
@@ -89,7 +102,7 @@ def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
 
 
 def test_separable_resize_declines_small_outputs_and_other_devices():
-    from ssa.masks.fast_amg import _Separable
+    from ssa.masks.bilinear import _Separable
 
     assert _Separable.get((16, 16), (60, 60), torch.device("cpu")) is None  # vectorised kernel
     assert _Separable.get((80, 128), (97, 151), torch.device("meta")) is None
@@ -98,7 +111,7 @@ def test_separable_resize_declines_small_outputs_and_other_devices():
 
 
 def test_count_buffer_counts_like_a_sum():
-    from ssa.masks.fast_amg import _CountBuffer
+    from ssa.masks.bilinear import _CountBuffer
 
     x = torch.randn(3, 47, 61, generator=torch.Generator().manual_seed(4))
     buf = _CountBuffer(x.shape, x.device)

@@ -45,14 +45,16 @@ def check_outputs(json_path: Path, image_size: tuple[int, int], class_names: lis
         assert len(ann["class_proposals"]) <= 3
         for key in ("bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"):
             assert key in ann
+    # uint8 with 255 = no label, uint16 with 65535 beyond 255 classes (read back by PIL).
+    dtype, none = (np.uint8, 255) if len(class_names) <= 255 else (np.uint16, 65535)
     png = np.asarray(Image.open(json_path.with_name(json_path.name.replace(".json", ".png"))))
-    assert png.shape == (height, width) and png.dtype == np.uint8
-    assert set(np.unique(png)) <= set(range(len(class_names))) | {255}
+    assert png.shape == (height, width) and png.dtype == dtype
+    assert set(np.unique(png)) <= set(range(len(class_names))) | {none}
     # semantic_mask agrees with the PNG, class by class.
-    rebuilt = np.full((height, width), 255, dtype=np.uint8)
+    rebuilt = np.full((height, width), none, dtype=dtype)
     for class_id, rle in data["semantic_mask"].items():
         m = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
-        assert not (rebuilt[m] != 255).any(), "classes overlap"
+        assert not (rebuilt[m] != none).any(), "classes overlap"
         rebuilt[m] = int(class_id)
     np.testing.assert_array_equal(rebuilt, png)
     return data, png
@@ -185,11 +187,36 @@ def test_segmentor_that_cannot_load(tmp_path):
     assert "nothing" in line
 
 
-def test_version_and_help():
-    from ssa import __version__
+HELP_SCRIPT = """
+import sys
+from ssa.cli import app
+try:
+    app(["--help"], prog_name="ssa")
+except SystemExit as exc:
+    print("EXIT", exc.code)
+print("HEAVY", sorted(m for m in sys.modules
+                      if m.split(".")[0] in ("torch", "transformers", "cv2", "segment_anything")))
+"""
 
-    assert __version__ in invoke("--version").output
-    assert "run" in invoke("--help").output
+
+def test_version_and_help():
+    """`--version` prints pyproject's version; `--help` lists the five commands and imports no
+    heavy library (so it is instant)."""
+    import re
+    import subprocess
+    import sys
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    text = pyproject.read_text()
+    version = re.search(r"^version = \"(.+)\"$", text, flags=re.MULTILINE).group(1)
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"ssa {version}\n"
+    env = {"PYTHONPATH": str(pyproject.parent), "COLUMNS": "100", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", HELP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    commands = re.findall(r"^│ (\w+) ", out.split("Commands")[1], flags=re.MULTILINE)
+    assert commands == ["run", "eval", "predict", "engine", "export"]
+    assert "EXIT 0" in out and "HEAVY []" in out
 
 
 @pytest.mark.parametrize("bad", ["--limit 0"])
@@ -199,3 +226,77 @@ def test_bad_limit(tmp_path, bad, segformer_5):
     result = invoke("run", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "o",
                     "--segmentor", f"hf:{segformer_5}", flag, value)  # fmt: skip
     assert "--limit 0" in one_line_error(result)
+
+
+OOM_SEGMENTOR = """
+import torch
+
+from ssa.segmentors.spec import load_segmentor
+
+
+class OutOfMemoryOnNarrowImages:
+    \"\"\"The hf: segmentor, except that a 40-pixel-wide image raises CUDA's out-of-memory.\"\"\"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, image):
+        if image.shape[1] == 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return self.inner(image)
+
+
+def make(device="cpu", model=""):
+    return OutOfMemoryOnNarrowImages(load_segmentor("hf:" + model, device=device))
+"""
+
+
+def test_out_of_memory_fails_one_image_then_overwrite_relabels_all_uint16(
+    tmp_path, sam_checkpoint, segformer_5
+):
+    """The production loop (prefetch and background writes): a segmentor's CUDA out-of-memory
+    error on the first image is that image's failure in failures.jsonl and the next images are
+    labelled. Then `--overwrite` with a 300-class segmentor relabels every image, done ones
+    too: 300 class names in each JSON, uint16 PNGs that agree with it, no failure report."""
+    from conftest import save_segformer
+    from PIL import Image
+
+    from ssa.outputs import FAILURES_FILE, read_failures
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i, width in enumerate((40, 48, 56)):
+        make_image(data / f"im{i}.png", width=width, height=32, seed=i)
+    plugin = tmp_path / "oom.py"
+    plugin.write_text(OOM_SEGMENTOR)
+    args = [str(a) for a in run_args(data, out, sam_checkpoint, segformer_5)]
+    at = args.index("--segmentor")
+    args[at + 1: at + 2] = [f"py:{plugin}:make", "--segmentor-arg", f"model={segformer_5}"]
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output  # a failed image: exit code 1
+    assert read_failures(out) == [{"path": "im0.png", "stage": "label",
+                                   "error": "CUDA out of memory on this image; free GPU memory "
+                                            "or lower --amg points_per_batch"}]
+    assert not (out / "im0_semantic.json").exists()
+    names5 = ["sky", "tree", "road", "car", "person"]
+    for i in (1, 2):
+        assert json.loads((out / f"im{i}_semantic.json").read_text())["class_names"] == names5
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*_semantic.json")}
+
+    many = [f"class {i}" for i in range(300)]
+    seg300 = save_segformer(tmp_path / "seg300", many, seed=3)
+    result = invoke(*run_args(data, out, sam_checkpoint, seg300, "--overwrite", "--save-branch"))
+    assert result.exit_code == 0, result.output
+    assert not (out / FAILURES_FILE).exists()
+    labels = set()
+    for i, width in enumerate((40, 48, 56)):
+        path = out / f"im{i}_semantic.json"
+        assert path.stat().st_mtime_ns != mtimes.get(path.name)
+        doc, png = check_outputs(path, (32, width), many)
+        assert doc["class_names"] == many
+        with Image.open(out / f"im{i}_branch.png") as branch:
+            assert np.asarray(branch).dtype == np.uint16
+        labels |= set(np.unique(png).tolist())
+    assert max(labels - {65535}) > 255, "no class beyond 255: the uint16 path is not used"

@@ -95,21 +95,98 @@ def tiny_mask2former(folder, num_labels=5):
     return folder
 
 
-def test_universal_model_matches_stock_post_processing(tmp_path):
-    from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+def tiny_maskformer(folder, num_labels=5):
+    from transformers import (
+        DetrConfig,
+        MaskFormerConfig,
+        MaskFormerForInstanceSegmentation,
+        MaskFormerImageProcessor,
+        SwinConfig,
+    )
 
-    folder = tiny_mask2former(tmp_path / "m2f")
+    torch.manual_seed(1)
+    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                      num_heads=[1, 1, 1, 1], window_size=4,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    detr = DetrConfig(d_model=32, decoder_layers=1, decoder_attention_heads=2,
+                      decoder_ffn_dim=32, encoder_layers=1, num_queries=8)
+    config = MaskFormerConfig(
+        backbone_config=swin, decoder_config=detr, mask_feature_size=32, fpn_feature_size=32,
+        num_queries=8, num_labels=num_labels, id2label={i: f"c{i}" for i in range(num_labels)},
+        label2id={f"c{i}": i for i in range(num_labels)},
+    )
+    MaskFormerForInstanceSegmentation(config).save_pretrained(folder)
+    MaskFormerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def tiny_oneformer(folder):
+    from test_engine import save_tiny_models
+
+    models = save_tiny_models(folder)
+    return models["oneformer_coco"]  # 5 classes, a 64-pixel short side
+
+
+UNIVERSAL = {"mask2former": tiny_mask2former, "maskformer": tiny_maskformer,
+             "oneformer": tiny_oneformer}
+
+
+@pytest.mark.parametrize("family", list(UNIVERSAL))
+def test_universal_model_matches_stock_post_processing(tmp_path, family):
+    """Mask2Former, MaskFormer and OneFormer (semantic task): the label map of our
+    working-resolution class mass, after `BranchOutput`'s upsampling, against transformers' own
+    `post_process_semantic_segmentation` on the stock processor and model. Tolerance: 99.9% of
+    the pixels (the stock path upsamples each query's mask logits before combining them, ours
+    combines at the working resolution; here both are 64x64, so only float ties may differ), and
+    per-pixel class probabilities within 2e-3 of the stock semantic scores normalised."""
+    from transformers import AutoProcessor
+
+    folder = UNIVERSAL[family](tmp_path / family)
     image = _image(64, 64, seed=2)
     seg = load_segmentor(f"hf:{folder}")
-    assert seg.universal and class_names(seg) == [f"c{i}" for i in range(5)]
+    assert seg.universal and seg.model_type == family and len(class_names(seg)) == 5
     ours = _full_probabilities(seg, image)
     torch.testing.assert_close(ours.sum(dim=0), torch.ones(64, 64))
-    processor = AutoImageProcessor.from_pretrained(folder)
-    model = Mask2FormerForUniversalSegmentation.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    model = type(seg.model).from_pretrained(folder).eval()
+    kwargs = {"task_inputs": ["semantic"]} if family == "oneformer" else {}
     with torch.no_grad():
-        outputs = model(**processor(images=image, return_tensors="pt"))
+        outputs = model(**processor(images=image, return_tensors="pt", **kwargs))
     expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 64)])[0]
     assert (ours.argmax(dim=0) == expected).float().mean() > 0.999
+    # Random heads give one class nearly everywhere, so the scores too: transformers' semantic
+    # scores (its post-processing's sum over queries of class probability x mask probability,
+    # mask logits upsampled to the image first) divided by their per-pixel sum.
+    classes = outputs.class_queries_logits.softmax(dim=-1)[0, :, :-1]
+    masks = F.interpolate(outputs.masks_queries_logits, size=(64, 64), mode="bilinear",
+                          align_corners=False)[0].sigmoid()
+    mass = torch.einsum("qc,qhw->chw", classes, masks)
+    torch.testing.assert_close(ours, mass / mass.sum(dim=0, keepdim=True), atol=2e-3, rtol=0)
+
+
+def test_resize_false_keeps_the_image_scale(segformer_5):
+    """`HFSegmentor(resize=False)` works on a 96x200 image at its own scale (with resizing its
+    short side would go to the 128 crop): 96x128 windows at x = 0 and 72, each the stock
+    processor (without its resize) and model, logits averaged."""
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    image = _image(96, 200, seed=3)
+    seg = HFSegmentor(str(segformer_5), resize=False)
+    assert seg(image).shape == (5, 96, 200)
+    assert HFSegmentor(str(segformer_5))(image).shape == (5, 128, 267)
+    ours = _full_probabilities(seg, image)
+    processor = AutoImageProcessor.from_pretrained(segformer_5)
+    model = AutoModelForSemanticSegmentation.from_pretrained(segformer_5).eval()
+    total, hits = torch.zeros(5, 96, 200), torch.zeros(1, 96, 200)
+    assert _windows(200, 128, 85) == [0, 72]
+    for x0 in (0, 72):
+        window = image[:, x0 : x0 + 128]
+        with torch.no_grad():
+            logits = model(**processor(images=window, do_resize=False, return_tensors="pt")).logits
+        total[:, :, x0 : x0 + 128] += F.interpolate(logits, size=(96, 128), mode="bilinear",
+                                                    align_corners=False)[0]
+        hits[:, :, x0 : x0 + 128] += 1
+    torch.testing.assert_close(ours, (total / hits).softmax(dim=0), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -17,18 +17,14 @@ CONTEXT_SCALE = 1.6
 def mask_boxes(masks: torch.Tensor) -> np.ndarray:
     """`(N, H, W) bool` masks -> `(N, 4) int64` XYXY boxes (end-exclusive); an empty mask gets
     the whole image, so it still has a crop."""
+    from segment_anything.utils.amg import batched_mask_to_box
+
     num, height, width = masks.shape
-    boxes = np.zeros((num, 4), dtype=np.int64)
     if num == 0:
-        return boxes
-    rows = masks.any(dim=2).cpu().numpy()  # (N, H)
-    cols = masks.any(dim=1).cpu().numpy()  # (N, W)
-    for i in range(num):
-        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if len(ys) == 0:
-            boxes[i] = (0, 0, width, height)
-        else:
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+        return np.zeros((0, 4), dtype=np.int64)
+    boxes = batched_mask_to_box(masks.bool()).cpu().numpy().astype(np.int64)  # XYXY inclusive
+    boxes[:, 2:] += 1
+    boxes[~masks.flatten(1).any(dim=1).cpu().numpy()] = (0, 0, width, height)
     return boxes
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 
 ROLES = ("captioner", "clip", "clipseg", "oneformer_ade", "oneformer_coco")
 
@@ -61,9 +61,7 @@ def resolve_models(overrides: dict[str, str | None], light: bool = False) -> dic
 
 
 def load_error(role: str, model_id: str, exc: BaseException) -> SSAError:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if len(first) > 200:
-        first = first[:200] + "..."
+    first = first_line(exc, 200)
     hint = ""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         hint = "; offline (HF_HUB_OFFLINE=1) only cached ids and local folders load"

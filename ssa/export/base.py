@@ -327,22 +327,36 @@ def read_part(staging: Path, index: int) -> Iterator[Any]:
             yield json.loads(line)
 
 
-def write_json_stream(path: Path, head: dict[str, Any], arrays: dict[str, Callable[[], Any]]) -> None:
-    """A JSON object written incrementally: `head`'s keys, then each array of `arrays` (name ->
-    a function returning an iterable of JSON-able items), one item in memory at a time."""
+def _write_items(f: Any, items: Any) -> None:
+    """The items of a JSON array, one per line, one in memory at a time (no brackets)."""
+    f.writelines((",\n" if n else "\n") + json.dumps(item) for n, item in enumerate(items))
+
+
+def write_json_stream(
+    path: Path, head: dict[str, Any] | None, arrays: dict[str, Callable[[], Any]]
+) -> None:
+    """A JSON document written incrementally and fsync'd: an object of `head`'s keys, then each
+    array of `arrays` (name -> a function returning an iterable of JSON-able items); with
+    `head` None and one array, that array alone (a top-level list). One item in memory at a
+    time."""
     with open(path, "w") as f:
-        f.write("{")
-        first = True
-        for key, value in head.items():
-            f.write(("" if first else ", ") + json.dumps(key) + ": " + json.dumps(value))
-            first = False
-        for key, items in arrays.items():
-            f.write(("" if first else ", ") + json.dumps(key) + ": [")
-            first = False
-            f.writelines((",\n" if n else "\n") + json.dumps(item)
-                         for n, item in enumerate(items()))
-            f.write("]")
-        f.write("}\n")
+        if head is None:
+            (items,) = arrays.values()
+            f.write("[")
+            _write_items(f, items())
+            f.write("\n]\n")
+        else:
+            f.write("{")
+            first = True
+            for key, value in head.items():
+                f.write(("" if first else ", ") + json.dumps(key) + ": " + json.dumps(value))
+                first = False
+            for key, items in arrays.items():
+                f.write(("" if first else ", ") + json.dumps(key) + ": [")
+                first = False
+                _write_items(f, items())
+                f.write("]")
+            f.write("}\n")
         f.flush()
         os.fsync(f.fileno())
 

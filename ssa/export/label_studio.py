@@ -123,21 +123,13 @@ class LabelStudio(Exporter):
         write_part(staging, image.item.index, [task(plan, image)])
 
     def finish(self, plan: ExportPlan, staging: Path) -> Path:
-        import json
-        import os
-
-        from ssa.export.base import category_colors
+        from ssa.export.base import category_colors, write_json_stream
 
         folder = staging / RESULT
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "label_config.xml").write_text(
             label_config(plan.class_names, category_colors(plan))
         )
-        with open(folder / "tasks.json", "w") as f:
-            f.write("[")
-            tasks = (next(read_part(staging, item.index)) for item in plan.items)
-            f.writelines((",\n" if n else "\n") + json.dumps(t) for n, t in enumerate(tasks))
-            f.write("\n]\n")
-            f.flush()
-            os.fsync(f.fileno())
+        tasks = {"tasks": lambda: (next(read_part(staging, item.index)) for item in plan.items)}
+        write_json_stream(folder / "tasks.json", None, tasks)
         return folder

@@ -65,11 +65,16 @@ class PromptableMaskSource(Protocol):
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
-    """`XYWH` box of an `HW bool` mask (zeros when empty)."""
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
+    """`XYWH` box of an `HW bool` mask, width and height counting pixels (zeros when empty);
+    the corners are segment-anything's `batched_mask_to_box`."""
+    import torch
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
+    if not bool(mask.any()):
         return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    x0, y0, x1, y1 = batched_mask_to_box(mask).tolist()
+    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
 def result_from_records(records: list[dict[str, Any]], size: tuple[int, int]) -> MaskResult:

@@ -27,237 +27,22 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# Full-resolution float pixels upsampled at once (about 256 MB of float32).
-_CHUNK_PIXELS = 1 << 26
-# Chunks of the separable CPU resize: a few full-resolution masks, so passes hit the cache.
-_SEPARABLE_CHUNK_PIXELS = 1 << 23
-# The upper end of an unknown box coordinate: finite, so interval arithmetic stays finite.
-_UNKNOWN = 1e7
-
-
-@dataclass
-class _Axis:
-    """Bilinear support of one axis of the stock upsampling (`low -> encoder -> crop -> size`).
-
-    ranges: `(U, 2) int64` distinct `[lo, hi]` low-res cell ranges (inclusive) that full-res
-    indices read from; first/last/count: `(U,)` the smallest and largest full-res index with
-    that range and how many have it.
-    """
-
-    ranges: torch.Tensor
-    first: torch.Tensor
-    last: torch.Tensor
-    count: torch.Tensor
-    low: int = 256
-
-    @staticmethod
-    def build(input_len: int, out_len: int, encoder_size: int, device: torch.device,
-              low: int | None = None) -> _Axis:
-        """`low` is the decoder's logit size (default a quarter of the encoder's input: 256 for
-        SAM at 1024, as SAM's decoder gives; any size for other models)."""
-        low = encoder_size // 4 if low is None else low
-        eye = torch.eye(low, dtype=torch.float32, device=device).view(1, low, low, 1)
-        up = F.interpolate(eye, (encoder_size, 1), mode="bilinear", align_corners=False)
-        up = up[:, :, :input_len]
-        weights = F.interpolate(up, (out_len, 1), mode="bilinear", align_corners=False)
-        support = weights[0, :, :, 0] > 0  # (low cells, out_len)
-        cells = torch.arange(low, device=device)[:, None]
-        lo = torch.where(support, cells, low).amin(0)
-        hi = torch.where(support, cells, -1).amax(0)
-        keys = lo * (low + 1) + hi
-        uniq, inverse = torch.unique(keys, return_inverse=True)
-        idx = torch.arange(out_len, device=device)
-        n = len(uniq)
-        first = torch.full((n,), out_len, device=device).scatter_reduce(0, inverse, idx, "amin")
-        last = torch.full((n,), -1, device=device).scatter_reduce(0, inverse, idx, "amax")
-        count = torch.zeros(n, dtype=torch.int64, device=device).scatter_add(
-            0, inverse, torch.ones_like(idx)
-        )
-        ranges = torch.stack([uniq // (low + 1), uniq % (low + 1)], 1)
-        return _Axis(ranges, first, last, count, low)
-
-    def block_any(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
-        """OR of `cells` (bool, `low` long on `dim`) over each range: the range axis replaces `dim`.
-
-        A range is contiguous, so the OR is a sliding-window max picked per range length.
-        """
-        cells = cells.movedim(dim, -1)
-        lengths = self.ranges[:, 1] - self.ranges[:, 0] + 1
-        out = torch.empty(*cells.shape[:-1], len(self.ranges), dtype=torch.bool,
-                          device=cells.device)
-        window = cells.clone()
-        for k in range(1, int(lengths.max()) + 1):
-            if k > 1:  # window[..., c] = OR of cells[c .. c+k-1]
-                window[..., : self.low - k + 1] |= cells[..., k - 1 :]
-            sel = (lengths == k).nonzero(as_tuple=True)[0]
-            out[..., sel] = window[..., self.ranges[sel, 0]]
-        return out.movedim(-1, dim)
-
-
-def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst `(k, w, h)` = src `(k, h, w)` transposed. On the CPU, mask by mask with OpenCV's SIMD
-    transpose where both are contiguous per mask (about 0.2 ms for a 2200x1467 bool mask,
-    against about 2.5 ms for torch's or numpy's strided copy)."""
-    if dst.device.type == "cpu" and len(src) and dst[0].is_contiguous() and src[0].is_contiguous():
-        import cv2
-
-        out = dst.numpy().view(np.uint8)
-        for i, plane in enumerate(src.numpy().view(np.uint8)):
-            cv2.transpose(plane, dst=out[i])
-    else:
-        dst.copy_(src.transpose(1, 2))
-
-
-class _CountBuffer:
-    """A reused `(k, h, w) bool` buffer whose rows are zero-padded to a multiple of 2040 bytes,
-    so pixels above a level are counted without widening them: 255 int64 words summed per
-    byte lane (each lane stays <= 255), then the bytes summed. On other devices, a plain sum."""
-
-    _ROW = 8 * 255
-
-    def __init__(self, shape: torch.Size, device: torch.device) -> None:
-        k, h, w = shape
-        self.hw, self.shape = h * w, (h, w)
-        padded = -(-self.hw // self._ROW) * self._ROW
-        self.rows = torch.zeros(k, padded, dtype=torch.bool, device=device)
-
-    def mask(self, k: int) -> torch.Tensor:
-        return self.rows[:k, : self.hw].view(k, *self.shape)
-
-    def count_above(self, full: torch.Tensor, level: float) -> torch.Tensor:
-        """`(k,) int64`: pixels of each `full[i]` above `level`; leaves the mask in the buffer."""
-        k = len(full)
-        torch.gt(full, level, out=self.mask(k))
-        rows = self.rows[:k]
-        if rows.device.type != "cpu":
-            return rows.sum(1)
-        words = rows.view(torch.int64).view(k, -1, 255).sum(2)
-        return words.view(torch.uint8).view(k, -1).sum(1)
-
-
-class _Separable:
-    """The CPU bilinear kernel's resize `(in_h, in_w) -> (out_h, out_w)` in two separable passes.
-
-    torch's generic CPU kernel (`upsample_bilinear2d`, one channel, not channels-last) computes
-    every output pixel as `fma(t0, h0, t1 * h1)` of two width-interpolated rows
-    `t = fma(x0, w0, x1 * w1)`, gathering four inputs and four weights per pixel. Here the width
-    pass is torch's 1-D linear kernel (the same expression, on `in_h` rows only) and the height
-    pass is two whole-row gathers, one multiply and one `addcmul` (a fused multiply-add on the
-    CPU): the same operations on the same operands, so the same bits, at a fraction of the cost.
-    `get` checks that on a random input of the exact geometry once (the weights' rounding,
-    the compiler's contractions) and returns None where it does not hold, or off the CPU, or
-    where the kernel would take its vectorised path (small outputs) or copy (an axis of equal
-    sizes): callers then use the kernel.
-    """
-
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], rows: tuple) -> None:
-        self.in_size, self.out_size = in_size, out_size
-        self.i0, self.i1, self.l0, self.l1 = rows  # (out_h,) int64 and (out_h, 1) float32
-
-    _cache: ClassVar[dict[tuple, _Separable | None]] = {}
-
-    @classmethod
-    def get(cls, in_size: tuple[int, int], out_size: tuple[int, int],
-            device: torch.device) -> _Separable | None:
-        # An axis of equal sizes: the kernel copies along it (infinities stay where zero weights
-        # would make NaNs).
-        if (torch.device(device).type != "cpu" or sum(out_size) <= 128 or min(in_size) < 2
-                or in_size[0] == out_size[0] or in_size[1] == out_size[1]):
-            return None
-        key = (in_size, out_size)
-        if key not in cls._cache:
-            cls._cache[key] = cls._build(in_size, out_size)
-        return cls._cache[key]
-
-    @classmethod
-    def _build(cls, in_size: tuple[int, int], out_size: tuple[int, int]) -> _Separable | None:
-        g = torch.Generator().manual_seed(0)
-        probe = torch.randn(1, 1, *in_size, generator=g) * 8
-        probe[0, 0, 1, 1], probe[0, 0, -1, -2] = torch.inf, -torch.inf  # non-finite logits too
-        ref = torch._C._nn.upsample_bilinear2d(probe, out_size, False)[:, 0]
-        for fused in (False, True):
-            sep = cls(in_size, out_size, _linear_rows(in_size[0], out_size[0], fused))
-            got = sep(probe[:, 0], sep.buffers(1))
-            if torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num()):
-                return sep
-        return None
-
-    def buffers(self, n: int) -> list[torch.Tensor]:
-        (ih, _), (oh, ow) = self.in_size, self.out_size
-        return [torch.empty(n, ih, ow), torch.empty(n, oh, ow), torch.empty(n, oh, ow)]
-
-    def __call__(self, x: torch.Tensor, bufs: list[torch.Tensor]) -> torch.Tensor:
-        """x: `(k, in_h, in_w) float32` -> `(k, out_h, out_w)`, written into `bufs[2]`."""
-        width, top, out = bufs
-        torch._C._nn.upsample_linear1d(x, (self.out_size[1],), False, out=width)
-        torch.index_select(width, 1, self.i0, out=top)
-        torch.index_select(width, 1, self.i1, out=out)
-        out.mul_(self.l1)
-        return out.addcmul_(top, self.l0)  # out = fma(top, l0, out)
-
-
-def _linear_rows(n_in: int, n_out: int, fused: bool) -> tuple:
-    """Source rows and weights of torch's linear resize `n_in -> n_out` (align_corners False):
-    `src = scale * (dst + 0.5) - 0.5` in float32 (`fused`: as one fused multiply-add), clamped
-    at 0; `i0 = floor(src)` capped at the last row, `i1 = i0 + 1` capped, `l1 = src - i0` in
-    [0, 1], `l0 = 1 - l1`."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    dst = np.arange(n_out, dtype=np.float64) + 0.5
-    if fused:  # the float64 product is exact; one rounding to float32, as an FMA does
-        src = (np.float64(scale) * dst - 0.5).astype(np.float32)
-    else:
-        src = dst.astype(np.float32) * scale - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    l1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
-    l0 = np.float32(1) - l1
-    i1 = i0 + (i0 < n_in - 1)
-    return (torch.from_numpy(i0), torch.from_numpy(i1), torch.from_numpy(l0)[:, None],
-            torch.from_numpy(l1)[:, None])
-
-
-@dataclass
-class _Bounds:
-    """Per-candidate bounds from low-res logits: boxes `(N, 4)` XYXY as intervals, stability.
-
-    box_lo/box_hi: `(N, 4) float32`, every exact coordinate lies in `[lo, hi]`; exact: `(N,) bool`
-    marks candidates whose values are exact (lo == hi); stab_lo/stab_hi: `(N,) float32`.
-    """
-
-    box_lo: torch.Tensor
-    box_hi: torch.Tensor
-    stab_lo: torch.Tensor
-    stab_hi: torch.Tensor
-    exact: torch.Tensor
-
-
-@dataclass
-class _Candidates:
-    """Candidate masks of one crop, kept at low resolution. Row i of every field is candidate i.
-
-    logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY, on
-    the CPU whatever the device (`select` moves its index there).
-    """
-
-    logits: torch.Tensor
-    iou: torch.Tensor
-    points: torch.Tensor
-    bounds: _Bounds | None = None
-    input_size: tuple[int, int] = (0, 0)  # the crop's size after the encoder's resize
-
-    def select(self, keep: torch.Tensor) -> _Candidates:
-        b = self.bounds
-        bounds = None if b is None else _Bounds(
-            b.box_lo[keep], b.box_hi[keep], b.stab_lo[keep], b.stab_hi[keep], b.exact[keep]
-        )
-        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep.cpu()], bounds,
-                           self.input_size)
+from ssa.masks.bilinear import _Axis, _copy_transposed, _CountBuffer
+from ssa.masks.candidates import (
+    CandidateFilters,
+    _box_from_lines,
+    _Candidates,
+    _cat,
+    _offset,
+    _sync,
+)
+from ssa.masks.device_rle import _rle_areas, encode_rle_device
+from ssa.masks.interval_nms import _interval_nms
 
 
 @dataclass
@@ -289,12 +74,17 @@ class Stats:
         return now
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model`'s module tree whose parameters and buffers are `model`'s own tensors
+    (no weight is copied): patching or replacing its modules leaves `model` unchanged."""
+    import copy
+    import itertools
+
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
 
 
-class FastMaskGenerator:
+class FastMaskGenerator(CandidateFilters):
     """`SamAutomaticMaskGenerator`'s keywords and records, without its work outside the network.
 
     Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on CPU,
@@ -343,10 +133,13 @@ class FastMaskGenerator:
                                         crop_n_points_downscale_factor)
             if points_per_side is not None else point_grids
         )
-        self.predictor = SamPredictor(model)
-        self.model = model
         self.device = torch.device(model.device)
         cuda = self.device.type == "cuda"
+        self.sdpa = sdpa if sdpa is not None else cuda
+        # SDPA and compiling change modules: they change this generator's own module tree,
+        # which shares every weight with `model`; `model` stays as given (as SamPredictor's).
+        self.model = _sharing_weights(model) if self.sdpa or compile else model
+        self.predictor = SamPredictor(self.model)
         self.points_per_batch = points_per_batch
         self.prompt_batch = prompt_batch or (max(points_per_batch, 256) if cuda
                                              else points_per_batch)
@@ -363,17 +156,16 @@ class FastMaskGenerator:
         self.autocast_dtype = (
             {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
         )
-        self.sdpa = sdpa if sdpa is not None else cuda
         if self.sdpa:
             from ssa.masks.sam_speedups import use_sdpa
 
-            use_sdpa(model.image_encoder)
+            use_sdpa(self.model.image_encoder)
         # The compiled stock decoder where compiling was asked for (decode_fused would call
         # the uncompiled submodules).
         self.shared_decoder = not compile
         if compile:
-            model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
-            model.mask_decoder = torch.compile(model.mask_decoder, dynamic=True)
+            self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
+            self.model.mask_decoder = torch.compile(self.model.mask_decoder, dynamic=True)
         self.stats = Stats()
 
     # ---------------------------------------------------------------- public API
@@ -529,198 +321,6 @@ class FastMaskGenerator:
         return (_Axis.build(in_h, crop_size[0], size, self.device),
                 _Axis.build(in_w, crop_size[1], size, self.device))
 
-    # ---------------------------------------------------------------- bounds and exact values
-
-    def _bounds(
-        self, logits: torch.Tensor, axes: tuple[_Axis, _Axis], boxes: bool, stability: bool
-    ) -> _Bounds:
-        """Bounds on the exact full-resolution box and stability of each candidate; where a
-        bound is not asked for it is left unknown (`[0, _UNKNOWN]`), and never consulted."""
-        rows, cols = axes
-        thr = self.model.mask_threshold
-        off = self.stability_score_offset
-        n = len(logits)
-        dev = logits.device
-        weight = rows.count.float()[:, None] * cols.count.float()[None, :]  # pixels per cell pair
-
-        def grids(level: float) -> tuple[torch.Tensor, torch.Tensor]:
-            above = logits > level
-            possible = cols.block_any(rows.block_any(above, 1), 2)  # (N, nr, nc)
-            sure = ~cols.block_any(rows.block_any(~above, 1), 2)
-            return possible, sure
-
-        box_lo = torch.zeros(n, 4, device=dev)
-        box_hi = torch.full((n, 4), _UNKNOWN, device=dev)
-        stab_lo = torch.zeros(n, device=dev)
-        stab_hi = torch.ones(n, device=dev)
-        exact = torch.zeros(n, dtype=torch.bool, device=dev)
-        if boxes:
-            self._box_bounds(grids(thr), axes, box_lo, box_hi)
-        if stability:
-            stab_lo, stab_hi = self._stability_bounds(grids(thr + off), grids(thr - off), weight)
-        return _Bounds(box_lo, box_hi, stab_lo, stab_hi, exact)
-
-    @staticmethod
-    def _box_bounds(grid, axes, box_lo: torch.Tensor, box_hi: torch.Tensor) -> None:
-        """Fill `box_lo`/`box_hi` from the (possible, sure) grids of the mask threshold."""
-        rows, cols = axes
-        n, nr, nc = len(box_lo), len(rows.ranges), len(cols.ranges)
-        possible, sure = grid
-        for axis, ax, lo_i, hi_i, dim in ((cols, nc, 0, 2, 1), (rows, nr, 1, 3, 2)):
-            p_any = possible.any(dim)  # (N, ranges of this axis)
-            s_any = sure.any(dim)
-            first = axis.first[None, :].expand(n, ax)
-            last = axis.last[None, :].expand(n, ax)
-            big = torch.iinfo(torch.int64).max
-            p_min = torch.where(p_any, first, big).amin(1)
-            p_max = torch.where(p_any, last, -1).amax(1)
-            s_min = torch.where(s_any, first, big).amin(1)
-            s_max = torch.where(s_any, last, -1).amax(1)
-            box_lo[:, lo_i], box_hi[:, lo_i] = p_min.float(), s_min.float()
-            box_lo[:, hi_i], box_hi[:, hi_i] = s_max.float(), p_max.float()
-        any_sure = sure.flatten(1).any(1)
-        any_possible = possible.flatten(1).any(1)
-        # Surely empty masks have the stock's [0, 0, 0, 0] box; possibly empty ones are unknown.
-        box_lo[~any_possible] = 0
-        box_hi[~any_possible] = 0
-        unknown = any_possible & ~any_sure
-        box_lo[unknown] = 0
-        box_hi[unknown] = _UNKNOWN
-
-    @staticmethod
-    def _stability_bounds(inside, union, weight):
-        """Stability = |logit > thr + off| / |logit > thr - off| at full resolution, bounded by
-        the surely/possibly counts of both levels."""
-        p_in, s_in = inside
-        p_un, s_un = union
-        inter_lo = (s_in.float() * weight).sum((1, 2))
-        inter_hi = (p_in.float() * weight).sum((1, 2))
-        union_lo = (s_un.float() * weight).sum((1, 2))
-        union_hi = (p_un.float() * weight).sum((1, 2))
-        stab_lo = torch.where(union_hi > 0, inter_lo / union_hi.clamp_min(1), 0.0)
-        stab_hi = torch.where(union_lo > 0, (inter_hi / union_lo.clamp_min(1)).clamp_max(1.0), 1.0)
-        return stab_lo, stab_hi
-
-    def _upsample(self, logits: torch.Tensor, input_size: tuple[int, int],
-                  crop_size: tuple[int, int]):
-        """Full-resolution logits `(n, h, w)` of the crop, chunked; yields `(slice, logits)`.
-
-        The stock `Sam.postprocess_masks` (bilinear to the encoder size, crop, bilinear to the
-        crop size), bit for bit, written into buffers reused across chunks: fresh multi-GB
-        outputs cost about as much in page faults as the interpolation. A yielded tensor is
-        overwritten by the next chunk. On the CPU the second resize is `_Separable` (the same
-        arithmetic as the kernel, in two cheap passes) over chunks that fit in the cache.
-        """
-        size, low = self.model.image_encoder.img_size, logits.shape[-1]
-        sep = _Separable.get(tuple(input_size), tuple(crop_size), logits.device)
-        budget = _SEPARABLE_CHUNK_PIXELS if sep is not None else _CHUNK_PIXELS
-        per = max(1, budget // max(1, crop_size[0] * crop_size[1]))
-        first = min(per, len(logits))
-        upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
-        # The first resize is cropped to the input size right after: with an integer factor,
-        # the same kernel given that factor as its scale computes the same source indices and
-        # weights for the kept rows/columns, which read only the first ceil(kept / factor) + 1
-        # low-res cells (+1 so the clamp at the last cell is not hit early). Rows past the
-        # crop (a third of a landscape image's) are never computed.
-        factor = size // low
-        crop_first = size % low == 0 and logits.shape[-2] == low
-        if crop_first:
-            cells = [min(low, -(-n // factor) + 2) for n in input_size]
-            mid = logits.new_empty(first, 1, *input_size)
-        else:
-            mid = logits.new_empty(first, 1, size, size)
-        bufs = sep.buffers(first) if sep is not None else None
-        full = logits.new_empty(first, 1, *crop_size) if sep is None else None
-        for i in range(0, len(logits), per):
-            part = logits[i : i + per, None]
-            k = len(part)
-            if crop_first:
-                up = upsample(part[..., : cells[0], : cells[1]], tuple(input_size), False,
-                              float(factor), float(factor), out=mid[:k])
-            else:
-                up = upsample(part, (size, size), False, out=mid[:k])
-                up = up[..., : input_size[0], : input_size[1]]
-            if sep is not None:
-                yield slice(i, i + k), sep(up[:, 0], [b[:k] for b in bufs])
-            else:
-                yield slice(i, i + k), upsample(up, tuple(crop_size), False, out=full[:k])[:, 0]
-
-    def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
-        """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""
-        crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
-        stab = torch.empty(len(cands.iou), device=cands.logits.device)
-        boxes = torch.empty(len(cands.iou), 4, dtype=torch.int64, device=cands.logits.device)
-        buf = None
-        for sl, full in self._upsample(cands.logits, cands.input_size, crop_size):
-            if buf is None:
-                buf = _CountBuffer(full.shape, full.device)
-            stab[sl], rows, cols, _, _ = self._kept_stats(full, buf)
-            boxes[sl] = _box_from_lines(rows > 0, cols > 0)
-        self.stats.exact_fallback += len(cands.iou)
-        return stab, boxes
-
-    def _kept_stats(self, full: torch.Tensor, buf: _CountBuffer):
-        """Of a chunk of full-resolution logits `(k, h, w)`: the stock stability `(k,) float32`,
-        the rows and columns holding a pixel, the area `(k,) int64`, and the mask `full > thr` `(k, h, w) bool`
-        (a view into `buf`, overwritten by the next chunk). Three thresholds of the chunk, each
-        counted by `buf`; the box from the mask's per-row/column maxima `(k, h)`, `(k, w)`
-        (as bytes: 1 where the row/column has a pixel)."""
-        thr, off = self.model.mask_threshold, self.stability_score_offset
-        inter = buf.count_above(full, thr + off)
-        union = buf.count_above(full, thr - off)
-        area = buf.count_above(full, thr)
-        mask = buf.mask(len(full))
-        as_bytes = mask.view(torch.uint8)
-        # int32 / int32 as segment-anything divides them (counts < 2**24: exact in float32).
-        return inter.int() / union.int(), as_bytes.amax(-1), as_bytes.amax(-2), area, mask
-
-    def _resolve(self, cands: _Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
-        """Replace the bounds of candidates `need` (bool) by their exact values."""
-        idx = need.nonzero(as_tuple=True)[0]
-        if len(idx) == 0:
-            return
-        stab, boxes = self._exact(cands.select(idx), crop_box, orig_size)
-        b = cands.bounds
-        b.stab_lo[idx] = stab
-        b.stab_hi[idx] = stab
-        b.box_lo[idx] = boxes.float()
-        b.box_hi[idx] = boxes.float()
-        b.exact[idx] = True
-
-    def _stability_filter(self, cands: _Candidates, crop_box, orig_size) -> _Candidates:
-        b, t = cands.bounds, self.stability_score_thresh
-        unsure = (b.stab_lo < t) & (b.stab_hi >= t) & ~b.exact
-        self._resolve(cands, unsure, crop_box, orig_size)
-        return cands.select(b.stab_lo >= t)
-
-    def _edge_filter(self, cands: _Candidates, crop_box, orig_size) -> _Candidates:
-        """The stock `is_box_near_crop_edge` filter (atol 20 px), decided on box intervals."""
-        orig_box = [0, 0, orig_size[1], orig_size[0]]
-        if list(crop_box) == orig_box or len(cands.iou) == 0:
-            return cands  # a crop that is the whole image has no crop edges
-        b = cands.bounds
-        dev = b.box_lo.device
-        off = _offset(crop_box, dev)
-        crop_t = torch.tensor(crop_box, dtype=torch.float32, device=dev)
-        orig_t = torch.tensor(orig_box, dtype=torch.float32, device=dev)
-
-        def near(lo: torch.Tensor, hi: torch.Tensor, ref: torch.Tensor):
-            surely = (lo >= ref - 20) & (hi <= ref + 20)
-            never = (hi < ref - 20) | (lo > ref + 20)
-            return surely, ~surely & ~never
-
-        lo, hi = b.box_lo + off, b.box_hi + off
-        crop_sure, crop_unsure = near(lo, hi, crop_t)
-        image_sure, image_unsure = near(lo, hi, orig_t)
-        same_edge = crop_t == orig_t  # where the crop edge is the image edge nothing is removed
-        unsure = ((crop_unsure | image_unsure) & ~same_edge).any(1) & ~b.exact
-        self._resolve(cands, unsure, crop_box, orig_size)
-        lo, hi = b.box_lo + off, b.box_hi + off  # exact for the resolved ones now
-        crop_sure, _ = near(lo, hi, crop_t)
-        image_sure, _ = near(lo, hi, orig_t)
-        remove = (crop_sure & ~image_sure & ~same_edge).any(1)
-        return cands.select(~remove)
-
     # ---------------------------------------------------------------- kept masks
 
     def _finish(self, per_crop, owners: torch.Tensor, rows: torch.Tensor, orig_size):
@@ -836,157 +436,3 @@ class FastMaskGenerator:
             out_masks[sel.to(masks.device)] = new.transpose(1, 2) if transposed else new
             out_boxes[sel.to(boxes.device)] = new_boxes[keep[sel]].to(boxes.device)
         return keep, out_masks.transpose(1, 2) if transposed else out_masks, out_boxes
-
-def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
-    """Pixels set per COCO RLE (pycocotools, as the stock `area_from_rle` counts them)."""
-    from pycocotools import mask as mask_utils
-
-    coded = [dict(r, counts=r["counts"].encode()) for r in rles]
-    # Chunks of < 256: pycocotools' area() overflows a uint8 on longer lists (numpy 2).
-    return [int(a) for i in range(0, len(coded), 255) for a in mask_utils.area(coded[i : i + 255])]
-
-
-def _box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """segment-anything's `batched_mask_to_box` from its per-row `(n, H)` and per-column `(n, W)`
-    "has a pixel" flags (bool): the same arithmetic, `(n, 4) int64` XYXY, empty -> zeros."""
-    h, w = rows.shape[-1], cols.shape[-1]
-    in_h = rows * torch.arange(h, device=rows.device)[None, :]
-    bottom = in_h.max(-1).values
-    top = (in_h + h * (~rows)).min(-1).values
-    in_w = cols * torch.arange(w, device=cols.device)[None, :]
-    right = in_w.max(-1).values
-    left = (in_w + w * (~cols)).min(-1).values
-    empty = (right < left) | (bottom < top)
-    return torch.stack([left, top, right, bottom], dim=-1) * (~empty).unsqueeze(-1)
-
-
-def _offset(crop_box: list[int], device: Any) -> torch.Tensor:
-    x0, y0 = crop_box[0], crop_box[1]
-    return torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=device)
-
-
-def _cat(parts: list[_Candidates]) -> _Candidates:
-    b = [p.bounds for p in parts]
-    return _Candidates(
-        torch.cat([p.logits for p in parts]),
-        torch.cat([p.iou for p in parts]),
-        torch.cat([p.points for p in parts]),
-        _Bounds(*(torch.cat([getattr(x, f) for x in b])
-                  for f in ("box_lo", "box_hi", "stab_lo", "stab_hi", "exact"))),
-        parts[0].input_size,
-    )
-
-
-def _stock_order(scores: torch.Tensor) -> torch.Tensor:
-    """The order in which torchvision's NMS visits boxes (its own sort, ties included): NMS on
-    boxes that cannot overlap keeps every box, in visiting order."""
-    from torchvision.ops.boxes import batched_nms
-
-    n = len(scores)
-    x = torch.arange(n, dtype=torch.float32) * 2
-    disjoint = torch.stack([x, torch.zeros(n), x + 1, torch.ones(n)], 1)
-    return batched_nms(disjoint, scores.float(), torch.zeros(n), iou_threshold=0.5)
-
-
-def _iou_bounds(lo: torch.Tensor, hi: torch.Tensor, i: int, rest: torch.Tensor):
-    """Bounds on torchvision's box IoU between box i and boxes `rest`, from coordinate intervals
-    (`(N, 4)` XYXY lo/hi)."""
-
-    def area(x0, y0, x1, y1):
-        return (x1 - x0).clamp_min(0) * (y1 - y0).clamp_min(0)
-
-    a_lo = area(hi[:, 0], hi[:, 1], lo[:, 2], lo[:, 3])
-    a_hi = area(lo[:, 0], lo[:, 1], hi[:, 2], hi[:, 3])
-    # Smallest and largest intersection over the intervals.
-    w_lo = (torch.minimum(lo[i, 2], lo[rest, 2]) - torch.maximum(hi[i, 0], hi[rest, 0])).clamp_min(0)
-    h_lo = (torch.minimum(lo[i, 3], lo[rest, 3]) - torch.maximum(hi[i, 1], hi[rest, 1])).clamp_min(0)
-    w_hi = (torch.minimum(hi[i, 2], hi[rest, 2]) - torch.maximum(lo[i, 0], lo[rest, 0])).clamp_min(0)
-    h_hi = (torch.minimum(hi[i, 3], hi[rest, 3]) - torch.maximum(lo[i, 1], lo[rest, 1])).clamp_min(0)
-    inter_lo, inter_hi = w_lo * h_lo, w_hi * h_hi
-    union_hi = a_hi[i] + a_hi[rest] - inter_lo
-    union_lo = torch.maximum(a_lo[i] + a_lo[rest] - inter_hi, torch.maximum(a_lo[i], a_lo[rest]))
-    iou_lo = torch.where(union_hi > 0, inter_lo / union_hi.clamp_min(1e-9), 0.0)
-    iou_hi = torch.where(union_lo > 0, (inter_hi / union_lo.clamp_min(1e-9)).clamp_max(1.0), 1.0)
-    exact = (lo[i] == hi[i]).all() & (lo[rest] == hi[rest]).all(1)
-    return iou_lo, iou_hi, exact
-
-
-def _exact_iou(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
-
-    return box_iou(box[None], others)[0]
-
-
-def _interval_nms(
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    scores: torch.Tensor,
-    thresh: float,
-    exact_boxes: Any,
-    stats: Stats,
-) -> torch.Tensor:
-    """Greedy box NMS (torchvision's rule: drop a box whose IoU with a kept one is > thresh) on
-    boxes known as coordinate intervals. A pair the intervals do not settle gets its exact boxes
-    from `exact_boxes(idx) -> (n, 4)`. Returns kept indices in torchvision's order."""
-    n = len(scores)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    order = _stock_order(scores)
-    if thresh >= 1.0:
-        return order  # IoU never exceeds 1: nothing is suppressed
-    lo, hi = lo.clone(), hi.clone()
-    is_exact = (lo == hi).all(1)
-    removed = torch.zeros(n, dtype=torch.bool)
-    keep = []
-    pos = torch.empty(n, dtype=torch.int64)
-    pos[order] = torch.arange(n)
-    for k in range(n):
-        i = int(order[k])
-        if removed[i]:
-            continue
-        keep.append(i)
-        rest = order[k + 1 :]
-        rest = rest[~removed[rest]]
-        if len(rest) == 0:
-            break
-        iou_lo, iou_hi, _ = _iou_bounds(lo, hi, i, rest)
-        unsure = (iou_lo <= thresh) & (iou_hi > thresh)
-        if unsure.any():
-            need = torch.cat([torch.tensor([i]), rest[unsure]])
-            need = need[~is_exact[need]]
-            if len(need):
-                boxes = exact_boxes(need)
-                lo[need] = boxes
-                hi[need] = boxes
-                is_exact[need] = True
-            iou = _exact_iou(lo[i], lo[rest[unsure]])
-            suppress = iou_lo > thresh
-            suppress[unsure] = iou > thresh
-        else:
-            suppress = iou_lo > thresh
-        removed[rest[suppress]] = True
-    return torch.tensor(keep, dtype=torch.int64)
-
-
-def encode_rle_device(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """COCO RLE (`counts` str) of an `(N, H, W) bool` tensor, via pycocotools.
-
-    A stack stored column-major per mask (`masks.transpose(1, 2)` contiguous on the CPU, as
-    `FastMaskGenerator` builds it) is read in place; any other is copied to that order in chunks
-    so the copy stays small."""
-    from pycocotools import mask as mask_utils
-
-    n, h, w = masks.shape
-    out: list[dict[str, Any]] = []
-    in_place = masks.device.type == "cpu" and masks.transpose(1, 2).is_contiguous()
-    per = max(1, n if in_place else (1 << 27) // max(1, h * w))
-    for i in range(0, n, per):
-        # (c, W, H) C-order is (H, W, c) Fortran order: what pycocotools reads.
-        part = masks[i : i + per].transpose(1, 2)
-        if not in_place:
-            part = part.contiguous().cpu()
-        rles = mask_utils.encode(part.numpy().view(np.uint8).transpose(2, 1, 0))
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")
-        out.extend(rles)
-    return out

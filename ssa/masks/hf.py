@@ -32,19 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 from ssa.masks.base import MaskResult
-from ssa.masks.fast_amg import (
-    FastMaskGenerator,
-    Stats,
-    _Axis,
-    _Candidates,
-    _cat,
-    _interval_nms,
-    _offset,
-    _Separable,
-    _sync,
-)
+from ssa.masks.bilinear import _Axis, _Separable
+from ssa.masks.candidates import _Candidates, _cat, _offset, _sync
+from ssa.masks.fast_amg import FastMaskGenerator, Stats
+from ssa.masks.interval_nms import _interval_nms
 
 # config.model_type -> geometry: "sam" (longest-edge resize, padded square input) or "sam2"
 # (input squashed to a square). SAM 2.1 checkpoints are `sam2`; video configs hold the same
@@ -134,7 +127,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
         model = AutoModelForMaskGeneration.from_pretrained(name, **local)
         processor = AutoImageProcessor.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise SSAError(
             f"cannot load mask model hf:{name} ({first}); pass a folder with the model and its "
             f"image processor (save_pretrained both)"
@@ -512,10 +505,10 @@ class _HFPostprocess(FastMaskGenerator):
         if self.source.family != "sam2":
             yield from super()._upsample(logits, input_size, crop_size)
             return
-        from ssa.masks import fast_amg
+        from ssa.masks import bilinear, candidates
 
         sep = _Separable.get(tuple(logits.shape[-2:]), tuple(crop_size), logits.device)
-        budget = fast_amg._SEPARABLE_CHUNK_PIXELS if sep is not None else fast_amg._CHUNK_PIXELS
+        budget = bilinear._SEPARABLE_CHUNK_PIXELS if sep is not None else candidates._CHUNK_PIXELS
         per = max(1, budget // max(1, crop_size[0] * crop_size[1]))
         first = min(per, len(logits))
         bufs = sep.buffers(first) if sep is not None else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,33 +117,44 @@ def download_checkpoint(
     dest: Path,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> Path:
-    """Download the official checkpoint to `dest` (via a temporary name, moved in when complete).
+    """Download the official checkpoint to `dest` with `torch.hub.download_url_to_file` (it
+    writes `<dest>.<uuid>.partial` and moves it in when complete).
 
-    `progress(bytes_done, bytes_total)` is called as data arrives. Offline, raises SSAError saying
-    which file to put where.
+    `progress(bytes_done, None)` is called about twice a second with the bytes received so far.
+    Offline or on any failure, raises one SSAError saying which file to put where; no partial
+    file is left.
     """
+    import threading
+
+    from torch.hub import download_url_to_file
+
     url = CHECKPOINT_URL + CHECKPOINT_FILES[model_type]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    finished = threading.Event()
+
+    def report() -> None:  # torch's own bar is tqdm on stderr; ours is the caller's callback
+        while not finished.wait(0.5):
+            sizes = [p.stat().st_size for p in dest.parent.glob(dest.name + ".*.partial")]
+            if sizes:
+                progress(max(sizes), None)
+
+    watcher = threading.Thread(target=report, daemon=True) if progress else None
+    if watcher:
+        watcher.start()
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
-            total = response.headers.get("Content-Length")
-            total = int(total) if total else None
-            done = 0
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        if total is not None and done != total:
-            raise OSError(f"received {done} of {total} bytes")
-        os.replace(tmp, dest)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
+        download_url_to_file(url, str(dest), progress=False)
+    except (OSError, ValueError, RuntimeError) as exc:
         raise SSAError(
             f"SAM checkpoint {dest} is missing and could not be downloaded ({exc}); "
             f"download {url} and put it at {dest}, or pass --sam-checkpoint PATH"
         ) from None
+    finally:
+        finished.set()
+        if watcher:
+            watcher.join()
+    if progress:
+        size = dest.stat().st_size
+        progress(size, size)
     return dest
 
 
@@ -206,7 +216,19 @@ def infer_encoder_config(state_dict: dict[str, Any]) -> EncoderConfig:
 
 
 def build_sam_from_config(cfg: EncoderConfig):
-    """An untrained SAM with the given image encoder and the standard prompt encoder/decoder."""
+    """An untrained SAM with the given image encoder and the standard prompt encoder/decoder:
+    segment-anything's own builder (`_build_sam`, behind `sam_model_registry`) for the official
+    geometry (1024 px input, window 14, 256 channels), any width and depth; the same modules
+    with the other input size, window or channel count otherwise (checkpoints trained so)."""
+    from segment_anything.build_sam import _build_sam
+
+    if (cfg.image_size, cfg.window_size, cfg.out_chans) == (1024, 14, 256):
+        return _build_sam(cfg.embed_dim, cfg.depth, cfg.num_heads, list(cfg.global_attn_indexes))
+    return _build_custom_sam(cfg)
+
+
+def _build_custom_sam(cfg: EncoderConfig):
+    """`_build_sam`'s modules with `cfg`'s input size, window size and channels."""
     from functools import partial
 
     import torch
@@ -218,44 +240,23 @@ def build_sam_from_config(cfg: EncoderConfig):
         TwoWayTransformer,
     )
 
-    patch = 16
-    grid = cfg.image_size // patch
+    grid = cfg.image_size // 16
     encoder = ImageEncoderViT(
-        depth=cfg.depth,
-        embed_dim=cfg.embed_dim,
-        img_size=cfg.image_size,
-        mlp_ratio=4,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=cfg.num_heads,
-        patch_size=patch,
-        qkv_bias=True,
-        use_rel_pos=True,
-        global_attn_indexes=cfg.global_attn_indexes,
-        window_size=cfg.window_size,
-        out_chans=cfg.out_chans,
+        depth=cfg.depth, embed_dim=cfg.embed_dim, img_size=cfg.image_size, mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=cfg.num_heads, patch_size=16,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg.global_attn_indexes,
+        window_size=cfg.window_size, out_chans=cfg.out_chans,
     )
-    prompt = PromptEncoder(
-        embed_dim=cfg.out_chans,
-        image_embedding_size=(grid, grid),
-        input_image_size=(cfg.image_size, cfg.image_size),
-        mask_in_chans=16,
-    )
+    prompt = PromptEncoder(embed_dim=cfg.out_chans, image_embedding_size=(grid, grid),
+                           input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=16)
     decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=2, embedding_dim=cfg.out_chans, mlp_dim=2048, num_heads=8
-        ),
-        transformer_dim=cfg.out_chans,
-        iou_head_depth=3,
+        num_multimask_outputs=3, transformer_dim=cfg.out_chans, iou_head_depth=3,
         iou_head_hidden_dim=256,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=cfg.out_chans, mlp_dim=2048,
+                                      num_heads=8),
     )
-    return Sam(
-        image_encoder=encoder,
-        prompt_encoder=prompt,
-        mask_decoder=decoder,
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
+    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
+               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
 def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):

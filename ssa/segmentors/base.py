@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ssa.errors import SSAError
+from ssa.io import no_label_value
 
 
 @runtime_checkable
@@ -228,7 +229,7 @@ class BranchOutput:
             scores = tensor if tensor.dtype == torch.float32 else tensor.float()
             labels = torch.empty(size, dtype=dtype, device=tensor.device)
             out = cls(scores=scores, labels=labels, kind=kind, threshold=threshold)
-            none = 255 if num_classes <= 255 else 65535
+            none = no_label_value(num_classes)
             for r0, r1, band in out.score_bands():
                 if kind == "claims":
                     band = band.masked_fill(band <= threshold, 0.0)
@@ -247,7 +248,7 @@ class BranchOutput:
             if tensor.is_floating_point() or tensor.dtype == torch.bool:
                 tensor = tensor.long()
             valid = (tensor >= 0) & (tensor < num_classes)
-            none = 255 if num_classes <= 255 else 65535
+            none = no_label_value(num_classes)
             labels = torch.where(valid, tensor, torch.full_like(tensor, none)).to(dtype)
             return cls(scores=None, labels=labels, kind=kind)
         raise SSAError(

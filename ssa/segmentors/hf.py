@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 
 UNIVERSAL_TYPES = {"oneformer", "mask2former", "maskformer"}
 # Working resolution caps: at most this many training crops' pixels (C x 4 x 512 x 512 floats,
@@ -88,11 +88,6 @@ def hf_factory(
             f"--prompts applies to SAM 3 segmentors; hf:{model_id} is trained on its own classes"
         )
     return partial(HFSegmentor, model_id)
-
-
-def _first_line(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def config_hint(model_id: str, exc: BaseException) -> str:
@@ -153,7 +148,7 @@ def load_error(kind: str, model_id: str, exc: BaseException) -> SSAError:
     """One line for a Hugging Face model that cannot be loaded: what failed (the first line of
     `exc`) and what to do (`config_hint`; offline it names the cache to put it in)."""
     return SSAError(
-        f"cannot load {kind} hf:{model_id} ({_first_line(exc)}); {config_hint(model_id, exc)}"
+        f"cannot load {kind} hf:{model_id} ({first_line(exc, 200)}); {config_hint(model_id, exc)}"
     )
 
 
@@ -237,7 +232,7 @@ class HFSegmentor:
             raise SSAError(unpickling_refused(f"segmentor hf:{self.model_id}")) from None
         except (OSError, ValueError) as exc:
             raise SSAError(
-                f"cannot load segmentor hf:{self.model_id} ({_first_line(exc)}); pass a folder "
+                f"cannot load segmentor hf:{self.model_id} ({first_line(exc, 200)}); pass a folder "
                 f"with the model and its image processor (save_pretrained both)"
             ) from None
         self.model.to(self.device).eval()

@@ -19,9 +19,9 @@ import numpy as np
 
 from ssa.companions import find_companion
 from ssa.errors import SSAError
+from ssa.io import no_label_value
 
 SUFFIXES = (".png", ".npy", ".tif", ".tiff")
-NO_LABEL = 255
 
 
 class LabelsSegmentor:
@@ -38,7 +38,7 @@ class LabelsSegmentor:
             raise SSAError(f"segmentor labels:{folder}: no such folder; pass the predictions' folder")
         self.classes = list(classes)
         self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
-        self.no_label = NO_LABEL if len(self.classes) <= NO_LABEL else 65535
+        self.no_label = no_label_value(len(self.classes))
 
     def __call__(self, image: np.ndarray, *, path: Path | None = None) -> np.ndarray:
         """image: `HWC uint8 RGB` (for its size); path: the image's relative path.

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssa.errors import SSAError
+from ssa.errors import SSAError, first_line
 
 SAM3_TYPES = {"sam3", "sam3_video"}
 DEFAULT_PROMPT_BATCH = 16
@@ -63,7 +63,7 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
     try:
         data = yaml.safe_load(path.read_text())  # YAML reads JSON too
     except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise SSAError(
             f"--prompts {path}: cannot read it ({first}); pass a YAML/JSON mapping"
         ) from None
@@ -178,7 +178,7 @@ class Sam3Segmentor:
             self.model = Sam3Model.from_pretrained(self.model_id)
             self.processor = Sam3Processor.from_pretrained(self.model_id)
         except (OSError, ValueError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise SSAError(
                 f"cannot load SAM 3 segmentor hf:{self.model_id} ({first}); pass a folder with "
                 f"the model and its Sam3Processor (save_pretrained both)"

@@ -149,7 +149,8 @@ def _expected(cls: type, key: str) -> str:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name == key:
             hint = str(f.type)
-            for alias, plain in (("PositiveInt", "int >= 1"), ("Share", "float in [0, 1]")):
+            for alias, plain in (("PositiveInt", "int >= 1"), ("Share", "float in [0, 1]"),
+                                 ("Precision", "fp32 | bf16 | fp16")):
                 hint = hint.replace(alias, plain)
             return hint
     return "?"

@@ -521,7 +521,8 @@ class FastMaskGenerator:
         stock forwards outside it)."""
         from ssa.masks.sam_speedups import chunked_attention
 
-        if self.sdpa:
+        if self.sdpa or not self.shared_decoder:
+            # A compiled encoder keeps the forwards it was traced with (inductor fuses them).
             return contextlib.nullcontext()
         return chunked_attention(self.model.image_encoder)
 

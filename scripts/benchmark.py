@@ -459,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, action="append",
                    help=f"image(s) to label (default {DEFAULT_IMAGE.name})")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/ssa-benchmark"))
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="where the random models are made and reused (default --work-dir)")
     p.add_argument("--sam-model", default="vit_b")
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="default", choices=["default", "ssa"],
@@ -480,6 +482,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated ssa sides to run against one stock run, each "
                         "PRECISION[+compile] (e.g. fp32,bf16,bf16+compile); default: one side "
                         "with --precision/--compile")
+    p.add_argument("--no-stock", action="store_true",
+                   help="run the ssa sides only (throughput; no speedup or agreement)")
     p.add_argument("--tag", help=argparse.SUPPRESS)
     p.add_argument("--amg", action="append", default=[], help="more generator knobs KEY=VALUE")
     p.add_argument("--amg-impl", default="fast", help="the ssa side's generator: fast | stock")
@@ -552,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         result = fn(args, args.images, out)
         print("RESULT " + json.dumps(result))
         return
-    ckpt, seg = make_models(args.work_dir, args.sam_model)
+    ckpt, seg = make_models(args.checkpoint_dir or args.work_dir, args.sam_model)
     if args.resize:
         args.images = resized_images(args.images, args.resize, args.work_dir / "resized")
     if args.target_masks:
@@ -572,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
                      for x in ("--amg", f"{k}={v}")]]
     if args.stock_keep_heap:
         passthrough.append("--stock-keep-heap")
-    sides = [("stock", "stock", [])] + [
+    sides = ([] if args.no_stock else [("stock", "stock", [])]) + [
         (f"ssa_{v.replace('+', '_')}", "ssa",
          ["--precision", v.split("+")[0], "--tag", v.replace("+", "_"),
           *(["--compile"] if v.endswith("+compile") else [])]) for v in variants]
@@ -590,6 +594,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{name} run failed:\n{proc.stderr[-3000:]}")
         results[name] = json.loads(lines[-1][len("RESULT "):])
         saved.write_text(json.dumps(results[name]))
+    if args.no_stock:
+        report = {"settings": args.settings, "sam_model": args.sam_model, "device": args.device,
+                  "images": [str(p) for p in args.images],
+                  "variants": {name: {**results[name], "images_per_s": len(args.images)
+                                      / max(results[name]["seconds"], 1e-9)}
+                               for name, _, _ in sides}}
+        print(json.dumps(report, indent=2))
+        return
     first = sides[1][0]
     report = {
         "settings": args.settings,

@@ -140,7 +140,16 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
         index = torch.where(valid, compact[part.clamp(0, num_classes - 1)], -1)
         # CUDA's int8 GEMM wants a row-major operand: `_onehot_counts` copies a chunk that
         # is not one (N x chunk bytes, bounded).
-        found += _onehot_counts(flat_masks[:, chunk], index, len(present))
+        part_masks = flat_masks[:, chunk]
+        try:
+            found += _onehot_counts(part_masks, index, len(present))
+        except (RuntimeError, NotImplementedError) as exc:
+            # A kernel refusing a shape the plan allows (a new GPU, a torch build): exact
+            # counts still, by the slower path, and said once.
+            first = (str(exc).splitlines() or [""])[0][:200]
+            _warn_once("gemm-error", f"voting counts by bincount: torch._int_mm failed on "
+                       f"{part_masks.device.type} for shape {tuple(part_masks.shape)} ({first})")
+            found += _bincount_counts(part_masks, index, len(present)).to(found.dtype)
     counts[:, present] = found.float()
     return counts
 
@@ -193,10 +202,10 @@ def int_mm_plan(device_type: str, rows: int, k: int, n: int, has_int_mm: bool = 
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    """Log a fallback to a slower path once per process (per distinct message)."""
-    if message not in _warned:
-        _warned.add(message)
+def _warn_once(key: str, message: str) -> None:
+    """Log a fallback to a slower path once per process for each kind (`key`)."""
+    if key not in _warned:
+        _warned.add(key)
         logging.getLogger(__name__).warning(message)
 
 
@@ -214,7 +223,7 @@ def _onehot_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int,
     plan = int_mm_plan(device_type, num_masks, num_pixels, -(-width0 // 8) * 8,
                        hasattr(torch, "_int_mm"))
     if plan.path == "bincount":
-        _warn_once(f"voting counts by bincount instead of an int8 GEMM: {plan.reason}")
+        _warn_once("plan", f"voting counts by bincount instead of an int8 GEMM: {plan.reason}")
         return _bincount_counts(flat_masks, index, k).to(torch.int32)
     stack = flat_masks.view(torch.int8)
     if plan.pad_rows or plan.pad_k or (device_type == "cuda" and not stack.is_contiguous()):

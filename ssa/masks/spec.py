@@ -292,8 +292,8 @@ def load_mask_source(
         if compile:
             raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; "
                            f"leave --compile off")
-        return hf_module().load_hf_mask_source(parsed.target, device, dict(settings),
-                                               precision=precision)
+        extra = {"precision": precision} if precision != "fp32" else {}
+        return hf_module().load_hf_mask_source(parsed.target, device, dict(settings), **extra)
     if compile:
         raise SSAError(f"--compile applies to sam: mask sources; {parsed} makes its own "
                        f"masks: leave --compile off")

@@ -7,6 +7,7 @@ int8 GEMM), hand-worked numbers (memory), the device rules as the issue and torc
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -205,6 +206,32 @@ def test_semantic_branch_bf16_agrees_with_fp32(segformer_5, monkeypatch) -> None
 # ------------------------------------------------------------------ SDPA and compile paths
 
 
+def _tiny_sam():
+    """A SAM far smaller than conftest's (256 px input, one encoder block, a one-layer decoder of
+    width 32), so compiling it takes the least time inductor needs."""
+    from functools import partial
+
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(img_size=256, patch_size=16, embed_dim=16, depth=1, num_heads=1,
+                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True,
+                              use_rel_pos=True, global_attn_indexes=(0,), window_size=4,
+                              out_chans=32)
+    prompts = PromptEncoder(embed_dim=32, image_embedding_size=(16, 16),
+                            input_image_size=(256, 256), mask_in_chans=16)
+    decoder = MaskDecoder(transformer_dim=32, iou_head_hidden_dim=32,
+                          transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64,
+                                                        num_heads=2))
+    return Sam(image_encoder=encoder, prompt_encoder=prompts, mask_decoder=decoder).eval()
+
+
 def _tiny_run(sam, **kwargs):
     from ssa.masks.fast_amg import FastMaskGenerator
 
@@ -214,21 +241,26 @@ def _tiny_run(sam, **kwargs):
         return FastMaskGenerator(sam, **settings, **kwargs).generate_masks(image)
 
 
-def test_sdpa_encoder_path_runs_on_cpu(sam_checkpoint) -> None:
-    from ssa.masks import load_sam
+def test_sdpa_encoder_path_runs_on_cpu() -> None:
+    from ssa.masks.sam_speedups import _sdpa_forward
 
-    ref = _tiny_run(load_sam("vit_b", sam_checkpoint), sdpa=False)
-    got = _tiny_run(load_sam("vit_b", sam_checkpoint), sdpa=True)
+    ref = _tiny_run(_tiny_sam(), sdpa=False)
+    sam = _tiny_sam()
+    got = _tiny_run(sam, sdpa=True)
+    assert sam.image_encoder.blocks[0].attn.forward.__func__ is _sdpa_forward
     assert len(got.records) == len(ref.records) == 12
     assert float(_matched_iou(ref.masks, got.masks).min()) >= 0.99
 
 
-@pytest.mark.skipif(shutil.which("g++") is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (g++), absent here")
-def test_compile_path_runs_on_cpu(sam_checkpoint) -> None:
-    from ssa.masks import load_sam
-
-    ref = _tiny_run(load_sam("vit_b", sam_checkpoint))
-    got = _tiny_run(load_sam("vit_b", sam_checkpoint), compile=True)
-    assert len(got.records) == len(ref.records)
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler ($CXX or g++), and "
+                           "none is on PATH here")
+def test_compile_path_runs_on_cpu() -> None:
+    """Inductor builds C++ kernels for the encoder and decoder (the slowest test here: the
+    compilation, about 2 minutes on 2 busy cores, whatever the model's size)."""
+    ref = _tiny_run(_tiny_sam())
+    sam = _tiny_sam()
+    got = _tiny_run(sam, compile=True)
+    assert hasattr(sam.image_encoder, "_orig_mod") and hasattr(sam.mask_decoder, "_orig_mod")
+    assert len(got.records) == len(ref.records) == 12
     assert float(_matched_iou(ref.masks, got.masks).min()) >= 0.99

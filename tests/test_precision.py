@@ -264,3 +264,44 @@ def test_compile_path_runs_on_cpu() -> None:
     assert hasattr(sam.image_encoder, "_orig_mod") and hasattr(sam.mask_decoder, "_orig_mod")
     assert len(got.records) == len(ref.records) == 12
     assert float(_matched_iou(ref.masks, got.masks).min()) >= 0.99
+
+
+# ------------------------------------------------------------------ the command line
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--precision", "fp16"], "--precision fp16 needs a CUDA device"),
+    (["--precision", "bf16", "--amg-impl", "stock"], "need --amg-impl fast"),
+    (["--precision", "fp64"], "--precision 'fp64'"),
+])
+def test_run_refuses_with_one_line(tmp_path, sam_checkpoint, segformer_5, monkeypatch,
+                                   extra, message) -> None:
+    from conftest import make_image
+    from test_run import invoke, one_line_error, run_args
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_image(tmp_path / "data" / "x.png")
+    result = invoke(*run_args(tmp_path / "data", tmp_path / "out", sam_checkpoint, segformer_5,
+                              "--dataset", "folder", *extra))
+    assert message in one_line_error(result)
+
+
+def test_precision_reaches_both_branches(tmp_path, sam_checkpoint, segformer_5,
+                                         monkeypatch) -> None:
+    from ssa.config import build_config
+    from ssa.labeller import build_labeller
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = build_config({"precision": "bf16"}, {
+        "dataset": "folder", "data_dir": tmp_path, "out_dir": tmp_path / "out",
+        "sam_model": "vit_b", "sam_checkpoint": sam_checkpoint, "segmentor": f"hf:{segformer_5}",
+        "device": "cpu", "amg_preset": "default"})
+    labeller = build_labeller(cfg)
+    assert labeller.mask_source.generator.autocast_dtype == torch.bfloat16
+    assert labeller.segmentor.model.dtype == torch.bfloat16
+    cfg = build_config({}, {**{k: getattr(cfg, k) for k in ("dataset", "data_dir", "out_dir",
+                                                            "sam_checkpoint", "device")},
+                            "segmentor": f"hf:{segformer_5}", "amg_preset": "default"})
+    labeller = build_labeller(cfg)  # fp32: nothing cast
+    assert labeller.mask_source.generator.autocast_dtype is None
+    assert labeller.segmentor.model.dtype == torch.float32

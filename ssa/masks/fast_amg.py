@@ -297,14 +297,16 @@ def _sync(device: torch.device) -> None:
 class FastMaskGenerator:
     """`SamAutomaticMaskGenerator`'s keywords and records, without its work outside the network.
 
-    Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on CPU;
-    on CUDA sized per crop from the free memory, `ssa.masks.memory.prompt_batch_for`),
-    `max_gpu_memory` (GB the generator may hold on CUDA, default: what is free), `precision`
-    (`"fp32"` default and exact; `"bf16"` (CPU and CUDA) / `"fp16"` (CUDA) run the encoder and
-    decoder under autocast, logits and IoUs cast back to float32 before every threshold;
-    refused with one line where the device lacks it, `ssa.precision`), `sdpa` (fused attention in the image encoder; default on for CUDA, off on CPU; where
-    it is off the encoder's attention runs chunked, `ssa.masks.sam_speedups.chunked_attention`),
-    `compile` (`torch.compile` the encoder and decoder; default off).
+    Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on
+    CPU; on CUDA each decoder call's batch is sized from the free memory,
+    `ssa.masks.memory.prompt_batch_for`), `max_gpu_memory` (GiB the generator may hold on CUDA
+    while decoding, default 8), `precision` (`"fp32"` default and exact; `"bf16"` (CPU and
+    CUDA) / `"fp16"` (CUDA) run the encoder and decoder under autocast, logits and IoUs cast
+    back to float32 before every threshold; refused with one line where the device lacks it,
+    `ssa.precision`), `sdpa` (fused attention in the image encoder; default on for CUDA, off
+    on CPU; where it is off the encoder's attention runs chunked,
+    `ssa.masks.sam_speedups.chunked_attention`), `compile` (`torch.compile` the encoder and
+    decoder; default off; the compiled encoder keeps its stock attention).
     """
 
     def __init__(

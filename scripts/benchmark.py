@@ -124,6 +124,7 @@ def peak_memory() -> dict[str, float]:
     out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if torch.cuda.is_available():
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     return out
 
 
@@ -245,7 +246,7 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
     cfg = RunConfig(dataset="folder", data_dir=data, out_dir=out_dir, sam_model=args.sam_model,
                     sam_checkpoint=Path(args.checkpoint), amg_preset="default", amg=args.settings,
                     segmentor=f"hf:{args.segformer}", device=args.device,
-                    amg_impl=args.amg_impl)
+                    amg_impl=args.amg_impl, precision=args.precision, compile=args.compile)
     start = time.perf_counter()
     summary = runner.run(cfg)
     seconds = time.perf_counter() - start - t[LOAD]
@@ -458,12 +459,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, action="append",
                    help=f"image(s) to label (default {DEFAULT_IMAGE.name})")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/ssa-benchmark"))
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="where the random models are made and reused (default --work-dir)")
     p.add_argument("--sam-model", default="vit_b")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--points-per-side", type=int, default=16)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.0)
-    p.add_argument("--stability-score-thresh", type=float, default=0.0)
-    p.add_argument("--box-nms-thresh", type=float, default=1.0)
+    p.add_argument("--preset", default="default", choices=["default", "ssa"],
+                   help="the generator preset both sides start from (ssa: 64 points per side, "
+                        "one crop layer, the original SSA thresholds); the flags below win")
+    p.add_argument("--points-per-side", type=int, help="default 16 (default preset)")
+    p.add_argument("--pred-iou-thresh", type=float, help="default 0 (default preset)")
+    p.add_argument("--stability-score-thresh", type=float, help="default 0 (default preset)")
+    p.add_argument("--box-nms-thresh", type=float, help="default 1.0 (default preset)")
+    p.add_argument("--target-masks", type=int,
+                   help="random weights: choose pred_iou_thresh so that about this many masks "
+                        "survive per image (stability 0, box NMS 1.0: every survivor kept), "
+                        "from the fast generator's candidates on the first image")
+    p.add_argument("--resize", help="WxH: label the images resized to this size (e.g. 2048x1024)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the ssa side's --precision")
+    p.add_argument("--compile", action="store_true", help="the ssa side's --compile")
+    p.add_argument("--variants",
+                   help="comma-separated ssa sides to run against one stock run, each "
+                        "PRECISION[+compile] (e.g. fp32,bf16,bf16+compile); default: one side "
+                        "with --precision/--compile")
+    p.add_argument("--no-stock", action="store_true",
+                   help="run the ssa sides only (throughput; no speedup or agreement)")
+    p.add_argument("--tag", help=argparse.SUPPRESS)
     p.add_argument("--amg", action="append", default=[], help="more generator knobs KEY=VALUE")
     p.add_argument("--amg-impl", default="fast", help="the ssa side's generator: fast | stock")
     p.add_argument("--skip-stock", action="store_true", help="reuse the last stock run's outputs")
@@ -492,21 +513,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         extra = dict(item.split("=", 1) for item in args.amg)
         knobs = resolve_settings({})
+        defaults = {"points_per_side": 16, "pred_iou_thresh": 0.0,
+                    "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
         args.settings = {
-            "points_per_side": args.points_per_side,
-            "pred_iou_thresh": args.pred_iou_thresh,
-            "stability_score_thresh": args.stability_score_thresh,
-            "box_nms_thresh": args.box_nms_thresh,
+            **{k: v if getattr(args, k) is None else getattr(args, k)
+               for k, v in defaults.items()},
             **{k: _knob_value(knobs[k], v) for k, v in extra.items()},
         }
         return args
-    args.settings = {
-        "points_per_side": args.points_per_side,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_score_thresh,
-        "box_nms_thresh": args.box_nms_thresh,
-        **parse_amg(args.amg),
-    }
+    from ssa.masks.knobs import AMG_PRESETS
+
+    base = dict(AMG_PRESETS[args.preset])
+    if args.preset == "default":
+        base.update(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                    box_nms_thresh=1.0)
+    flags = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+             "stability_score_thresh": args.stability_score_thresh,
+             "box_nms_thresh": args.box_nms_thresh}
+    args.settings = {**base, **{k: v for k, v in flags.items() if v is not None},
+                     **parse_amg(args.amg)}
     return args
 
 
@@ -526,44 +551,144 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.only:
         fn = run_stock if args.only == "stock" else run_ssa
-        out = args.work_dir / f"out_{args.only}"
+        out = args.work_dir / (f"out_{args.only}" + (f"_{args.tag}" if args.tag else ""))
         shutil.rmtree(out, ignore_errors=True)  # ssa run would skip images already done
         result = fn(args, args.images, out)
         print("RESULT " + json.dumps(result))
         return
-    ckpt, seg = make_models(args.work_dir, args.sam_model)
+    ckpt, seg = make_models(args.checkpoint_dir or args.work_dir, args.sam_model)
+    if args.resize:
+        args.images = resized_images(args.images, args.resize, args.work_dir / "resized")
+    if args.target_masks:
+        thresh = calibrate_pred_iou(ckpt, args, args.images[0])
+        args.settings.update(pred_iou_thresh=thresh, stability_score_thresh=0.0,
+                             box_nms_thresh=1.0, crop_nms_thresh=1.0)
+        print(f"pred_iou_thresh {thresh:.5f} keeps about {args.target_masks} masks per image "
+              f"(stability 0, box and crop NMS 1.0)", file=sys.stderr, flush=True)
     results = {}
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--skip-stock"]
-    for side in ("stock", "ssa"):
-        saved = args.work_dir / f"result_{side}.json"
+    variants = (args.variants.split(",") if args.variants
+                else [args.precision + ("+compile" if args.compile else "")])
+    # The children get the resolved settings and images, not the flags that made them.
+    passthrough = ["--work-dir", str(args.work_dir), "--sam-model", args.sam_model, "--device",
+                   args.device, "--amg-impl", args.amg_impl,
+                   *[x for img in args.images for x in ("--image", str(img))],
+                   *[x for k, v in args.settings.items() if v is not None
+                     for x in ("--amg", f"{k}={v}")]]
+    if args.stock_keep_heap:
+        passthrough.append("--stock-keep-heap")
+    sides = ([] if args.no_stock else [("stock", "stock", [])]) + [
+        (f"ssa_{v.replace('+', '_')}", "ssa",
+         ["--precision", v.split("+")[0], "--tag", v.replace("+", "_"),
+          *(["--compile"] if v.endswith("+compile") else [])]) for v in variants]
+    for name, side, extra in sides:
+        saved = args.work_dir / f"result_{name}.json"
         if side == "stock" and args.skip_stock and saved.exists():
-            results[side] = json.loads(saved.read_text())
+            results[name] = json.loads(saved.read_text())
             continue
-        cmd = [sys.executable, __file__, *passthrough, "--only", side, "--checkpoint", str(ckpt),
-               "--segformer", str(seg)]
-        print(f"running {side} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, *passthrough, *extra, "--only", side,
+               "--checkpoint", str(ckpt), "--segformer", str(seg)]
+        print(f"running {name} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not lines:
-            sys.exit(f"{side} run failed:\n{proc.stderr[-3000:]}")
-        results[side] = json.loads(lines[-1][len("RESULT "):])
-        saved.write_text(json.dumps(results[side]))
+            sys.exit(f"{name} run failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1][len("RESULT "):])
+        saved.write_text(json.dumps(results[name]))
+    if args.no_stock:
+        report = {"settings": args.settings, "sam_model": args.sam_model, "device": args.device,
+                  "images": [str(p) for p in args.images],
+                  "variants": {name: {**results[name], "images_per_s": len(args.images)
+                                      / max(results[name]["seconds"], 1e-9)}
+                               for name, _, _ in sides}}
+        print(json.dumps(report, indent=2))
+        return
+    first = sides[1][0]
     report = {
         "settings": args.settings,
         "sam_model": args.sam_model,
         "device": args.device,
         "images": [str(p) for p in args.images],
         "stock": results["stock"],
-        "ssa": results["ssa"],
-        "speedup": results["stock"]["seconds"] / results["ssa"]["seconds"],
-        "agreement": agreement(args.work_dir / "out_stock", args.work_dir / "out_ssa",
-                               args.images),
+        "ssa": results[first],
+        "speedup": results["stock"]["seconds"] / results[first]["seconds"],
+        "agreement": agreement(args.work_dir / "out_stock",
+                               args.work_dir / f"out_ssa_{first[len('ssa_'):]}", args.images),
+        "variants": {
+            name: {
+                "seconds": results[name]["seconds"],
+                "speedup": results["stock"]["seconds"] / results[name]["seconds"],
+                "voting_share": results[name]["stages"].get("voting", 0.0)
+                / max(results[name]["seconds"], 1e-9),
+                "peak_gpu_gib": results[name].get("peak_gpu_gib"),
+                "split": results[name].get("fast_stats_last_image"),
+                "agreement": agreement(args.work_dir / "out_stock",
+                                       args.work_dir / f"out_ssa_{name[len('ssa_'):]}",
+                                       args.images),
+            }
+            for name, _, _ in sides[1:]
+        },
     }
     print(json.dumps(report, indent=2))
     _table(report)
 
 
+def resized_images(images: list[Path], size: str, folder: Path) -> list[Path]:
+    """Copies of `images` resized (bilinear) to `size` (`WxH`), as PNG in `folder`."""
+    from PIL import Image
+
+    width, height = (int(v) for v in size.lower().split("x"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in images:
+        dest = folder / f"{path.stem}_{width}x{height}.png"
+        if not dest.exists():
+            with Image.open(path) as img:
+                img.convert("RGB").resize((width, height), Image.BILINEAR).save(dest)
+        out.append(dest)
+    return out
+
+
+def calibrate_pred_iou(ckpt: Path, args: argparse.Namespace, image_path: Path) -> float:
+    """The predicted-IoU threshold above which about `args.target_masks` of the first image's
+    candidates lie, at the run's settings: the fast generator's decoder over every crop with
+    no filter, low-resolution logits only (random weights give no stable masks, so the IoU
+    filter alone decides, as real weights' filters keep a few hundred)."""
+    import torch
+    from segment_anything.utils.amg import generate_crop_boxes
+
+    from ssa import io
+    from ssa.masks import load_sam
+    from ssa.masks.fast_amg import FastMaskGenerator
+
+    image = io.read_image(image_path)
+    sam = load_sam(args.sam_model, ckpt, args.device)
+    settings = {**args.settings, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                "box_nms_thresh": 1.0, "crop_nms_thresh": 1.0, "min_mask_region_area": 0}
+    gen = FastMaskGenerator(sam, **settings)
+    ious = []
+    size = image.shape[:2]
+    boxes, layers = generate_crop_boxes(size, gen.crop_n_layers, gen.crop_overlap_ratio)
+    with torch.inference_mode():
+        for box, layer in zip(boxes, layers):
+            x0, y0, x1, y1 = box
+            gen.predictor.set_image(image[y0:y1, x0:x1])
+            crop = (y1 - y0, x1 - x0)
+            points = gen.point_grids[layer] * np.array(crop)[None, ::-1]
+            for i in range(0, len(points), 256):
+                ious.append(gen._decode(points[i : i + 256], crop)[1].flatten().float().cpu())
+    values = torch.cat(ious).sort(descending=True).values
+    k = min(len(values) - 1, max(0, args.target_masks))
+    del sam, gen
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return float(values[k])
+
+
 def _table(report: dict) -> None:
+    for name, v in report.get("variants", {}).items():
+        print(f"{name}: {v['seconds']:.2f} s, {v['speedup']:.2f}x stock, voting "
+              f"{100 * v['voting_share']:.1f}% of the time, peak GPU {v['peak_gpu_gib']} GiB, "
+              f"agreement {v['agreement']}", file=sys.stderr)
     s, f = report["stock"], report["ssa"]
     print("\n| stage | stock s | ssa s |\n|---|---|---|", file=sys.stderr)
     keys = list(dict.fromkeys([*STAGES, *s["stages"], *f["stages"]]))

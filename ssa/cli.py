@@ -243,6 +243,23 @@ def run(
         ),
     ] = None,
     world_size: WorldSizeOpt = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="fp32 (default, exact) | bf16 (CPU and CUDA) | fp16 (CUDA): both branches' "
+            "networks; post-processing and thresholds stay fp32.",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile",
+            help="torch.compile the mask branch's encoder and decoder (needs a C++ compiler "
+            "on the CPU, Triton on CUDA).",
+            rich_help_panel="Scale",
+        ),
+    ] = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
@@ -281,6 +298,8 @@ def run(
             "max_pixels": max_pixels,
             "evaluate": evaluate,
             "gt_dir": gt_dir,
+            "precision": precision,
+            "compile": compile_,
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)

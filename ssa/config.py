@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BeforeValidator, Field
 
 from ssa.errors import SSAError, first_line
+from ssa.precision import Precision
 
 C = TypeVar("C")
 
@@ -75,6 +76,9 @@ class RunConfig(MaskBranchConfig):
     max_pixels: int | None = None  # label larger images downsized to this many pixels
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
+    # Both branches' networks (ssa.precision): fp32 exact; bf16/fp16 autocast / model dtype.
+    precision: Precision = "fp32"
+    compile: bool = False  # torch.compile the mask branch's encoder and decoder
 
     def resolved_device(self) -> str:
         import torch
@@ -145,7 +149,8 @@ def _expected(cls: type, key: str) -> str:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name == key:
             hint = str(f.type)
-            for alias, plain in (("PositiveInt", "int >= 1"), ("Share", "float in [0, 1]")):
+            for alias, plain in (("PositiveInt", "int >= 1"), ("Share", "float in [0, 1]"),
+                                 ("Precision", "fp32 | bf16 | fp16")):
                 hint = hint.replace(alias, plain)
             return hint
     return "?"

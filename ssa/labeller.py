@@ -320,11 +320,33 @@ def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list
         prompts = read_prompts_file(cfg.prompts, classes)
     if cfg.prompt_batch is not None:
         args["prompt_batch"] = cfg.prompt_batch
+    precision = getattr(cfg, "precision", "fp32")
+    if precision != "fp32" and "precision" not in args:
+        _check_semantic_precision(cfg.segmentor, precision)
+        args["precision"] = precision
     segmentor = load_segmentor(
         cfg.segmentor, device=device, args=args, classes=classes, label_map=label_map,
         prompts=prompts,
     )
     return segmentor, resolve_classes(cfg, spec, segmentor)
+
+
+def _check_semantic_precision(segmentor: str, precision: str) -> None:
+    """`--precision` reaches `hf:` segmentors trained on their classes (`HFSegmentor`); refuse it
+    for the others rather than ignore it."""
+    from ssa.segmentors.spec import parse_spec
+
+    parsed = parse_spec(segmentor)
+    ok = parsed.kind == "hf"
+    if ok:
+        from ssa.segmentors.hf import is_sam3
+
+        ok = not is_sam3(parsed.target)
+    if not ok:
+        raise SSAError(
+            f"--precision {precision} applies to hf: segmentors (Segformer, OneFormer, ...); "
+            f"{segmentor} runs in its own precision: pass --precision fp32"
+        )
 
 
 def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[str, Any]]:
@@ -348,7 +370,9 @@ def build_mask_source(
     from ssa.masks.spec import load_mask_source
 
     spec, settings = mask_settings(cfg, default_preset)
-    return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl)
+    return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl,
+                            precision=getattr(cfg, "precision", "fp32"),
+                            compile=getattr(cfg, "compile", False))
 
 
 def build_labeller(
@@ -359,6 +383,9 @@ def build_labeller(
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()
     check_voting(cfg)
+    from ssa.precision import check_device
+
+    check_device(getattr(cfg, "precision", "fp32"), getattr(cfg, "compile", False), device)
     mask_settings(cfg, spec.default_amg_preset)
     segmentor, names = build_segmentor(cfg, spec, device)
     masks = build_mask_source(cfg, device, spec.default_amg_preset, download_progress)

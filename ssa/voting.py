@@ -22,6 +22,7 @@ arrays per mask.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -137,15 +138,18 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
         part = flat_labels[chunk].long()
         valid = (part >= 0) & (part < num_classes)
         index = torch.where(valid, compact[part.clamp(0, num_classes - 1)], -1)
+        # CUDA's int8 GEMM wants a row-major operand: `_onehot_counts` copies a chunk that
+        # is not one (N x chunk bytes, bounded).
         part_masks = flat_masks[:, chunk]
-        if part_masks.device.type != "cpu" and len(chunks) > 1:
-            # CUDA's int8 GEMM wants a row-major operand (N x chunk bytes, bounded).
-            part_masks = part_masks.contiguous()
         try:
             found += _onehot_counts(part_masks, index, len(present))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            # torch builds without an int8 GEMM for this device or shape.
-            found += _bincount_counts(part_masks, index, len(present))
+        except (RuntimeError, NotImplementedError) as exc:
+            # A kernel refusing a shape the plan allows (a new GPU, a torch build): exact
+            # counts still, by the slower path, and said once.
+            first = (str(exc).splitlines() or [""])[0][:200]
+            _warn_once("gemm-error", f"voting counts by bincount: torch._int_mm failed on "
+                       f"{part_masks.device.type} for shape {tuple(part_masks.shape)} ({first})")
+            found += _bincount_counts(part_masks, index, len(present)).to(found.dtype)
     counts[:, present] = found.float()
     return counts
 
@@ -154,20 +158,93 @@ def hard_vote_counts(masks: torch.Tensor, labels: torch.Tensor, num_classes: int
 _CLASSES_PER_PASS = 32
 
 
-def _onehot_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class IntMMPlan:
+    """How one `(rows, k) x (k, n)` int8 count GEMM runs (`int_mm_plan`).
+
+    path: `"int_mm"` (`torch._int_mm`) or `"bincount"` (`_bincount_counts`, exact too, slower);
+    pad_rows/pad_k/pad_n: zero rows of the stack, zero pixels (columns of the stack and rows of
+    the one-hot) and zero one-hot columns added so the GEMM's shape rules hold (zeros add
+    nothing to any count); reason: why the bincount path was chosen ("" for int_mm)."""
+
+    path: str
+    pad_rows: int = 0
+    pad_k: int = 0
+    pad_n: int = 0
+    reason: str = ""
+
+
+# torch's CUDA `_int_mm` (cuBLASLt int8 GEMM) refuses: rows <= 16, k or n not a positive
+# multiple of 8. The CPU kernel takes any shape.
+_CUDA_MIN_ROWS = 17
+_CUDA_MULTIPLE = 8
+
+
+def int_mm_plan(device_type: str, rows: int, k: int, n: int, has_int_mm: bool = True) -> IntMMPlan:
+    """The count GEMM's path for a device and shape, decided up front (a pure function, so the
+    CUDA rule is tested without a GPU): the CPU runs `_int_mm` as it is; CUDA pads rows to at
+    least 17 and k, n to multiples of 8; other devices (no int8 GEMM in torch) and torch builds
+    without `_int_mm` take the bincount path."""
+    if not has_int_mm:
+        return IntMMPlan("bincount", reason="this torch build has no torch._int_mm")
+    if device_type == "cpu":
+        return IntMMPlan("int_mm")
+    if device_type == "cuda":
+        return IntMMPlan(
+            "int_mm",
+            pad_rows=max(0, _CUDA_MIN_ROWS - rows),
+            pad_k=(-k) % _CUDA_MULTIPLE if k > 0 else _CUDA_MULTIPLE,
+            pad_n=(-n) % _CUDA_MULTIPLE if n > 0 else _CUDA_MULTIPLE,
+        )
+    return IntMMPlan("bincount", reason=f"torch has no int8 GEMM on {device_type} devices")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """Log a fallback to a slower path once per process for each kind (`key`)."""
+    if key not in _warned:
+        _warned.add(key)
+        logging.getLogger(__name__).warning(message)
+
+
+def _onehot_counts(flat_masks: torch.Tensor, index: torch.Tensor, k: int,
+                   device_type: str | None = None) -> torch.Tensor:
     """`(N, k) int32`: pixels of each mask (`(N, P) bool`) whose `index` (`(P,)`, -1 = none) is
-    each of 0..k-1, by `torch._int_mm` on the bool stack's bytes (0/1 read as int8)."""
+    each of 0..k-1, by `torch._int_mm` on the bool stack's bytes (0/1 read as int8), padded with
+    zeros where `int_mm_plan` says so (CUDA's shape rules), or by bincount where it says so
+    (logged once). device_type: the rules to follow (default the tensors'; tests pass "cuda"
+    to run the padded path on the CPU)."""
+    num_masks, num_pixels = flat_masks.shape
+    device = flat_masks.device
+    device_type = device_type or device.type
+    width0 = min(_CLASSES_PER_PASS, k)
+    plan = int_mm_plan(device_type, num_masks, num_pixels, -(-width0 // 8) * 8,
+                       hasattr(torch, "_int_mm"))
+    if plan.path == "bincount":
+        _warn_once("plan", f"voting counts by bincount instead of an int8 GEMM: {plan.reason}")
+        return _bincount_counts(flat_masks, index, k).to(torch.int32)
     stack = flat_masks.view(torch.int8)
-    out = torch.empty(flat_masks.shape[0], k, dtype=torch.int32, device=flat_masks.device)
+    if plan.pad_rows or plan.pad_k or (device_type == "cuda" and not stack.is_contiguous()):
+        padded = torch.zeros(num_masks + plan.pad_rows, num_pixels + plan.pad_k,
+                             dtype=torch.int8, device=device)
+        padded[:num_masks, :num_pixels] = stack
+        stack = padded
+    if plan.pad_k:
+        index = torch.cat([index, index.new_full((plan.pad_k,), -1)])
+    out = torch.empty(num_masks, k, dtype=torch.int32, device=device)
     for first in range(0, k, _CLASSES_PER_PASS):
         width = min(_CLASSES_PER_PASS, k - first)
         cols = -(-width // 8) * 8  # GEMM kernels want multiples of 8 columns
-        onehot = torch.zeros(index.numel(), cols, dtype=torch.int8, device=flat_masks.device)
+        if device_type == "cuda":  # cuBLASLt reads the right operand column-major
+            onehot = torch.zeros(cols, index.numel(), dtype=torch.int8, device=device).t()
+        else:
+            onehot = torch.zeros(index.numel(), cols, dtype=torch.int8, device=device)
         rows = ((index >= first) & (index < first + width)).nonzero(as_tuple=True)[0]
         onehot[rows, index[rows] - first] = 1
-        # All masks in one call: the stack is a view and the output small, so nothing to chunk
-        # (one call is also what CUDA's kernel wants: more than 16 rows).
-        out[:, first : first + width] = torch._int_mm(stack, onehot)[:, :width]
+        # All masks in one call: the stack is a view and the output small, so nothing to chunk.
+        out[:, first : first + width] = torch._int_mm(stack, onehot)[:num_masks, :width]
     return out
 
 

@@ -175,7 +175,8 @@ def test_sam_knobs_are_the_stock_keywords_plus_the_fast_extras():
              if k not in ("self", "model", "output_mode", "point_grids")}
     fast = mask_knobs("sam:vit_b")
     assert {k: v.default for k, v in mask_knobs("sam:vit_b", "stock").items()} == stock
-    assert set(fast) == set(stock) | {"prompt_batch", "precision", "sdpa", "compile"}
+    assert set(fast) == set(stock) | {"prompt_batch", "precision", "sdpa", "compile",
+                                      "max_gpu_memory"}
     with pytest.raises(SSAError) as err:
         resolve_mask_settings("sam:vit_b", "default", {"points_per_sid": 3})
     assert "points_per_side" in str(err.value) and "\n" not in str(err.value)

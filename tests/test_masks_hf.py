@@ -495,3 +495,28 @@ def test_ssa_predict_with_an_hf_mask_source(folders, tmp_path):
         np.testing.assert_array_equal(mask, ref[i])
         left, right = int(mask[:, :48].sum()), int(mask[:, 48:].sum())
         assert record["class_name"] == ("left" if left >= right else "right")
+
+
+def test_bf16_runs_the_networks_in_bf16_and_decides_in_fp32(folders):
+    """`precision="bf16"`: the encoder and decoder under CPU autocast (the embeddings come out
+    bf16), every candidate kept as in fp32, the records' scores float32; fp16 refused on the
+    CPU. (This tiny random model, initializer_range 1.0, has activations in the hundreds, so
+    bf16 rounding moves its masks far more than a trained SAM's: agreement is tested on the
+    segment-anything path, tests/test_precision.py.)"""
+    from ssa.errors import SSAError
+    from ssa.masks.hf import load_hf_mask_source
+
+    image = _blocks(96, 96)
+    settings = {"points_per_side": POINTS, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                "box_nms_thresh": 1.0}
+    fp32_source = load_hf_mask_source(str(folders["sam"]), "cpu", settings)
+    source = load_hf_mask_source(str(folders["sam"]), "cpu", settings, precision="bf16")
+    with torch.inference_mode():
+        emb = source._encode(image, [0, 0, 96, 96]).embeddings["image_embeddings"]
+        ref = fp32_source._encode(image, [0, 0, 96, 96]).embeddings["image_embeddings"]
+    assert emb.dtype == torch.bfloat16 and ref.dtype == torch.float32
+    fp32, bf16 = fp32_source.generate(image), source.generate(image)
+    assert len(bf16.records) == len(fp32.records) >= 10
+    assert all(type(r["predicted_iou"]) is float for r in bf16.records)
+    with pytest.raises(SSAError, match="^--precision fp16 needs a CUDA device"):
+        load_hf_mask_source(str(folders["sam"]), "cpu", settings, precision="fp16")

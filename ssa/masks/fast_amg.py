@@ -87,11 +87,16 @@ def _sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
 class FastMaskGenerator(CandidateFilters):
     """`SamAutomaticMaskGenerator`'s keywords and records, without its work outside the network.
 
-    Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on CPU,
-    at least 256 on CUDA), `precision` (`"fp32"` default; `"bf16"`/`"fp16"` autocast on CUDA
-    only), `sdpa` (fused attention in the image encoder; default on for CUDA, off on CPU; where
-    it is off the encoder's attention runs chunked, `ssa.masks.sam_speedups.chunked_attention`),
-    `compile` (`torch.compile` the encoder and decoder; default off).
+    Extra keywords: `prompt_batch` (prompts per decoder call; default `points_per_batch` on
+    CPU; on CUDA each decoder call's batch is sized from the free memory,
+    `ssa.masks.memory.prompt_batch_for`), `max_gpu_memory` (GiB the generator may hold on CUDA
+    while decoding, default 8), `precision` (`"fp32"` default and exact; `"bf16"` (CPU and
+    CUDA) / `"fp16"` (CUDA) run the encoder and decoder under autocast, logits and IoUs cast
+    back to float32 before every threshold; refused with one line where the device lacks it,
+    `ssa.precision`), `sdpa` (fused attention in the image encoder; default on for CUDA, off
+    on CPU; where it is off the encoder's attention runs chunked,
+    `ssa.masks.sam_speedups.chunked_attention`), `compile` (`torch.compile` the encoder and
+    decoder; default off; the compiled encoder keeps its stock attention).
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class FastMaskGenerator(CandidateFilters):
         precision: str = "fp32",
         sdpa: bool | None = None,
         compile: bool = False,
+        max_gpu_memory: float | None = None,
     ) -> None:
         from segment_anything import SamPredictor
         from segment_anything.utils.amg import build_all_layer_point_grids
@@ -126,8 +132,9 @@ class FastMaskGenerator(CandidateFilters):
         if output_mode not in ("binary_mask", "coco_rle"):
             raise SSAError(f"output_mode {output_mode!r}: the fast generator gives binary_mask "
                            f"or coco_rle; use --amg-impl stock for uncompressed_rle")
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise SSAError(f"precision {precision!r}: choose fp32, bf16 or fp16")
+        from ssa.precision import check_device
+
+        check_device(precision, compile, torch.device(model.device))
         self.point_grids = (
             build_all_layer_point_grids(points_per_side, crop_n_layers,
                                         crop_n_points_downscale_factor)
@@ -143,6 +150,9 @@ class FastMaskGenerator(CandidateFilters):
         self.points_per_batch = points_per_batch
         self.prompt_batch = prompt_batch or (max(points_per_batch, 256) if cuda
                                              else points_per_batch)
+        # Auto-sized per crop from the free GPU memory (`ssa.masks.memory`) unless given.
+        self.auto_prompt_batch = cuda and prompt_batch is None
+        self.max_gpu_memory = max_gpu_memory
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
         self.stability_score_offset = stability_score_offset
@@ -152,10 +162,9 @@ class FastMaskGenerator(CandidateFilters):
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
-        # Reduced precision only where it is fast and was asked for: CPU autocast is slow.
-        self.autocast_dtype = (
-            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if cuda else None
-        )
+        # Encoder and decoder under autocast (CPU: bf16 only); everything after them in fp32.
+        self.precision = precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         if self.sdpa:
             from ssa.masks.sam_speedups import use_sdpa
 
@@ -226,8 +235,6 @@ class FastMaskGenerator(CandidateFilters):
     def _process_crop(
         self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
     ) -> tuple[_Candidates, list[int]]:
-        from segment_anything.utils.amg import batch_iterator
-
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
         crop_size = crop.shape[:2]
@@ -241,7 +248,7 @@ class FastMaskGenerator(CandidateFilters):
         points_scale = np.array(crop_size)[None, ::-1]
         points_for_image = self.point_grids[layer_idx] * points_scale
         batches = []
-        for (points,) in batch_iterator(self.prompt_batch, points_for_image):
+        for points in self._prompt_batches(points_for_image):
             logits, iou = self._decode(points, crop_size)
             _sync(self.device)
             start = self.stats.add("mask_decoder", start)
@@ -272,6 +279,30 @@ class FastMaskGenerator(CandidateFilters):
         self.stats.add("mask_postprocess", start)
         return cands, crop_box
 
+    def _prompt_batches(self, points: np.ndarray):
+        """`points` `(n, 2)` in batches of `prompt_batch`; on CUDA without an explicit
+        `prompt_batch`, each batch sized from the memory free now (`ssa.masks.memory`), so the
+        decoder's peak stays within `max_gpu_memory` (default 8 GB)."""
+        if not self.auto_prompt_batch:
+            for i in range(0, len(points), self.prompt_batch):
+                yield points[i : i + self.prompt_batch]
+            return
+        from ssa.masks import memory
+
+        budget = (memory.DEFAULT_BUDGET if self.max_gpu_memory is None
+                  else int(self.max_gpu_memory * 1024**3))
+        low = self.model.mask_decoder.output_upscaling  # (conv, norm, act, conv, act)
+        channels = int(low[0].in_channels)
+        hw = tuple(int(v) for v in self.predictor.features.shape[-2:])
+        per = memory.per_prompt_bytes(hw, channels)
+        start = 0
+        while start < len(points):
+            free, allocated = memory.cuda_memory(self.device)
+            size = memory.prompt_batch_for(free, allocated, per, budget)
+            self.prompt_batch = size
+            yield points[start : start + size]
+            start += size
+
     def _need_boxes(self, crop_box: list[int], orig_size: tuple[int, int]) -> bool:
         """Whether any decision reads a box: NMS that can suppress, or crop-edge filtering."""
         whole = list(crop_box) == [0, 0, orig_size[1], orig_size[0]]
@@ -284,7 +315,8 @@ class FastMaskGenerator(CandidateFilters):
         stock forwards outside it)."""
         from ssa.masks.sam_speedups import chunked_attention
 
-        if self.sdpa:
+        if self.sdpa or not self.shared_decoder:
+            # A compiled encoder keeps the forwards it was traced with (inductor fuses them).
             return contextlib.nullcontext()
         return chunked_attention(self.model.image_encoder)
 

@@ -38,6 +38,7 @@ from ssa.masks.bilinear import _Axis, _Separable
 from ssa.masks.candidates import _Candidates, _cat, _offset, _sync
 from ssa.masks.fast_amg import FastMaskGenerator, Stats
 from ssa.masks.interval_nms import _interval_nms
+from ssa.precision import autocast
 
 # config.model_type -> geometry: "sam" (longest-edge resize, padded square input) or "sam2"
 # (input squashed to a square). SAM 2.1 checkpoints are `sam2`; video configs hold the same
@@ -104,7 +105,8 @@ def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def load_hf_mask_source(name: str, device: str = "cpu",
-                        settings: dict[str, Any] | None = None) -> HFMaskSource:
+                        settings: dict[str, Any] | None = None,
+                        precision: str = "fp32") -> HFMaskSource:
     """The `hf:` mask source for a hub id or a local `save_pretrained` folder (model and image
     processor). Offline (`HF_HUB_OFFLINE=1`) only folders and the local cache are read; weights
     load as transformers loads them (safetensors, or `weights_only` torch files)."""
@@ -133,7 +135,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
             f"image processor (save_pretrained both)"
         ) from None
     return HFMaskSource(model, processor, model_type, device=device, settings=settings,
-                        name=name)
+                        name=name, precision=precision)
 
 
 class _Encoded:
@@ -155,11 +157,18 @@ class HFMaskSource:
     predictor (`set_image` + `predict`).
 
     settings: knobs (see `knobs()`); unknown keys are refused. `stats` holds the last
-    `generate`'s counters and per-stage seconds.
+    `generate`'s counters and per-stage seconds. precision: `ssa.precision` (`"fp32"` exact;
+    `"bf16"`/`"fp16"`: the encoder and decoder under autocast, logits and IoUs cast back to
+    float32 before any threshold).
     """
 
     def __init__(self, model: Any, processor: Any, model_type: str, device: str = "cpu",
-                 settings: dict[str, Any] | None = None, name: str = "") -> None:
+                 settings: dict[str, Any] | None = None, name: str = "",
+                 precision: str = "fp32") -> None:
+        from ssa.precision import check_device
+
+        check_device(precision, False, device)
+        self.precision = precision
         self.name = name
         self.model_type = model_type
         self.family = FAMILIES[model_type]
@@ -208,7 +217,8 @@ class HFMaskSource:
             input_size = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
         else:
             input_size = tuple(int(v) for v in pixel_values.shape[-2:])
-        out = self.model.get_image_embeddings(pixel_values)
+        with autocast(self.device, self.precision):
+            out = self.model.get_image_embeddings(pixel_values)
         if isinstance(out, tuple):  # SAM-HQ: (embeddings, intermediate embeddings)
             emb = {"image_embeddings": out[0], "intermediate_embeddings": out[1]}
         else:
@@ -243,7 +253,8 @@ class HFMaskSource:
             kwargs["input_labels"] = labels[None].to(self.device)
         if boxes is not None:
             kwargs["input_boxes"] = boxes[None].to(self.device, self.model.dtype)
-        out = self.model(**kwargs, multimask_output=multimask)
+        with autocast(self.device, self.precision):
+            out = self.model(**kwargs, multimask_output=multimask)
         return out.pred_masks[0].float(), out.iou_scores[0].float()
 
     # ---------------------------------------------------------------- automatic generation

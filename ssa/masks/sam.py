@@ -55,7 +55,7 @@ SAM_ENCODERS = {
 
 
 # The fast generator's own keywords (`FastMaskGenerator`'s keyword-only arguments).
-FAST_EXTRAS = ("prompt_batch", "precision", "sdpa", "compile")
+FAST_EXTRAS = ("prompt_batch", "precision", "sdpa", "compile", "max_gpu_memory")
 
 
 def _knob(param: inspect.Parameter) -> Knob:

@@ -264,9 +264,14 @@ def load_mask_source(
     settings: Mapping[str, Any],
     progress: Callable[[int, int | None], None] | None = None,
     impl: str = "fast",
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Any:
     """Build the `MaskSource` a spec names. settings: from `resolve_mask_settings`; progress:
-    `(bytes_done, bytes_total)` of a checkpoint download; impl: `sam:`'s `--amg-impl`."""
+    `(bytes_done, bytes_total)` of a checkpoint download; impl: `sam:`'s `--amg-impl`;
+    precision/compile: `--precision`/`--compile` (`ssa.precision`) for `sam:` (fast generator;
+    `--amg precision=...` wins) and `hf:` (precision); `json:`, `py:` and plug-ins make their
+    own masks (precision does not reach them; `--compile` is refused)."""
     from ssa.masks.base import as_mask_source
     from ssa.plugins import call_factory
 
@@ -274,10 +279,24 @@ def load_mask_source(
     if parsed.kind == "sam":
         from ssa.masks.sam import load_sam_source
 
-        return load_sam_source(parsed.target, parsed.checkpoint, device, dict(settings), impl,
+        settings = dict(settings)
+        if precision != "fp32" or compile:
+            if impl != "fast":
+                raise SSAError(f"--precision {precision} / --compile need --amg-impl fast "
+                               f"(the stock generator runs as segment-anything ships it)")
+            settings.setdefault("precision", precision)
+            settings.setdefault("compile", compile)
+        return load_sam_source(parsed.target, parsed.checkpoint, device, settings, impl,
                                progress)
     if parsed.kind == "hf":
-        return hf_module().load_hf_mask_source(parsed.target, device, dict(settings))
+        if compile:
+            raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; "
+                           f"leave --compile off")
+        extra = {"precision": precision} if precision != "fp32" else {}
+        return hf_module().load_hf_mask_source(parsed.target, device, dict(settings), **extra)
+    if compile:
+        raise SSAError(f"--compile applies to sam: mask sources; {parsed} makes its own "
+                       f"masks: leave --compile off")
     if parsed.kind == "json":
         from ssa.masks.sa1b import JsonMasks
 

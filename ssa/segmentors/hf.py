@@ -168,6 +168,8 @@ class HFSegmentor:
     model_id: a hub id or a local `save_pretrained` folder. With `HF_HUB_OFFLINE=1` only the
     local cache and folders are used. `crop_size` overrides the training crop read from the
     image processor; `resize=False` keeps the image's own scale (within the working caps).
+    precision: `ssa.precision` (`"fp32"` exact; `"bf16"`/`"fp16"`: the model's weights and
+    inputs in that dtype, its scores cast back to float32 before anything reads them).
     """
 
     def __init__(
@@ -177,7 +179,12 @@ class HFSegmentor:
         crop_size: int | None = None,
         resize: bool = True,
         batch_size: int = 4,
+        precision: str = "fp32",
     ) -> None:
+        from ssa.precision import check_device, torch_dtype
+
+        check_device(precision, False, device)
+        self.dtype = torch_dtype(precision)
         self.model_id = model_id
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -235,7 +242,7 @@ class HFSegmentor:
                 f"cannot load segmentor hf:{self.model_id} ({first_line(exc, 200)}); pass a folder "
                 f"with the model and its image processor (save_pretrained both)"
             ) from None
-        self.model.to(self.device).eval()
+        self.model.to(self.device, self.dtype).eval()
 
     @property
     def num_classes(self) -> int:
@@ -245,7 +252,7 @@ class HFSegmentor:
         """`(B, 3, h, w)` normalised windows -> `(B, C, h', w')` scores (logits or class mass) at
         the model's output resolution (upsampled to the window one window at a time)."""
         if self.universal:
-            kwargs = {"pixel_values": batch}
+            kwargs = {"pixel_values": batch.to(self.dtype)}
             if self.task_inputs is not None:
                 kwargs["task_inputs"] = self.task_inputs.expand(batch.shape[0], -1)
             out = self.model(**kwargs)
@@ -253,7 +260,7 @@ class HFSegmentor:
             masks = out.masks_queries_logits.sigmoid()
             scores = torch.einsum("bqc,bqhw->bchw", classes, masks)
         else:
-            scores = self.model(pixel_values=batch).logits
+            scores = self.model(pixel_values=batch.to(self.dtype)).logits
         return scores.float()
 
     @torch.inference_mode()

@@ -37,6 +37,35 @@ def main(
     """Label SAM's masks with a semantic segmentor's votes, over whole datasets."""
 
 
+def setup_logging() -> None:
+    """`logging` for this process, once: rich's handler on a terminal, plain lines with time,
+    level and rank otherwise (`ssa.progress.configure_logging`)."""
+    from ssa.progress import configure_logging
+
+    configure_logging(console)
+
+
+LogEveryOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds between progress lines when stderr is not a terminal (nohup, SLURM, CI); "
+        "default $SSA_LOG_EVERY, else 30.",
+        rich_help_panel="Scale",
+    ),
+]
+
+
+def _set_log_every(seconds: float | None) -> None:
+    import os
+
+    from ssa.progress import LOG_EVERY_ENV
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise SSAError(f"--log-every {seconds} must be a positive number of seconds")
+        os.environ[LOG_EVERY_ENV] = str(seconds)  # workers inherit it
+
+
 def fail(exc: Exception) -> None:
     """One line, exit code 1."""
     console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -243,14 +272,18 @@ def run(
         ),
     ] = None,
     world_size: WorldSizeOpt = None,
+    log_every: LogEveryOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
     from ssa.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
+    from ssa.preflight import check_run, nothing_to_do, plural
     from ssa.segmentors.spec import parse_segmentor_args
 
+    setup_logging()
     try:
+        _set_log_every(log_every)
         file_values = config_mod.load_yaml(config) if config else {}
         cli_values = {
             "dataset": dataset,
@@ -284,11 +317,20 @@ def run(
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
+        # Every check that needs no model, before torch or a model library is imported.
+        check_run(cfg)
+        done = 0 if cfg.evaluate else nothing_to_do(cfg)
     except SSAError as exc:
         fail(exc)
         return
-    from ssa.runner import check_run
+    if done:
+        import logging
 
+        logging.getLogger("ssa").info(
+            "nothing to do: all %s are done in %s (--overwrite redoes them)",
+            plural(done, "image"), cfg.out_dir,
+        )
+        return
     _launch_or_run(cfg, world_size, check_run)
 
 
@@ -328,6 +370,7 @@ def run_share(cfg: Any, engine: bool = False) -> int:
     from ssa import distributed
     from ssa.progress import run_with_progress
 
+    setup_logging()  # a worker of `distributed.launch` is a fresh process
     runner = None
     if engine:
         from ssa.engine.runner import run_engine as runner
@@ -615,6 +658,7 @@ def engine(
     ] = False,
     device: DeviceOpt = None,
     world_size: WorldSizeOpt = None,
+    log_every: LogEveryOpt = None,
 ) -> None:
     """Name every mask of a folder of images with free-form words (the SSA engine).
 
@@ -624,7 +668,9 @@ def engine(
     from ssa.engine.runner import EngineConfig, check_engine
     from ssa.keyvalue import parse_key_values
 
+    setup_logging()
     try:
+        _set_log_every(log_every)
         cfg = validated(
             EngineConfig,
             data_dir=data_dir,
@@ -650,6 +696,7 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
+        check_engine(cfg)  # before torch or a model library is imported
     except SSAError as exc:
         fail(exc)
         return

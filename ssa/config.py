@@ -21,6 +21,8 @@ from ssa.errors import SSAError
 
 C = TypeVar("C")
 
+VOTE_POLICIES = ("hard", "soft")  # `ssa.voting`'s policies (here so checks need no torch)
+
 
 def _not_bool(value: Any) -> Any:
     # pydantic's lax mode reads True as 1; `limit: yes` is a mistake, not one image.

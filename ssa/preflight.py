@@ -57,18 +57,23 @@ def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[
 
 def check_run(cfg: Any) -> None:
     """The checks that need no model (before workers start, so one message, not N): outputs,
-    images, the mask spec's files, the recorded settings, then the mask source's knobs."""
+    images, the mask spec's files, the recorded settings; the mask source's knobs first when
+    `--amg` sets some, else last."""
     from ssa.masks.spec import check_mask_source, spec_from_config
     from ssa.runner import list_images
 
     check_voting(cfg)
+    preset = get_dataset(cfg.dataset).default_amg_preset
+    if cfg.amg:  # knobs the user typed are checked first (for sam: it reads the library)
+        mask_settings(cfg, preset)
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
     io.check_writable(cfg.out_dir)  # a file, a read-only or full out-dir: one line
     check_mask_source(spec_from_config(cfg))
     check_settings(cfg)
-    mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
+    if not cfg.amg:
+        mask_settings(cfg, preset)
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:

@@ -127,18 +127,27 @@ def run(
     out_dir = Path(cfg.out_dir)
     root, rels = list_images(cfg)
     spec = spec_from_config(cfg)
-    if (group or Group()).info.is_main:
-        write_settings(cfg)  # before any image: a rerun with other settings is refused
+    main = group is None or group.info.is_main
+    written: list[bool] = []
+
+    def record_settings() -> None:  # once the models load, before rank 0's first image
+        if main and not written:
+            write_settings(cfg)  # a rerun with other settings is refused (check_settings)
+            written.append(True)
 
     def make_worker() -> Worker:
         labeller = build_labeller(cfg, download_progress)
+        record_settings()
         # process_image for each image, with reads and writes in background threads.
         return lambda mine, on_result: process_overlapped(labeller, root, mine, out_dir, on_result)
 
-    return run_images(
+    summary = run_images(
         out_dir, rels, make_worker, cfg.overwrite,
         lambda: prepare_mask_source(spec, download_progress), on_start, on_image, group,
     )
+    if summary.done:
+        record_settings()  # rank 0 had no image of its own
+    return summary
 
 
 def run_images(

@@ -327,8 +327,8 @@ def run(
         import logging
 
         logging.getLogger("ssa").info(
-            "nothing to do: all %s are done in %s (--overwrite redoes them)",
-            plural(done, "image"), cfg.out_dir,
+            "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
+            done, plural(done, "image"), cfg.out_dir,
         )
         return
     _launch_or_run(cfg, world_size, check_run)

@@ -57,6 +57,23 @@ class _RankFilter(logging.Filter):
 
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s] %(message)s"
+
+
+class _ConsoleStreamHandler(logging.StreamHandler):
+    """Plain lines to the console's stream as it is at each record (`Console(stderr=True)`
+    follows `sys.stderr`, which test runners and daemons swap)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return self._console.file
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the console decides
+        pass
 _configured: list[logging.Handler] = []
 
 
@@ -75,7 +92,7 @@ def configure_logging(console: Console, level: int = logging.INFO) -> logging.Ha
                               rich_tracebacks=False, markup=False)
         handler.setFormatter(logging.Formatter("%(rank_prefix)s%(message)s"))
     else:
-        handler = logging.StreamHandler(console.file)
+        handler = _ConsoleStreamHandler(console)
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT, "%Y-%m-%d %H:%M:%S"))
         disable_hf_progress_bars()
     handler.addFilter(_RankFilter())

@@ -179,8 +179,7 @@ def run_images(
     mine = shard(todo, info.rank, info.world_size)
     summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
     if not todo and info.is_main:
-        log.info("nothing to do: all %s are done (--overwrite redoes them)",
-                 plural(len(rels), "image"))
+        log.info("nothing to do: %s of %s already done", len(rels), plural(len(rels), "image"))
     if info.distributed:
         if info.local_rank == 0 and todo and prepare is not None:
             prepare()  # one download per machine, before its other ranks load the file

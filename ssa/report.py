@@ -78,10 +78,17 @@ def evaluate_with_progress(
 
 def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> None:
     title = f"{plan.dataset}: {report['num_images']} images, {plan.num_classes} classes"
-    console.print(eval_table(report, title))
+    # A branch scored over fewer images has no per-class deltas against the voted column.
+    shown = {k: v for k, v in report.items() if k != "branch"} if plan.partial_branch else report
+    console.print(eval_table(shown, title))
     line = (f"[bold]mIoU {_fmt(report['miou'])}[/]  mAcc {_fmt(report['macc'])}  "
             f"aAcc {_fmt(report['aacc'])}")
-    if "branch" in report:
+    if "branch" in report and plan.partial_branch:  # other images: the deltas would mislead
+        b = report["branch"]
+        scored = len(plan.items) - len(plan.missing_branch)
+        line += (f"   (branch alone, over the {scored} of {len(plan.items)} images with a "
+                 f"branch map: mIoU {_fmt(b['miou'])})")
+    elif "branch" in report:
         b = report["branch"]
         line += (f"   (branch alone: mIoU {_fmt(b['miou'])}; voting "
                  f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU)")
@@ -89,7 +96,11 @@ def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> No
     if plan.missing:
         console.print(f"[yellow]{len(plan.missing)} of {len(plan.items)} images had no "
                       f"prediction and count as all wrong[/]", highlight=False)
-    if plan.missing_branch:
+    if plan.missing_branch and plan.partial_branch:
+        console.print(f"[yellow]{len(plan.missing_branch)} of {len(plan.items)} images were "
+                      f"labelled without --save-branch: the branch column leaves them out "
+                      f"(`ssa run --save-branch --overwrite` redoes them)[/]", highlight=False)
+    elif plan.missing_branch:
         console.print(f"[yellow]{len(plan.missing_branch)} of {len(plan.items)} images had no "
                       f"branch map and count as all wrong in the branch column[/]",
                       highlight=False)

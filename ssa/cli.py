@@ -518,14 +518,30 @@ def predict(
     segmentor: Annotated[
         str | None,
         typer.Option(
-            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            help="As in `ssa run`: hf:<hub id or folder> | py:<module or file.py>:<factory> | "
+            "labels:<folder> (the image's file name finds its labels) | plugin:<name> | a short "
+            "name. Default: the dataset's Segformer-B5.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    segmentor_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     classes: Annotated[
         Path | None,
         typer.Option(
-            help="SAM 3: class names to prompt, one per line (default: the dataset's).",
+            help="labels: or SAM 3: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
@@ -553,8 +569,11 @@ def predict(
     from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
     from ssa.predictor import build_predictor, check_prompt
+    from ssa.segmentors.spec import parse_segmentor_args
 
+    setup_logging()
     try:
+        args = parse_segmentor_args(segmentor_arg or [])
         pos = [_parse_xy(p, "--point", 2, "X,Y 120,80") for p in point or []]
         neg = [_parse_xy(p, "--negative", 2, "X,Y 120,80") for p in negative or []]
         box_xyxy = _parse_xy(box, "--box", 4, "X0,Y0,X1,Y1 10,20,200,150") if box else None
@@ -565,11 +584,11 @@ def predict(
         check_prompt(points, labels, box_xyxy, array.shape[:2])
         cfg = validated(
             RunConfig, dataset=dataset, masks=masks, sam_model=sam_model,
-            sam_checkpoint=sam_checkpoint, segmentor=segmentor, device=device, top_k=top_k,
-            classes=classes, prompts=prompts,
+            sam_checkpoint=sam_checkpoint, segmentor=segmentor, segmentor_args=args,
+            device=device, top_k=top_k, classes=classes, label_map=label_map, prompts=prompts,
         )
         predictor = build_predictor(cfg)
-        predictor.set_image(array)
+        predictor.set_image(array, Path(image.name))
         records = predictor.predict(points=points, labels=labels, box=box_xyxy)
         _print_prediction(records)
         if json_path is not None:

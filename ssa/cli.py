@@ -278,8 +278,9 @@ def run(
     from ssa import config as config_mod
     from ssa.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
-    from ssa.preflight import check_run, nothing_to_do, plural
+    from ssa.preflight import check_run, nothing_to_do
     from ssa.segmentors.spec import parse_segmentor_args
+    from ssa.words import plural
 
     setup_logging()
     try:

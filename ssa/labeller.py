@@ -159,8 +159,12 @@ class Labeller:
             policy=self.vote_policy,
             min_vote_share=self.min_vote_share,
         )
-        return {"records": records, "masks": masks, "rles": rles, "branch": branch,
-                "votes": result}
+        out = {"records": records, "masks": masks, "rles": rles, "branch": branch,
+               "votes": result}
+        stats = getattr(self.mask_source, "stats", None)  # the fast generator's counters
+        if stats is not None and hasattr(stats, "dropped"):
+            out["filters"] = {"candidates": stats.candidates, **stats.dropped}
+        return out
 
     def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> int:
         """Write the PNGs and the overlay, then the JSON last (it marks the image as done);

@@ -61,6 +61,8 @@ class ImageResult:
     seconds: float = 0.0
     stage: str | None = None
     error: str | None = None
+    # The mask generator's candidates and what each filter dropped (`fast_amg.Stats`), if known.
+    filters: dict[str, int] | None = None
 
 
 def jsonable(value: Any) -> Any:

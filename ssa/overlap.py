@@ -52,20 +52,21 @@ def process_overlapped(
     from ssa import io
 
     pending: deque[tuple[Path, float, Future | None, ImageResult | None]] = deque()
+    filters: dict[Path, Any] = {}  # the mask generator's counters of each image in flight
 
-    def settle(rel: Path, start: float, future: Future) -> ImageResult:
+    def settle(rel: Path, start: float, future: Future, filters: Any = None) -> ImageResult:
         num_masks, result = guarded(rel, start, "write", future.result)
         if result is None:
             result = ImageResult(rel, "done", num_masks=num_masks,
-                                 seconds=time.perf_counter() - start)
+                                 seconds=time.perf_counter() - start, filters=filters)
         return result
 
-    def notify(rel: Path, start: float) -> Callable[[Future], None]:
+    def notify(rel: Path, start: float, filters: Any) -> Callable[[Future], None]:
         def done(future: Future) -> None:
             if on_result is None:
                 return
             try:
-                result = settle(rel, start, future)
+                result = settle(rel, start, future, filters)
             except FatalError:  # raised again in the loop's thread, which stops the run
                 return
             on_result(result)
@@ -75,7 +76,7 @@ def process_overlapped(
         while pending and (block or pending[0][2] is None or pending[0][2].done()
                            or len(pending) > MAX_PENDING_WRITES):
             rel, start, future, result = pending.popleft()
-            yield settle(rel, start, future) if result is None else result
+            yield settle(rel, start, future, filters.pop(rel, None)) if result is None else result
 
     with ThreadPoolExecutor(1, thread_name_prefix="ssa-write") as writer:
         for rel, read in prefetch(rels, lambda r: io.read_image(Path(root) / r)):
@@ -90,7 +91,8 @@ def process_overlapped(
             else:
                 paths = output_paths(Path(out_dir), rel)
                 future = writer.submit(labeller.write, out, paths, image)
-                future.add_done_callback(notify(rel, start))
+                filters[rel] = out.get("filters") if isinstance(out, dict) else None
+                future.add_done_callback(notify(rel, start, filters[rel]))
                 pending.append((rel, start, future, None))
                 del out, image, future
             yield from finish(block=False)

@@ -30,11 +30,6 @@ SETTING_KEYS = (
 )
 
 
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """`1 image`, `2 images` (`many`: the plural when it is not noun + "s")."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
-
-
 def check_voting(cfg: Any) -> None:
     """Refuse a bad policy before anything is loaded."""
     if cfg.vote not in VOTE_POLICIES:

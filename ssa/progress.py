@@ -25,8 +25,8 @@ from rich.text import Text
 
 from ssa.distributed import Group, RankInfo
 from ssa.outputs import FAILURES_FILE, ImageResult
-from ssa.preflight import plural
 from ssa.runner import RunSummary, run_rank
+from ssa.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,21 @@ def _run_with_lines(
     return summary
 
 
+def no_masks_hint(filters: dict[str, int]) -> str:
+    """Why no image got a mask: the generator's candidates and what each filter removed
+    (`ssa.masks.fast_amg.Stats.dropped`), or a hint when the source does not count them."""
+    candidates = filters.get("candidates", 0)
+    dropped = {k: v for k, v in filters.items() if k != "candidates" and v}
+    if not candidates and not dropped:
+        return ("no image got a mask; check the mask source (random weights?) or loosen its "
+                "filters, e.g. --amg pred_iou_thresh=0 --amg stability_score_thresh=0")
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
+    worst = max(dropped, key=dropped.get) if dropped else None
+    fix = f"; loosen --amg {worst}" if worst and worst != "crop edge" else ""
+    return (f"no image got a mask: of {plural(candidates, 'candidate')} the filters removed "
+            f"{parts or 'none'}{fix}")
+
+
 def log_summary(cfg: Any, summary: RunSummary) -> None:
     """The run's last lines: temporary files removed, counts, rate, failures."""
     if summary.removed_temps:
@@ -346,6 +361,8 @@ def log_summary(cfg: Any, summary: RunSummary) -> None:
         plural(summary.num_masks, "mask"), summary.seconds,
         format_rate(processed, summary.seconds), cfg.out_dir,
     )
+    if summary.done and not summary.num_masks:
+        log.warning(no_masks_hint(summary.filters))
     if summary.failed:
         names = ", ".join(str(f.rel) for f in summary.failed[:10])
         more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""

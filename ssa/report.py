@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ssa.evaluate import EvalPlan, build_report, delta, plan_eval, score, write_csv, write_json
+from ssa.words import plural
 
 
 def _fmt(value: float | None) -> str:
@@ -77,7 +78,8 @@ def evaluate_with_progress(
 
 
 def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> None:
-    title = f"{plan.dataset}: {report['num_images']} images, {plan.num_classes} classes"
+    title = (f"{plan.dataset}: {plural(report['num_images'], 'image')}, "
+             f"{plural(plan.num_classes, 'class', 'classes')}")
     # A branch scored over fewer images has no per-class deltas against the voted column.
     shown = {k: v for k, v in report.items() if k != "branch"} if plan.partial_branch else report
     console.print(eval_table(shown, title))
@@ -86,7 +88,7 @@ def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> No
     if "branch" in report and plan.partial_branch:  # other images: the deltas would mislead
         b = report["branch"]
         scored = len(plan.items) - len(plan.missing_branch)
-        line += (f"   (branch alone, over the {scored} of {len(plan.items)} images with a "
+        line += (f"   (branch alone, over the {scored} of {plural(len(plan.items), 'image')} with a "
                  f"branch map: mIoU {_fmt(b['miou'])})")
     elif "branch" in report:
         b = report["branch"]
@@ -94,14 +96,14 @@ def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> No
                  f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU)")
     console.print(line, highlight=False)
     if plan.missing:
-        console.print(f"[yellow]{len(plan.missing)} of {len(plan.items)} images had no "
+        console.print(f"[yellow]{len(plan.missing)} of {plural(len(plan.items), 'image')} had no "
                       f"prediction and count as all wrong[/]", highlight=False)
     if plan.missing_branch and plan.partial_branch:
-        console.print(f"[yellow]{len(plan.missing_branch)} of {len(plan.items)} images were "
+        console.print(f"[yellow]{len(plan.missing_branch)} of {plural(len(plan.items), 'image')} were "
                       f"labelled without --save-branch: the branch column leaves them out "
                       f"(`ssa run --save-branch --overwrite` redoes them)[/]", highlight=False)
     elif plan.missing_branch:
-        console.print(f"[yellow]{len(plan.missing_branch)} of {len(plan.items)} images had no "
+        console.print(f"[yellow]{len(plan.missing_branch)} of {plural(len(plan.items), 'image')} had no "
                       f"branch map and count as all wrong in the branch column[/]",
                       highlight=False)
 

@@ -25,7 +25,8 @@ from ssa.datasets import get_dataset
 from ssa.distributed import Group, RankInfo, rank_device, shard, shard_indices
 from ssa.errors import SSAError
 from ssa.outputs import FAILURES_FILE, ImageResult, is_done, record_failure, write_failures
-from ssa.preflight import check_run, plural
+from ssa.preflight import check_run
+from ssa.words import plural
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ class RunSummary:
     seconds: float = 0.0
     num_masks: int = 0
     removed_temps: int = 0  # temporary files a killed run had left
+    # The mask generator's candidates and what each filter dropped, summed over the images
+    # whose source counts them (the fast generator): says why a run found no masks.
+    filters: dict[str, int] = field(default_factory=dict)
+
+    def add_filters(self, counts: dict[str, int] | None) -> None:
+        for key, value in (counts or {}).items():
+            self.filters[key] = self.filters.get(key, 0) + value
 
 
 def list_images(cfg: Any) -> tuple[Path, list[Path]]:
@@ -98,6 +106,7 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
     for part in parts:
         out.done += part.done
         out.num_masks += part.num_masks
+        out.add_filters(part.filters)
         out.failed += part.failed
         out.seconds = max(out.seconds, part.seconds)
     out.failed.sort(key=lambda r: r.rel.as_posix())
@@ -202,6 +211,7 @@ def run_images(
             else:
                 summary.done += 1
                 summary.num_masks += result.num_masks
+                summary.add_filters(result.filters)
             group.add("processed")
             if on_image:
                 on_image(result)

@@ -321,6 +321,12 @@ class SamMaskSource:
         else:
             raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
 
+    @property
+    def stats(self) -> Any:
+        """The fast generator's `Stats` of the last image (candidates, what each filter
+        dropped); None for the stock generator."""
+        return getattr(self.generator, "stats", None)
+
     def generate_records(self, image: np.ndarray) -> list[dict[str, Any]]:
         """The generator's own records for `image` (`HWC uint8 RGB`), `segmentation` `HW bool`."""
         import torch

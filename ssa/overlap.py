@@ -4,7 +4,8 @@ the current one is labelled, and one background writer writes the finished ones.
 Results come back in input order, each once its files are written, so "done" still means "its
 JSON exists". A generator can only hand a result over between two images, so `on_result` is also
 called the moment each result is final (from the writer thread for written images): progress
-counts an image when its JSON is written, not when the next image is labelled. Every step goes through `ssa.labeller.guarded`, as in `labeller.process_image`:
+counts an image when its JSON is written, not when the next image is labelled. Every step goes
+through `ssa.labeller.guarded`, as in `labeller.process_image`:
 a read, label or write failure is that image's failure.
 """
 

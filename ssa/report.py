@@ -88,22 +88,24 @@ def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> No
     if "branch" in report and plan.partial_branch:  # other images: the deltas would mislead
         b = report["branch"]
         scored = len(plan.items) - len(plan.missing_branch)
-        line += (f"   (branch alone, over the {scored} of {plural(len(plan.items), 'image')} with a "
+        of_all = plural(len(plan.items), "image")
+        line += (f"   (branch alone, over the {scored} of {of_all} with a "
                  f"branch map: mIoU {_fmt(b['miou'])})")
     elif "branch" in report:
         b = report["branch"]
         line += (f"   (branch alone: mIoU {_fmt(b['miou'])}; voting "
                  f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU)")
     console.print(line, highlight=False)
+    of_all = plural(len(plan.items), "image")
     if plan.missing:
-        console.print(f"[yellow]{len(plan.missing)} of {plural(len(plan.items), 'image')} had no "
+        console.print(f"[yellow]{len(plan.missing)} of {of_all} had no "
                       f"prediction and count as all wrong[/]", highlight=False)
     if plan.missing_branch and plan.partial_branch:
-        console.print(f"[yellow]{len(plan.missing_branch)} of {plural(len(plan.items), 'image')} were "
+        console.print(f"[yellow]{len(plan.missing_branch)} of {of_all} were "
                       f"labelled without --save-branch: the branch column leaves them out "
                       f"(`ssa run --save-branch --overwrite` redoes them)[/]", highlight=False)
     elif plan.missing_branch:
-        console.print(f"[yellow]{len(plan.missing_branch)} of {plural(len(plan.items), 'image')} had no "
+        console.print(f"[yellow]{len(plan.missing_branch)} of {of_all} had no "
                       f"branch map and count as all wrong in the branch column[/]",
                       highlight=False)
 

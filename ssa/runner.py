@@ -172,7 +172,8 @@ def run_images(
     """The dataset loop that `ssa run` and `ssa engine` share: clean up, skip done images, shard
     the rest, process this rank's share, and gather every rank's summary.
 
-    make_worker() loads the models (only on a rank with work) and returns a `Worker`; prepare() fetches what the mask source needs on
+    make_worker() loads the models (only on a rank with work) and returns a `Worker`;
+    prepare() fetches what the mask source needs on
     disk (`ssa.masks.spec.prepare_mask_source`), run by one rank per machine before its ranks
     load it.
     """

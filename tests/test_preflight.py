@@ -60,7 +60,8 @@ def test_usage_errors_come_before_any_model_library(hand_made, tmp_path):  # noq
     cases = [
         (["run", "--dataset", "ade20k", "--out-dir", str(out)], "--data-dir is required"),
         (labels_run(data, masks_dir, labels_dir, classes, a_file), "(it is a file)"),
-        (["run", "--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(out)], "is not a folder"),
+        (["run", "--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(out)],
+         "is not a folder"),
         (["run", "--config", str(bad_yaml)], "unknown key 'no_such_key'"),
         (["run", "--data-dir", str(data), "--out-dir", str(tmp_path / "o2"), "--masks",
           f"sam:vit_b:{tmp_path / 'missing.pth'}"], "missing.pth does not exist"),
@@ -71,7 +72,7 @@ def test_usage_errors_come_before_any_model_library(hand_made, tmp_path):  # noq
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps([args for args, _ in cases])],
-        capture_output=True, text=True, env=env, timeout=120,
+        check=False, capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.splitlines()[-1])
@@ -162,7 +163,7 @@ def test_run_eval_scores_the_branch_where_it_exists(hand_made, tmp_path):  # noq
         Image.fromarray(gt).save(gt_dir / rel.parent / f"{rel.stem}.png")
         gts[rel] = gt
     out = tmp_path / "out"
-    first = sorted(RELS, key=lambda r: r.as_posix())[0]  # what --limit 1 labels
+    first = min(RELS, key=lambda r: r.as_posix())  # what --limit 1 labels
     assert invoke(*labels_run(data, masks_dir, labels_dir, classes, out, "--limit", "1"))\
         .exit_code == 0
     result = invoke(*labels_run(data, masks_dir, labels_dir, classes, out, "--save-branch",
@@ -173,7 +174,8 @@ def test_run_eval_scores_the_branch_where_it_exists(hand_made, tmp_path):  # noq
     assert "over the 1 of 2 images with a branch map" in said
     report = json.loads((out / "eval.json").read_text())
     (second,) = [r for r in RELS if r != first]
-    pred, gt = np.asarray(Image.open(labels_dir / second.parent / f"{second.stem}.png")), gts[second]
+    pred = np.asarray(Image.open(labels_dir / second.parent / f"{second.stem}.png"))
+    gt = gts[second]
     ious = []
     for c in range(4):
         valid = gt != 255
@@ -190,7 +192,7 @@ class _Head:
         import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self):  # noqa: N802 - the library's name
+            def do_HEAD(self):
                 self.send_response(200)
                 self.end_headers()
 
@@ -210,7 +212,7 @@ def test_unreachable_hub_goes_offline_once(monkeypatch, caplog, tmp_path):
 
     from huggingface_hub import constants
 
-    import ssa.segmentors.hf as hf
+    from ssa.segmentors import hf
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

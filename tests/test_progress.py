@@ -148,8 +148,8 @@ def test_log_lines_of_a_real_run_through_a_pipe(hand_made, tmp_path):  # noqa: F
     args = ["run", "--data-dir", str(data), "--out-dir", str(out), "--masks", str(masks_dir),
             "--segmentor", f"labels:{labels_dir}", "--classes", str(classes), "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SSA_LOG_EVERY": "0.05", "COLUMNS": "40"}
-    proc = subprocess.run([sys.executable, "-m", "ssa", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "ssa", *args], check=False,
+                          capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO \[rank 0\] "
     lines = proc.stderr.splitlines()
@@ -160,10 +160,11 @@ def test_log_lines_of_a_real_run_through_a_pipe(hand_made, tmp_path):  # noqa: F
 
     code = ("import sys\nfrom ssa.cli import app\ntry:\n    app(sys.argv[1:])\n"
             "except SystemExit as e:\n    code = e.code\n"
-            "heavy = [m for m in ('torch', 'transformers', 'segment_anything') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'transformers', 'segment_anything')\n"
+            "         if m in sys.modules]\n"
             "print('EXIT', code, 'HEAVY', heavy)\n")
-    again = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                           env=env, timeout=60)
+    again = subprocess.run([sys.executable, "-c", code, *args], check=False,
+                           capture_output=True, text=True, env=env, timeout=60)
     assert f"nothing to do: {len(RELS)} of {len(RELS)} images already done" in again.stderr
     assert "EXIT 0 HEAVY []" in again.stdout, again.stdout + again.stderr
 
@@ -175,3 +176,26 @@ def test_no_masks_hint_names_the_filter():
                     "150, stability_score_thresh 40, box_nms_thresh 2; loosen --amg "
                     "pred_iou_thresh")
     assert "check the mask source" in no_masks_hint({})
+
+
+def test_off_a_terminal_transformers_loading_bars_stay_out_of_the_log(segformer_5):
+    """The same load writes tqdm's "Loading weights" bar to stderr before the set-up, and
+    none after it (stderr here is a pipe, as in a SLURM job)."""
+    code = (
+        "import sys\n"
+        "from rich.console import Console\n"
+        "from transformers import AutoModelForSemanticSegmentation as M\n"
+        "from ssa.progress import configure_logging\n"
+        "M.from_pretrained(sys.argv[1])\n"
+        "print('=== configured', file=sys.stderr, flush=True)\n"
+        "configure_logging(Console(stderr=True))\n"
+        "M.from_pretrained(sys.argv[1])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    proc = subprocess.run([sys.executable, "-c", code, str(segformer_5)], check=False,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before, after = proc.stderr.split("=== configured")
+    assert "Loading weights" in before  # the library's bar, so the check can fail
+    assert "Loading weights" not in after, after

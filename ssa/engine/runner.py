@@ -59,11 +59,11 @@ def check_engine(cfg: EngineConfig) -> None:
     list_engine_images(cfg)
     io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
-    from ssa.labeller import mask_settings
-    from ssa.masks.spec import check_mask_source
+    from ssa.masks.spec import check_mask_source, spec_from_config
+    from ssa.preflight import mask_settings
 
-    spec, _ = mask_settings(cfg)
-    check_mask_source(spec)
+    check_mask_source(spec_from_config(cfg))  # a missing file before the knobs (they import)
+    mask_settings(cfg)
 
 
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:

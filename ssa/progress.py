@@ -367,7 +367,7 @@ def log_summary(cfg: Any, summary: RunSummary) -> None:
         names = ", ".join(str(f.rel) for f in summary.failed[:10])
         more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
         log.error(
-            "%s failed: %s%s (see %s; a rerun retries them)", plural(len(summary.failed), "image"),
+            "%s failed: %s%s (see %s; a rerun retries them)", len(summary.failed),
             names, more, Path(cfg.out_dir or ".") / FAILURES_FILE,
         )
 

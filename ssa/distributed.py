@@ -297,13 +297,13 @@ def _describe(failure: Any) -> str:
 def _print_traceback(failure: Any) -> None:
     """A worker's unexpected exception (a bug, not bad input) keeps its traceback: torch's
     agent recorded it in the worker's error file instead of printing it."""
-    import logging
+    import sys
 
     message = failure.error_file_data.get("message")
     if isinstance(message, dict):
         stack = message.get("extraInfo", {}).get("py_callstack")
         if stack:
-            logging.getLogger(__name__).error("a worker raised:\n%s", stack.rstrip("\n"))
+            sys.stderr.write(stack if stack.endswith("\n") else stack + "\n")
 
 
 def launch(

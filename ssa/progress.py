@@ -78,8 +78,8 @@ _configured: list[logging.Handler] = []
 
 
 def configure_logging(console: Console, level: int = logging.INFO) -> logging.Handler:
-    """Send `logging` records (ssa's and the libraries') to `console`'s stream, once per
-    process: rich's handler on a terminal (ranks other than 0 prefixed), else plain unwrapped
+    """Send `logging` records (ssa's from `level` up, the libraries' warnings) to `console`'s
+    stream, once per process: rich's handler on a terminal (ranks other than 0 prefixed), else plain unwrapped
     lines with time, level and rank. Off a terminal, Hugging Face's download and "Loading
     weights" bars are switched off too (they would fill a log with carriage returns)."""
     if _configured:
@@ -96,9 +96,10 @@ def configure_logging(console: Console, level: int = logging.INFO) -> logging.Ha
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT, "%Y-%m-%d %H:%M:%S"))
         disable_hf_progress_bars()
     handler.addFilter(_RankFilter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(min(root.level or level, level) if root.handlers[:-1] else level)
+    # Every library's warnings get the same format; only ssa's own INFO lines are shown (an
+    # HTTP client's INFO request lines would bury the progress).
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("ssa").setLevel(level)
     _configured.append(handler)
     return handler
 

@@ -74,13 +74,15 @@ class _ConsoleStreamHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the console decides
         pass
+
+
 _configured: list[logging.Handler] = []
 
 
 def configure_logging(console: Console, level: int = logging.INFO) -> logging.Handler:
     """Send `logging` records (ssa's from `level` up, the libraries' warnings) to `console`'s
-    stream, once per process: rich's handler on a terminal (ranks other than 0 prefixed), else plain unwrapped
-    lines with time, level and rank. Off a terminal, Hugging Face's download and "Loading
+    stream, once per process: rich's handler on a terminal (ranks other than 0 prefixed), else
+    plain unwrapped lines with time, level and rank. Off a terminal, Hugging Face's download and "Loading
     weights" bars are switched off too (they would fill a log with carriage returns)."""
     if _configured:
         return _configured[0]
@@ -139,7 +141,8 @@ def format_duration(seconds: float | None) -> str:
 
 class Meter:
     """The images of this run (done images skipped before it apart): `count` of `total`, the
-    rate since `start()` and the time left at that rate. clock: seconds (monotonic)."""
+    rate since the meter was made (when labelling starts, the models loaded) and the time left
+    at that rate. clock: seconds (monotonic)."""
 
     def __init__(self, total: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.clock, self.count = total, clock, 0

@@ -37,6 +37,35 @@ def main(
     """Label SAM's masks with a semantic segmentor's votes, over whole datasets."""
 
 
+def setup_logging() -> None:
+    """`logging` for this process, once: rich's handler on a terminal, plain lines with time,
+    level and rank otherwise (`ssa.progress.configure_logging`)."""
+    from ssa.progress import configure_logging
+
+    configure_logging(console)
+
+
+LogEveryOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds between progress lines when stderr is not a terminal (nohup, SLURM, CI); "
+        "default $SSA_LOG_EVERY, else 30.",
+        rich_help_panel="Scale",
+    ),
+]
+
+
+def _set_log_every(seconds: float | None) -> None:
+    import os
+
+    from ssa.progress import LOG_EVERY_ENV
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise SSAError(f"--log-every {seconds} must be a positive number of seconds")
+        os.environ[LOG_EVERY_ENV] = str(seconds)  # workers inherit it
+
+
 def fail(exc: Exception) -> None:
     """One line, exit code 1."""
     console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -260,14 +289,19 @@ def run(
             rich_help_panel="Scale",
         ),
     ] = None,
+    log_every: LogEveryOpt = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
     from ssa.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
+    from ssa.preflight import check_run, nothing_to_do
     from ssa.segmentors.spec import parse_segmentor_args
+    from ssa.words import plural
 
+    setup_logging()
     try:
+        _set_log_every(log_every)
         file_values = config_mod.load_yaml(config) if config else {}
         cli_values = {
             "dataset": dataset,
@@ -303,11 +337,20 @@ def run(
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
+        # Every check that needs no model, before torch or a model library is imported.
+        check_run(cfg)
+        done = 0 if cfg.evaluate else nothing_to_do(cfg)
     except SSAError as exc:
         fail(exc)
         return
-    from ssa.runner import check_run
+    if done:
+        import logging
 
+        logging.getLogger("ssa").info(
+            "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
+            done, plural(done, "image"), cfg.out_dir,
+        )
+        return
     _launch_or_run(cfg, world_size, check_run)
 
 
@@ -347,6 +390,7 @@ def run_share(cfg: Any, engine: bool = False) -> int:
     from ssa import distributed
     from ssa.progress import run_with_progress
 
+    setup_logging()  # a worker of `distributed.launch` is a fresh process
     runner = None
     if engine:
         from ssa.engine.runner import run_engine as runner
@@ -494,14 +538,30 @@ def predict(
     segmentor: Annotated[
         str | None,
         typer.Option(
-            help="hf:<hub id or local folder> (default: the dataset's Segformer-B5).",
+            help="As in `ssa run`: hf:<hub id or folder> | py:<module or file.py>:<factory> | "
+            "labels:<folder> (the image's file name finds its labels) | plugin:<name> | a short "
+            "name. Default: the dataset's Segformer-B5.",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    segmentor_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A keyword argument for the segmentor's factory, KEY=VALUE; repeatable.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
     classes: Annotated[
         Path | None,
         typer.Option(
-            help="SAM 3: class names to prompt, one per line (default: the dataset's).",
+            help="labels: or SAM 3: class names, one per line (default: the dataset's).",
+            rich_help_panel="Semantic branch",
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="labels: JSON/YAML {stored id: class index or name}; unlisted ids = no label.",
             rich_help_panel="Semantic branch",
         ),
     ] = None,
@@ -529,8 +589,11 @@ def predict(
     from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
     from ssa.predictor import build_predictor, check_prompt
+    from ssa.segmentors.spec import parse_segmentor_args
 
+    setup_logging()
     try:
+        args = parse_segmentor_args(segmentor_arg or [])
         pos = [_parse_xy(p, "--point", 2, "X,Y 120,80") for p in point or []]
         neg = [_parse_xy(p, "--negative", 2, "X,Y 120,80") for p in negative or []]
         box_xyxy = _parse_xy(box, "--box", 4, "X0,Y0,X1,Y1 10,20,200,150") if box else None
@@ -541,11 +604,11 @@ def predict(
         check_prompt(points, labels, box_xyxy, array.shape[:2])
         cfg = validated(
             RunConfig, dataset=dataset, masks=masks, sam_model=sam_model,
-            sam_checkpoint=sam_checkpoint, segmentor=segmentor, device=device, top_k=top_k,
-            classes=classes, prompts=prompts,
+            sam_checkpoint=sam_checkpoint, segmentor=segmentor, segmentor_args=args,
+            device=device, top_k=top_k, classes=classes, label_map=label_map, prompts=prompts,
         )
         predictor = build_predictor(cfg)
-        predictor.set_image(array)
+        predictor.set_image(array, Path(image.name))
         records = predictor.predict(points=points, labels=labels, box=box_xyxy)
         _print_prediction(records)
         if json_path is not None:
@@ -634,6 +697,7 @@ def engine(
     ] = False,
     device: DeviceOpt = None,
     world_size: WorldSizeOpt = None,
+    log_every: LogEveryOpt = None,
 ) -> None:
     """Name every mask of a folder of images with free-form words (the SSA engine).
 
@@ -643,7 +707,9 @@ def engine(
     from ssa.engine.runner import EngineConfig, check_engine
     from ssa.keyvalue import parse_key_values
 
+    setup_logging()
     try:
+        _set_log_every(log_every)
         cfg = validated(
             EngineConfig,
             data_dir=data_dir,
@@ -669,6 +735,7 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
+        check_engine(cfg)  # before torch or a model library is imported
     except SSAError as exc:
         fail(exc)
         return

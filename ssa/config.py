@@ -22,6 +22,8 @@ from ssa.precision import Precision
 
 C = TypeVar("C")
 
+VOTE_POLICIES = ("hard", "soft")  # `ssa.voting`'s policies (here so checks need no torch)
+
 
 def _not_bool(value: Any) -> Any:
     # pydantic's lax mode reads True as 1; `limit: yes` is a mistake, not one image.

@@ -59,6 +59,9 @@ class EvalPlan:
     read_gt: Callable[[Path], np.ndarray] = field(repr=False)
     missing: list[Path] = field(default_factory=list)  # rels with no `_semantic.png`
     missing_branch: list[Path] = field(default_factory=list)  # rels with no `_branch.png`
+    # Branch maps scored only where they exist (`ssa run --eval` over images done partly
+    # without --save-branch): the missing ones add nothing to the branch column.
+    partial_branch: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +126,7 @@ def plan_eval(
     classes: Sequence[str] | Path | None = None,
     rels: Sequence[Path] | None = None,
     allow_missing: bool = False,
+    partial_branch: bool = False,
 ) -> EvalPlan:
     """Pair every image of the dataset (or the given relative paths) with its files.
 
@@ -201,7 +205,7 @@ def plan_eval(
         )
     if any_branch:
         missing_branch = [item.rel for item in items if item.branch is None]
-    if not allow_missing and (missing or missing_branch):
+    if not allow_missing and (missing or (missing_branch and not partial_branch)):
         kind, which = ("_semantic.png", missing) if missing else ("_branch.png", missing_branch)
         raise SSAError(
             f"no {kind} prediction under {pred_dir} for {len(which)} of {len(items)} images: "
@@ -217,6 +221,7 @@ def plan_eval(
         read_gt=read_gt,
         missing=missing,
         missing_branch=missing_branch,
+        partial_branch=partial_branch and bool(missing_branch),
     )
 
 
@@ -259,7 +264,9 @@ def _score_item(plan: EvalPlan, item: EvalItem) -> tuple[Any, Any | None]:
     out = []
     for path in paths:
         if path is None:  # absent file, allowed by allow_missing
-            out.append(missing_confmat(gt, plan.num_classes, plan.ignore_index))
+            wrong = missing_confmat(gt, plan.num_classes, plan.ignore_index)
+            # A branch map that --save-branch did not write for this image: not counted.
+            out.append(wrong * 0 if out and plan.partial_branch else wrong)
             continue
         pred = read_label_map(path)
         if pred.shape != gt.shape:
@@ -431,7 +438,7 @@ def plan_run_eval(cfg: Any, allow_missing: bool = False) -> EvalPlan:
 
     _, rels = list_images(cfg)
     return plan_eval(cfg.dataset, cfg.data_dir, cfg.out_dir, cfg.split, cfg.gt_dir, None, rels,
-                     allow_missing)
+                     allow_missing, partial_branch=True)
 
 
 EVAL_JSON = "eval.json"  # written into the out_dir by `ssa run --eval`

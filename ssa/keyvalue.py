@@ -13,6 +13,7 @@ from typing import Any
 
 from ssa.errors import SSAError
 from ssa.plugins import IDENTIFIER
+from ssa.words import with_article
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ def check_knob(knob: Knob, value: Any, flag: str = "--amg") -> Any:
     if not ok:
         optional = " or none" if knob.optional else ""
         raise SSAError(
-            f"{flag} {knob.name}={value}: {knob.name} takes a {kind.__name__}{optional} "
-            f"(default {knob.default!r})"
+            f"{flag} {knob.name}={value}: {knob.name} takes "
+            f"{with_article(kind.__name__)}{optional} (default {knob.default!r})"
         )
     return value
 

@@ -22,7 +22,8 @@ from ssa import io
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import FatalError, SSAError, first_line
 from ssa.outputs import ImageResult, annotations_from, output_paths, semantic_document
-from ssa.voting import POLICIES, vote
+from ssa.preflight import check_voting, mask_settings
+from ssa.voting import vote
 
 
 class ImageLabeller(Protocol):
@@ -158,8 +159,12 @@ class Labeller:
             policy=self.vote_policy,
             min_vote_share=self.min_vote_share,
         )
-        return {"records": records, "masks": masks, "rles": rles, "branch": branch,
-                "votes": result}
+        out = {"records": records, "masks": masks, "rles": rles, "branch": branch,
+               "votes": result}
+        stats = getattr(self.mask_source, "stats", None)  # the fast generator's counters
+        if stats is not None and hasattr(stats, "dropped"):
+            out["filters"] = {"candidates": stats.candidates, **stats.dropped}
+        return out
 
     def write(self, out: dict[str, Any], paths: dict[str, Path], image: np.ndarray) -> int:
         """Write the PNGs and the overlay, then the JSON last (it marks the image as done);
@@ -171,12 +176,16 @@ class Labeller:
         io.write_label_png(paths["label"], label_map, self.num_classes)
         if self.save_branch:
             io.write_label_png(paths["branch"], out["branch"].labels.cpu().numpy(), self.num_classes)
+        else:  # an earlier run's branch map would be scored against this run's labels
+            paths["branch"].unlink(missing_ok=True)
         annotations = annotations_from(out["records"], out["rles"], out["votes"], self.class_names)
         if self.save_vis:
             io.write_overlay(
                 paths["vis"], image, label_map, self.palette, out["masks"].cpu().numpy(),
                 [a["class_name"] for a in annotations],
             )
+        else:
+            paths["vis"].unlink(missing_ok=True)
         io.write_json(
             paths["semantic"],
             semantic_document(image.shape[:2], annotations, label_map, self.class_names,
@@ -240,15 +249,6 @@ def _resize_result(result: Any, size: tuple[int, int]) -> Any:
         resized = _resize_record({**record, "segmentation": mask}, size)
         records.append(resized)
     return result_from_records(records, size)
-
-
-def check_voting(cfg: Any) -> None:
-    """Refuse a bad policy before anything is loaded."""
-    if cfg.vote not in POLICIES:
-        raise SSAError(f"unknown --vote {cfg.vote!r}; choose one of: {', '.join(POLICIES)}")
-    share = cfg.min_vote_share
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        raise SSAError(f"--min-vote-share {share!r} must be a number in [0, 1] (0 = off)")
 
 
 def segmentor_classes(cfg: Any, spec: DatasetSpec) -> list[str] | None:
@@ -347,17 +347,6 @@ def _check_semantic_precision(segmentor: str, precision: str) -> None:
             f"--precision {precision} applies to hf: segmentors (Segformer, OneFormer, ...); "
             f"{segmentor} runs in its own precision: pass --precision fp32"
         )
-
-
-def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[str, Any]]:
-    """The run's mask spec (`ssa.masks.spec.spec_from_config`) and the settings its source is
-    built with (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's
-    knobs."""
-    from ssa.masks.spec import resolve_mask_settings, spec_from_config
-
-    spec = spec_from_config(cfg)
-    preset = cfg.amg_preset or default_preset
-    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)
 
 
 def build_mask_source(

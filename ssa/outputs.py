@@ -14,15 +14,17 @@ failed leaves no file.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ssa import io
-from ssa.voting import NO_CLASS, VoteResult
+
+if TYPE_CHECKING:
+    from ssa.voting import VoteResult
 
 FAILURES_FILE = "failures.jsonl"
 
@@ -59,6 +61,8 @@ class ImageResult:
     seconds: float = 0.0
     stage: str | None = None
     error: str | None = None
+    # The mask generator's candidates and what each filter dropped (`fast_amg.Stats`), if known.
+    filters: dict[str, int] | None = None
 
 
 def jsonable(value: Any) -> Any:
@@ -67,7 +71,8 @@ def jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if torch.is_tensor(value):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded already
+    if torch is not None and torch.is_tensor(value):
         return value.tolist()
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
@@ -81,6 +86,8 @@ def annotations_from(
     names: list[str],
 ) -> list[dict[str, Any]]:
     """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`."""
+    from ssa.voting import NO_CLASS
+
     classes = result.classes.tolist()
     proposals = result.proposals.tolist()
     out = []

@@ -2,7 +2,10 @@
 the current one is labelled, and one background writer writes the finished ones.
 
 Results come back in input order, each once its files are written, so "done" still means "its
-JSON exists". Every step goes through `ssa.labeller.guarded`, as in `labeller.process_image`:
+JSON exists". A generator can only hand a result over between two images, so `on_result` is also
+called the moment each result is final (from the writer thread for written images): progress
+counts an image when its JSON is written, not when the next image is labelled. Every step goes
+through `ssa.labeller.guarded`, as in `labeller.process_image`:
 a read, label or write failure is that image's failure.
 """
 
@@ -15,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ssa.errors import FatalError
 from ssa.labeller import ImageLabeller, guarded
 from ssa.outputs import ImageResult, output_paths
 
@@ -37,26 +41,43 @@ def prefetch(items: list[Any], read: Callable[[Any], Any], depth: int = PREFETCH
 
 
 def process_overlapped(
-    labeller: ImageLabeller, root: Path, rels: list[Path], out_dir: Path
+    labeller: ImageLabeller, root: Path, rels: list[Path], out_dir: Path,
+    on_result: Callable[[ImageResult], None] | None = None,
 ) -> Iterator[ImageResult]:
     """`labeller.process_image` over `rels` with reads and writes in background threads.
 
-    Yields one `ImageResult` per image, in order, once it is written (or has failed).
+    Yields one `ImageResult` per image, in order, once it is written (or has failed); the same
+    result goes to `on_result` as soon as it is final (the writer thread calls it for written
+    images, so it must be thread-safe).
     """
     from ssa import io
 
     pending: deque[tuple[Path, float, Future | None, ImageResult | None]] = deque()
+    filters: dict[Path, Any] = {}  # the mask generator's counters of each image in flight
+
+    def settle(rel: Path, start: float, future: Future, filters: Any = None) -> ImageResult:
+        num_masks, result = guarded(rel, start, "write", future.result)
+        if result is None:
+            result = ImageResult(rel, "done", num_masks=num_masks,
+                                 seconds=time.perf_counter() - start, filters=filters)
+        return result
+
+    def notify(rel: Path, start: float, filters: Any) -> Callable[[Future], None]:
+        def done(future: Future) -> None:
+            if on_result is None:
+                return
+            try:
+                result = settle(rel, start, future, filters)
+            except FatalError:  # raised again in the loop's thread, which stops the run
+                return
+            on_result(result)
+        return done
 
     def finish(block: bool) -> Iterator[ImageResult]:
         while pending and (block or pending[0][2] is None or pending[0][2].done()
                            or len(pending) > MAX_PENDING_WRITES):
             rel, start, future, result = pending.popleft()
-            if result is None:
-                num_masks, result = guarded(rel, start, "write", future.result)
-                if result is None:
-                    result = ImageResult(rel, "done", num_masks=num_masks,
-                                         seconds=time.perf_counter() - start)
-            yield result
+            yield settle(rel, start, future, filters.pop(rel, None)) if result is None else result
 
     with ThreadPoolExecutor(1, thread_name_prefix="ssa-write") as writer:
         for rel, read in prefetch(rels, lambda r: io.read_image(Path(root) / r)):
@@ -66,9 +87,14 @@ def process_overlapped(
                 out, failed = guarded(rel, start, "label", labeller.label, image, rel)
             if failed is not None:
                 pending.append((rel, start, None, failed))
+                if on_result is not None:
+                    on_result(failed)
             else:
                 paths = output_paths(Path(out_dir), rel)
-                pending.append((rel, start, writer.submit(labeller.write, out, paths, image), None))
-                del out, image
+                future = writer.submit(labeller.write, out, paths, image)
+                filters[rel] = out.get("filters") if isinstance(out, dict) else None
+                future.add_done_callback(notify(rel, start, filters[rel]))
+                pending.append((rel, start, future, None))
+                del out, image, future
             yield from finish(block=False)
         yield from finish(block=True)

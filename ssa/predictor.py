@@ -151,11 +151,14 @@ class SemanticPredictor:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Run the image encoder and the semantic branch once on `image` (`HWC uint8 RGB`)."""
+    def set_image(self, image: np.ndarray, path: str | Path | None = None) -> None:
+        """Run the image encoder and the semantic branch once on `image` (`HWC uint8 RGB`).
+
+        path: the image's relative path, for a segmentor that takes one (`labels:` finds the
+        image's precomputed labels by it); `ssa predict` passes the file's name."""
         import torch
 
-        from ssa.segmentors.base import branch_output
+        from ssa.segmentors.base import accepts_path, branch_output
 
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -164,11 +167,17 @@ class SemanticPredictor:
                 f"read it with ssa.io.read_image"
             )
         height, width = image.shape[:2]
+        extra = {}
+        if accepts_path(self.segmentor):
+            if path is None:
+                raise SSAError("this segmentor reads each image's labels by its relative path; "
+                               "call set_image(image, path=...)")
+            extra["path"] = Path(path)
         self.masks.set_image(image)
         with torch.inference_mode():
             branch = branch_output(
-                self.segmentor, self.segmentor(image), self.num_classes, (height, width),
-                self.device,
+                self.segmentor, self.segmentor(image, **extra), self.num_classes,
+                (height, width), self.device,
             )
         self.image = image
         self.branch_labels = branch.labels
@@ -329,5 +338,5 @@ def predict(
         top_k=top_k,
     )
     predictor = build_predictor(cfg)
-    predictor.set_image(array)
+    predictor.set_image(array, Path(image).name if isinstance(image, (str, Path)) else None)
     return predictor.predict(points=points, labels=labels, box=box)

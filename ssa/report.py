@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ssa.evaluate import EvalPlan, build_report, delta, plan_eval, score, write_csv, write_json
+from ssa.words import plural
 
 
 def _fmt(value: float | None) -> str:
@@ -77,20 +78,34 @@ def evaluate_with_progress(
 
 
 def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> None:
-    title = f"{plan.dataset}: {report['num_images']} images, {plan.num_classes} classes"
-    console.print(eval_table(report, title))
+    title = (f"{plan.dataset}: {plural(report['num_images'], 'image')}, "
+             f"{plural(plan.num_classes, 'class', 'classes')}")
+    # A branch scored over fewer images has no per-class deltas against the voted column.
+    shown = {k: v for k, v in report.items() if k != "branch"} if plan.partial_branch else report
+    console.print(eval_table(shown, title))
     line = (f"[bold]mIoU {_fmt(report['miou'])}[/]  mAcc {_fmt(report['macc'])}  "
             f"aAcc {_fmt(report['aacc'])}")
-    if "branch" in report:
+    if "branch" in report and plan.partial_branch:  # other images: the deltas would mislead
+        b = report["branch"]
+        scored = len(plan.items) - len(plan.missing_branch)
+        of_all = plural(len(plan.items), "image")
+        line += (f"   (branch alone, over the {scored} of {of_all} with a "
+                 f"branch map: mIoU {_fmt(b['miou'])})")
+    elif "branch" in report:
         b = report["branch"]
         line += (f"   (branch alone: mIoU {_fmt(b['miou'])}; voting "
                  f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU)")
     console.print(line, highlight=False)
+    of_all = plural(len(plan.items), "image")
     if plan.missing:
-        console.print(f"[yellow]{len(plan.missing)} of {len(plan.items)} images had no "
+        console.print(f"[yellow]{len(plan.missing)} of {of_all} had no "
                       f"prediction and count as all wrong[/]", highlight=False)
-    if plan.missing_branch:
-        console.print(f"[yellow]{len(plan.missing_branch)} of {len(plan.items)} images had no "
+    if plan.missing_branch and plan.partial_branch:
+        console.print(f"[yellow]{len(plan.missing_branch)} of {of_all} were "
+                      f"labelled without --save-branch: the branch column leaves them out "
+                      f"(`ssa run --save-branch --overwrite` redoes them)[/]", highlight=False)
+    elif plan.missing_branch:
+        console.print(f"[yellow]{len(plan.missing_branch)} of {of_all} had no "
                       f"branch map and count as all wrong in the branch column[/]",
                       highlight=False)
 

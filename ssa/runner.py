@@ -12,19 +12,27 @@ module works from Python under torchrun without rich:
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ssa import io
 from ssa.datasets import get_dataset
 from ssa.distributed import Group, RankInfo, rank_device, shard, shard_indices
 from ssa.errors import SSAError
 from ssa.outputs import FAILURES_FILE, ImageResult, is_done, record_failure, write_failures
+from ssa.preflight import check_run
+from ssa.words import plural
+
+log = logging.getLogger(__name__)
+
+# A worker: this rank's relative paths, and a callback for each result the moment it is final
+# (its JSON written, or failed); it yields the results too (`ssa.overlap.process_overlapped`).
+Worker = Callable[[list[Path], Callable[[ImageResult], None]], Iterable[ImageResult]]
 
 
 @dataclass
@@ -36,6 +44,13 @@ class RunSummary:
     seconds: float = 0.0
     num_masks: int = 0
     removed_temps: int = 0  # temporary files a killed run had left
+    # The mask generator's candidates and what each filter dropped, summed over the images
+    # whose source counts them (the fast generator): says why a run found no masks.
+    filters: dict[str, int] = field(default_factory=dict)
+
+    def add_filters(self, counts: dict[str, int] | None) -> None:
+        for key, value in (counts or {}).items():
+            self.filters[key] = self.filters.get(key, 0) + value
 
 
 def list_images(cfg: Any) -> tuple[Path, list[Path]]:
@@ -60,21 +75,6 @@ def select_images(
     return root, rels
 
 
-def check_run(cfg: Any) -> None:
-    """The checks that need no model (before workers start, so one message, not N): outputs,
-    images, the mask spec, its knobs and files."""
-    from ssa.labeller import check_voting, mask_settings
-    from ssa.masks.spec import check_mask_source
-
-    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
-    check_voting(cfg)
-    if cfg.out_dir is None:
-        raise SSAError("--out-dir is required; pass the folder for the outputs")
-    list_images(cfg)
-    io.check_writable(cfg.out_dir)  # a read-only or full out-dir: one line, no model loaded
-    check_mask_source(spec)
-
-
 def _check_same_images(rels: list[Path], group: Group) -> None:
     """Every rank lists the images itself; shares are only disjoint when the lists agree."""
     import hashlib
@@ -91,6 +91,8 @@ def _check_same_images(rels: list[Path], group: Group) -> None:
 
 def _done_flags(out_dir: Path, rels: list[Path], group: Group, overwrite: bool) -> list[bool]:
     """Which images are done: each rank checks a strided share, one all-reduce combines them."""
+    import torch
+
     flags = torch.zeros(len(rels), dtype=torch.uint8)
     if not overwrite:
         for i in shard_indices(len(rels), group.info.rank, group.info.world_size):
@@ -104,6 +106,7 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
     for part in parts:
         out.done += part.done
         out.num_masks += part.num_masks
+        out.add_filters(part.filters)
         out.failed += part.failed
         out.seconds = max(out.seconds, part.seconds)
     out.failed.sort(key=lambda r: r.rel.as_posix())
@@ -124,30 +127,42 @@ def run(
     covers all ranks. on_start(total, skipped, mine) is called once this rank knows its share;
     on_image after each of its images.
     """
-    from ssa.labeller import build_labeller, mask_settings
-    from ssa.masks.spec import prepare_mask_source
+    from ssa.labeller import build_labeller
+    from ssa.masks.spec import prepare_mask_source, spec_from_config
     from ssa.overlap import process_overlapped
+    from ssa.preflight import write_settings
 
     check_run(cfg)
     out_dir = Path(cfg.out_dir)
     root, rels = list_images(cfg)
-    spec, _ = mask_settings(cfg, get_dataset(cfg.dataset).default_amg_preset)
+    spec = spec_from_config(cfg)
+    main = group is None or group.info.is_main
+    written: list[bool] = []
 
-    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+    def record_settings() -> None:  # once the models load, before rank 0's first image
+        if main and not written:
+            write_settings(cfg)  # a rerun with other settings is refused (check_settings)
+            written.append(True)
+
+    def make_worker() -> Worker:
         labeller = build_labeller(cfg, download_progress)
+        record_settings()
         # process_image for each image, with reads and writes in background threads.
-        return lambda mine: process_overlapped(labeller, root, mine, out_dir)
+        return lambda mine, on_result: process_overlapped(labeller, root, mine, out_dir, on_result)
 
-    return run_images(
+    summary = run_images(
         out_dir, rels, make_worker, cfg.overwrite,
         lambda: prepare_mask_source(spec, download_progress), on_start, on_image, group,
     )
+    if summary.done:
+        record_settings()  # rank 0 had no image of its own
+    return summary
 
 
 def run_images(
     out_dir: Path,
     rels: list[Path],
-    make_worker: Callable[[], Callable[[list[Path]], Iterable[ImageResult]]],
+    make_worker: Callable[[], Worker],
     overwrite: bool = False,
     prepare: Callable[[], None] | None = None,
     on_start: Callable[[int, int, int], None] | None = None,
@@ -157,8 +172,8 @@ def run_images(
     """The dataset loop that `ssa run` and `ssa engine` share: clean up, skip done images, shard
     the rest, process this rank's share, and gather every rank's summary.
 
-    make_worker() loads the models (only on a rank with work) and returns a function from this
-    rank's relative paths to their results; prepare() fetches what the mask source needs on
+    make_worker() loads the models (only on a rank with work) and returns a `Worker`;
+    prepare() fetches what the mask source needs on
     disk (`ssa.masks.spec.prepare_mask_source`), run by one rank per machine before its ranks
     load it.
     """
@@ -173,6 +188,8 @@ def run_images(
     todo = [rel for rel, flag in zip(rels, done) if not flag]
     mine = shard(todo, info.rank, info.world_size)
     summary = RunSummary(total=len(rels), skipped=len(rels) - len(todo), removed_temps=removed)
+    if not todo and info.is_main:
+        log.info("nothing to do: %s of %s already done", len(rels), plural(len(rels), "image"))
     if info.distributed:
         if info.local_rank == 0 and todo and prepare is not None:
             prepare()  # one download per machine, before its other ranks load the file
@@ -185,16 +202,23 @@ def run_images(
     if on_start:
         on_start(len(rels), summary.skipped, len(mine))
     start = time.perf_counter()
-    for result in worker(mine) if worker else ():
-        if result.status == "failed":
-            summary.failed.append(result)
-            record_failure(out_dir, result)
-        else:
-            summary.done += 1
-            summary.num_masks += result.num_masks
-        group.add("processed")
-        if on_image:
-            on_image(result)
+    lock = threading.Lock()
+
+    def handle(result: ImageResult) -> None:  # from the loop's or the writer's thread
+        with lock:
+            if result.status == "failed":
+                summary.failed.append(result)
+                record_failure(out_dir, result)
+            else:
+                summary.done += 1
+                summary.num_masks += result.num_masks
+                summary.add_filters(result.filters)
+            group.add("processed")
+            if on_image:
+                on_image(result)
+
+    for _ in worker(mine, handle) if worker else ():
+        pass  # each result went to handle() when it was final
     summary.seconds = time.perf_counter() - start
     group.wait_all("finished")  # ranks end hours apart at worst: no collective timeout here
     summary = _merge(group.all_gather_object(summary))

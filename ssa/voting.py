@@ -29,8 +29,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ssa.config import VOTE_POLICIES as POLICIES
+
 NO_CLASS = -1
-POLICIES = ("hard", "soft")
 _BRANCH = -2
 # Cap on the elements materialised at once (mask pixels x chunk), about 256 MB of int64.
 _CHUNK_ELEMENTS = 1 << 25

@@ -259,7 +259,7 @@ def test_engine_resumes_and_reports_bad_models(tiny_models, sa1b_folder, tmp_pat
     path = out / "city" / "frame_semantic.json"
     before = path.stat().st_mtime_ns
     again = run_cli([*base, "--top-k", "1", *model_args(tiny_models)])
-    assert again.exit_code == 0 and "1 of 1 images already done" in again.output
+    assert again.exit_code == 0 and "nothing to do: 1 of 1 image already done" in again.output
     assert path.stat().st_mtime_ns == before
     path.unlink()
     bad = dict(tiny_models, clip=str(tmp_path / "no-such-clip"))
@@ -408,7 +408,7 @@ def test_engine_workers_shard_like_one_process(tiny_models, sa1b_folder, tmp_pat
     assert one.returncode == 0, one.stderr
     spawned = _ssa_subprocess([*args, "--out-dir", str(tmp_path / "spawned"), "--world-size", "2"])
     assert spawned.returncode == 0, spawned.stderr
-    assert "[rank 1/2] 1 images to label" in spawned.stderr
+    assert "[rank 1/2] 1 image to label" in spawned.stderr
     for stem in ("frame", "frame2"):
         want = json.loads((tmp_path / "one" / "city" / f"{stem}_semantic.json").read_text())
         got = json.loads((tmp_path / "spawned" / "city" / f"{stem}_semantic.json").read_text())

@@ -44,7 +44,7 @@ def test_failed_images_named_then_allow_missing(tmp_path):
     assert result.exit_code == 1 and (out / "failures.jsonl").is_file()
     target = tmp_path / "i.json"
     args = [*EXPORT, "coco-instances", "--pred-dir", out, "--out", target, "--data-dir", data]
-    refused(invoke(*args), "1 images of the run failed", "sub/c.png", "--allow-missing")
+    refused(invoke(*args), "1 image of the run failed", "sub/c.png", "--allow-missing")
     assert not target.exists()
     result = invoke(*args, "--allow-missing")
     assert result.exit_code == 0, result.output

@@ -161,7 +161,8 @@ def test_knob_values_are_typed(knob, value, expected):
      (Knob("b", False, bool), 2), (Knob("n", 32, int), None)],
 )
 def test_knob_values_of_another_type_are_refused(knob, value):
-    with pytest.raises(SSAError, match=f"{knob.name} takes a {knob.type.__name__}"):
+    article = {"int": "an int", "bool": "a bool"}[knob.type.__name__]
+    with pytest.raises(SSAError, match=f"{knob.name} takes {article}"):
         check_knobs({knob.name: value}, {knob.name: knob})
 
 

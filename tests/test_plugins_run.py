@@ -309,7 +309,8 @@ def test_json_prefix_and_bare_folder_give_the_same_outputs(hand_made, tmp_path):
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         outputs[name] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert len(outputs["bare"]) == 2 * len(RELS)  # a JSON and a PNG per image
+    # a JSON and a PNG per image, and the run's settings (ssa_run.json)
+    assert len(outputs["bare"]) == 2 * len(RELS) + 1
     assert outputs["prefixed"] == outputs["bare"]
 
 

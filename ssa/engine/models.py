@@ -95,6 +95,9 @@ class HFModel:
         import torch
         from transformers import AutoProcessor
 
+        from ssa.segmentors.hf import go_offline_if_hub_unreachable
+
+        go_offline_if_hub_unreachable(model_id)
         self.model_id = model_id
         self.device = torch.device(device)
         self.batch_size = batch_size

@@ -8,7 +8,7 @@ resume, clean-up and failure report (`ssa.runner.run_images`, `ssa.overlap`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,11 @@ def check_engine(cfg: EngineConfig) -> None:
     list_engine_images(cfg)
     io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
-    from ssa.labeller import mask_settings
-    from ssa.masks.spec import check_mask_source
+    from ssa.masks.spec import check_mask_source, spec_from_config
+    from ssa.preflight import mask_settings
 
-    spec, _ = mask_settings(cfg)
-    check_mask_source(spec)
+    check_mask_source(spec_from_config(cfg))  # a missing file before the knobs (they import)
+    mask_settings(cfg)
 
 
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
@@ -157,9 +157,9 @@ def run_engine(
     root, rels = list_engine_images(cfg)
     spec, _ = mask_settings(cfg)
 
-    def make_worker() -> Callable[[list[Path]], Iterable[ImageResult]]:
+    def make_worker() -> Any:  # a `ssa.runner.Worker`
         engine = EngineRun(cfg, download_progress)
-        return lambda mine: process_overlapped(engine, root, mine, out_dir)
+        return lambda mine, on_result: process_overlapped(engine, root, mine, out_dir, on_result)
 
     return run_images(
         out_dir, rels, make_worker, False, lambda: prepare_mask_source(spec, download_progress),

@@ -31,6 +31,7 @@ import numpy as np
 
 from ssa import io
 from ssa.errors import SSAError
+from ssa.words import plural
 
 JSON_SUFFIX = "_semantic.json"
 PNG_SUFFIX = "_semantic.png"
@@ -256,7 +257,7 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
                if not c.json.is_file() and c.rel.as_posix() not in failed]
     if failed and not cfg.allow_missing:
         raise SSAError(
-            f"{len(failed)} images of the run failed (see {pred_dir / FAILURES_FILE}): "
+            f"{plural(len(failed), 'image')} of the run failed (see {pred_dir / FAILURES_FILE}): "
             f"{_name_some(failed)}; rerun `ssa run` on them, or pass --allow-missing to export "
             f"the rest"
         )

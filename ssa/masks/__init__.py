@@ -3,48 +3,50 @@
 JSON, `hf` for transformers' SAM-family models), the knob vocabulary (`knobs`) and the fast
 post-processing (`fast_amg`, `sam_speedups`).
 
-The names below are re-exported for callers of the former `ssa.masks` module.
+The names below are re-exported for callers of the former `ssa.masks` module; they load on
+first use, so that spec parsing needs no torch.
 """
 
-from ssa.masks.base import (
-    MaskResult,
-    MaskSource,
-    PromptableMaskSource,
-    as_mask_source,
-    result_from_records,
-)
-from ssa.masks.knobs import AMG_PRESETS, VOCABULARY
-from ssa.masks.sa1b import JsonMasks, read_sa1b_json
-from ssa.masks.sam import (
-    AMG_IMPLS,
-    CHECKPOINT_FILES,
-    CHECKPOINT_URL,
-    DEFAULT_CKP_DIR,
-    SAM_ENCODERS,
-    EncoderConfig,
-    MaskGenerator,
-    SamMaskSource,
-    SamPromptSource,
-    amg_knobs,
-    build_sam_from_config,
-    default_checkpoint,
-    download_checkpoint,
-    ensure_checkpoint,
-    infer_encoder_config,
-    load_sam,
-    parse_amg,
-    resolve_amg,
-)
-from ssa.masks.spec import (
-    ENTRY_POINT_GROUP,
-    MaskSpec,
-    load_mask_source,
-    load_prompt_source,
-    mask_knobs,
-    parse_mask_spec,
-    resolve_mask_settings,
-    spec_from_config,
-)
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "MaskResult": "base",
+    "MaskSource": "base",
+    "PromptableMaskSource": "base",
+    "as_mask_source": "base",
+    "result_from_records": "base",
+    "AMG_PRESETS": "knobs",
+    "VOCABULARY": "knobs",
+    "JsonMasks": "sa1b",
+    "read_sa1b_json": "sa1b",
+    "AMG_IMPLS": "sam",
+    "CHECKPOINT_FILES": "sam",
+    "CHECKPOINT_URL": "sam",
+    "DEFAULT_CKP_DIR": "sam",
+    "SAM_ENCODERS": "sam",
+    "EncoderConfig": "sam",
+    "MaskGenerator": "sam",
+    "SamMaskSource": "sam",
+    "SamPromptSource": "sam",
+    "amg_knobs": "sam",
+    "build_sam_from_config": "sam",
+    "default_checkpoint": "sam",
+    "download_checkpoint": "sam",
+    "ensure_checkpoint": "sam",
+    "infer_encoder_config": "sam",
+    "load_sam": "sam",
+    "parse_amg": "sam",
+    "resolve_amg": "sam",
+    "ENTRY_POINT_GROUP": "spec",
+    "MaskSpec": "spec",
+    "load_mask_source": "spec",
+    "load_prompt_source": "spec",
+    "mask_knobs": "spec",
+    "parse_mask_spec": "spec",
+    "resolve_mask_settings": "spec",
+    "spec_from_config": "spec",
+}
 
 __all__ = [
     "AMG_IMPLS", "AMG_PRESETS", "CHECKPOINT_FILES", "CHECKPOINT_URL", "DEFAULT_CKP_DIR",
@@ -56,3 +58,9 @@ __all__ = [
     "parse_mask_spec", "read_sa1b_json", "resolve_amg", "resolve_mask_settings",
     "result_from_records", "spec_from_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ssa.masks' has no attribute {name!r}")
+    return getattr(import_module(f"ssa.masks.{_HOMES[name]}"), name)

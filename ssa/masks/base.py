@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads with the models, not with spec checks
+    import torch
 
 
 @dataclass
@@ -84,6 +86,8 @@ def result_from_records(records: list[dict[str, Any]], size: tuple[int, int]) ->
     `segmentation` becomes COCO RLE (`counts` str, encoded once), `area` and `bbox` (`XYWH`) are
     computed where a record lacks them. The stack is a CPU tensor.
     """
+    import torch
+
     from ssa import io
     from ssa.errors import SSAError
 

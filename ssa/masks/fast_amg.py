@@ -67,6 +67,11 @@ class Stats:
     exact_fallback: int = 0
     kept: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    # candidates each filter removed, by the knob that sets it (pred_iou_thresh, ...)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, knob: str, before: int, after: int) -> None:
+        self.dropped[knob] = self.dropped.get(knob, 0) + before - after
 
     def add(self, stage: str, start: float) -> float:
         now = time.perf_counter()
@@ -224,6 +229,7 @@ class FastMaskGenerator(CandidateFilters):
 
             keep = _interval_nms(lo.cpu(), hi.cpu(), scores, self.crop_nms_thresh, exact_boxes,
                                  self.stats)
+            self.stats.drop("crop_nms_thresh", len(owners), len(keep))
             owners, rows = owners[keep], rows[keep]
             self.stats.add("post_nms", start)
         masks, records = self._finish(per_crop, owners, rows, orig_size)
@@ -256,13 +262,17 @@ class FastMaskGenerator(CandidateFilters):
             cands = _Candidates(logits.flatten(0, 1).float(), iou.flatten(0, 1).float(), pts,
                                 input_size=tuple(self.predictor.input_size))
             self.stats.candidates += len(cands.iou)
+            n = len(cands.iou)
             if self.pred_iou_thresh > 0.0:
                 cands = cands.select(cands.iou > self.pred_iou_thresh)
+                self.stats.drop("pred_iou_thresh", n, n := len(cands.iou))
             cands.bounds = self._bounds(cands.logits, axes, boxes=self._need_boxes(crop_box, orig_size),
                                         stability=self.stability_score_thresh > 0.0)
             if self.stability_score_thresh > 0.0:
                 cands = self._stability_filter(cands, crop_box, orig_size)
+                self.stats.drop("stability_score_thresh", n, n := len(cands.iou))
             cands = self._edge_filter(cands, crop_box, orig_size)
+            self.stats.drop("crop edge", n, len(cands.iou))
             batches.append(cands)
             _sync(self.device)
             start = self.stats.add("mask_postprocess", start)
@@ -275,6 +285,7 @@ class FastMaskGenerator(CandidateFilters):
 
         keep = _interval_nms(cands.bounds.box_lo.cpu(), cands.bounds.box_hi.cpu(),
                              cands.iou.cpu(), self.box_nms_thresh, exact_boxes, self.stats)
+        self.stats.drop("box_nms_thresh", len(cands.iou), len(keep))
         cands = cands.select(keep.to(cands.iou.device))
         self.stats.add("mask_postprocess", start)
         return cands, crop_box
@@ -410,6 +421,7 @@ class FastMaskGenerator(CandidateFilters):
 
         if self.min_mask_region_area > 0 and n:
             keep, masks, boxes = self._remove_small_regions(masks, boxes)
+            self.stats.drop("min_mask_region_area", n, len(keep))
             start = self.stats.add("small_regions", start)
             iou, stab, points = iou[keep], stab[keep.to(stab.device)], points[keep.cpu()]
             crop_boxes = [crop_boxes[int(i)] for i in keep]

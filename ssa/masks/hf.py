@@ -114,7 +114,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
 
     from ssa.segmentors.hf import load_error, offline_kwargs
 
-    local = offline_kwargs()  # HF_HUB_OFFLINE as set now
+    local = offline_kwargs(name)  # HF_HUB_OFFLINE as set now, or an unreachable hub
     try:
         config = AutoConfig.from_pretrained(name, **local)
     except (OSError, ValueError) as exc:

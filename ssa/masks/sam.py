@@ -158,6 +158,19 @@ def download_checkpoint(
     return dest
 
 
+def check_checkpoint(model_type: str, checkpoint: str | Path | None) -> None:
+    """`ensure_checkpoint`'s refusals without its download: an explicit file that does not
+    exist, or the official file missing while downloads are off."""
+    if checkpoint is not None or _downloads_off():
+        path = default_checkpoint(model_type) if checkpoint is None else None
+        if path is None or not path.is_file():
+            ensure_checkpoint(model_type, checkpoint)
+
+
+def _downloads_off() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SSA_OFFLINE") == "1"
+
+
 def ensure_checkpoint(
     model_type: str,
     checkpoint: str | Path | None,
@@ -176,7 +189,7 @@ def ensure_checkpoint(
     path = default_checkpoint(model_type)
     if path.is_file():
         return path
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SSA_OFFLINE") == "1":
+    if _downloads_off():
         raise SSAError(
             f"SAM checkpoint {path} is missing and downloads are off (offline); download "
             f"{CHECKPOINT_URL + CHECKPOINT_FILES[model_type]} and put it at {path}"
@@ -321,6 +334,12 @@ class SamMaskSource:
             self.generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **settings)
         else:
             raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
+
+    @property
+    def stats(self) -> Any:
+        """The fast generator's `Stats` of the last image (candidates, what each filter
+        dropped); None for the stock generator."""
+        return getattr(self.generator, "stats", None)
 
     def generate_records(self, image: np.ndarray) -> list[dict[str, Any]]:
         """The generator's own records for `image` (`HWC uint8 RGB`), `segmentation` `HW bool`."""

@@ -223,13 +223,13 @@ def resolve_mask_settings(
 
 
 def check_mask_source(spec: MaskSpec | str) -> None:
-    """The checks that need no model: an explicit SAM checkpoint exists, a JSON folder exists,
-    the `hf:` module is installed."""
+    """The checks that need no model: an explicit SAM checkpoint exists (the official one too
+    when downloads are off), a JSON folder exists, the `hf:` module is installed."""
     parsed = _as_spec(spec)
-    if parsed.kind == "sam" and parsed.checkpoint is not None:
-        from ssa.masks.sam import ensure_checkpoint
+    if parsed.kind == "sam":
+        from ssa.masks.sam import check_checkpoint
 
-        ensure_checkpoint(parsed.target, parsed.checkpoint)
+        check_checkpoint(parsed.target, parsed.checkpoint)  # downloads come later
     elif parsed.kind == "json" and not Path(parsed.target).expanduser().is_dir():
         raise SSAError(
             f"--masks {parsed} is not a folder; pass the folder of <stem>.json files"

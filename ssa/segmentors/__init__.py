@@ -1,31 +1,26 @@
-"""Semantic branch: protocol, Hugging Face adapters, precomputed labels, spec parsing, plug-ins."""
+"""Semantic branch: protocol, Hugging Face adapters, precomputed labels, spec parsing, plug-ins.
 
-from ssa.segmentors.base import (
-    BranchOutput,
-    Segmentor,
-    accepts_path,
-    check_num_classes,
-    class_names,
-)
-from ssa.segmentors.spec import (
-    ACCEPTED_FORMS,
-    SHORT_NAMES,
-    SegmentorSpec,
-    load_segmentor,
-    parse_segmentor_args,
-    parse_spec,
-)
+The names below load on first use, so `ssa.segmentors.spec` (spec parsing) needs no torch.
+"""
 
-__all__ = [
-    "ACCEPTED_FORMS",
-    "SHORT_NAMES",
-    "BranchOutput",
-    "Segmentor",
-    "SegmentorSpec",
-    "accepts_path",
-    "check_num_classes",
-    "class_names",
-    "load_segmentor",
-    "parse_segmentor_args",
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "BranchOutput": "base", "Segmentor": "base", "accepts_path": "base",
+    "check_num_classes": "base", "class_names": "base",
+    "ACCEPTED_FORMS": "spec", "SHORT_NAMES": "spec", "SegmentorSpec": "spec",
+    "load_segmentor": "spec", "parse_segmentor_args": "spec", "parse_spec": "spec",
+}
+
+__all__ = [  # noqa: RUF022 - grouped by home module
+    "BranchOutput", "Segmentor", "accepts_path", "check_num_classes", "class_names",
+    "ACCEPTED_FORMS", "SHORT_NAMES", "SegmentorSpec", "load_segmentor", "parse_segmentor_args",
     "parse_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'ssa.segmentors' has no attribute {name!r}")
+    return getattr(import_module(f"ssa.segmentors.{_HOMES[name]}"), name)

@@ -60,7 +60,8 @@ def load_config(model_id: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_id, trust_remote_code=False, **offline_kwargs())
+        return AutoConfig.from_pretrained(
+            model_id, trust_remote_code=False, **offline_kwargs(model_id))
     except (OSError, ValueError) as exc:
         raise load_error("segmentor", model_id, exc) from None
 
@@ -138,10 +139,52 @@ def _crop_size(processor: Any, override: int | None) -> tuple[int, int]:
     return 512, 512
 
 
-def offline_kwargs() -> dict[str, Any]:
+def offline_kwargs(model_id: str | None = None) -> dict[str, Any]:
     """`from_pretrained` keywords for `HF_HUB_OFFLINE` as set now: huggingface_hub reads the
-    variable once, at import, and otherwise retries the hub for about 20 s before failing."""
+    variable once, at import, and otherwise retries the hub for about 20 s before failing.
+    With `model_id` (a hub id about to load) an unreachable hub is detected first
+    (`go_offline_if_hub_unreachable`)."""
+    if model_id is not None:
+        go_offline_if_hub_unreachable(model_id)
     return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
+HUB_TIMEOUT_S = 2.5
+_hub_checked: list[str] = []  # the endpoint, once it was tried in this process
+
+
+def go_offline_if_hub_unreachable(model_id: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Before a hub id (not a local folder) loads, with `HF_HUB_OFFLINE` unset: one HEAD
+    request to huggingface_hub's endpoint, once per process. When it gets no answer within
+    `timeout` seconds, switch this process offline (`HF_HUB_OFFLINE=1`, huggingface_hub's
+    flag too), so the model loads from the local cache, or fails with the cache's hint, with
+    one logged line instead of about 30 s of retries. Returns whether it went offline."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model_id).expanduser().exists():
+        return False
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint in _hub_checked:
+        return False
+    _hub_checked.append(endpoint)
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return False  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+        logging.getLogger(__name__).warning(
+            "the Hugging Face hub %s is unreachable (%s); working offline from the local cache "
+            "(set HF_HUB_OFFLINE=1 to skip this check)", endpoint, reason,
+        )
+        return True
+    return False
 
 
 def load_error(kind: str, model_id: str, exc: BaseException) -> SSAError:

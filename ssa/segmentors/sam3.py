@@ -174,6 +174,9 @@ class Sam3Segmentor:
     def _load(self) -> None:
         from transformers import Sam3Model, Sam3Processor
 
+        from ssa.segmentors.hf import go_offline_if_hub_unreachable
+
+        go_offline_if_hub_unreachable(self.model_id)
         try:
             self.model = Sam3Model.from_pretrained(self.model_id)
             self.processor = Sam3Processor.from_pretrained(self.model_id)

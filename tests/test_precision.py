@@ -233,12 +233,18 @@ def _tiny_sam():
 
 
 def _tiny_run(sam, **kwargs):
+    return _tiny_gen_run(sam, **kwargs)[1]
+
+
+def _tiny_gen_run(sam, **kwargs):
+    """The generator (its own module tree: SDPA and compile never change `sam`) and its masks."""
     from ssa.masks.fast_amg import FastMaskGenerator
 
     image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     settings = {**KEEP_ALL, "points_per_side": 2}
+    gen = FastMaskGenerator(sam, **settings, **kwargs)
     with torch.inference_mode():
-        return FastMaskGenerator(sam, **settings, **kwargs).generate_masks(image)
+        return gen, gen.generate_masks(image)
 
 
 def test_sdpa_encoder_path_runs_on_cpu() -> None:
@@ -246,8 +252,9 @@ def test_sdpa_encoder_path_runs_on_cpu() -> None:
 
     ref = _tiny_run(_tiny_sam(), sdpa=False)
     sam = _tiny_sam()
-    got = _tiny_run(sam, sdpa=True)
-    assert sam.image_encoder.blocks[0].attn.forward.__func__ is _sdpa_forward
+    gen, got = _tiny_gen_run(sam, sdpa=True)
+    assert sam.image_encoder.blocks[0].attn.forward.__func__ is not _sdpa_forward
+    assert gen.model.image_encoder.blocks[0].attn.forward.__func__ is _sdpa_forward
     assert len(got.records) == len(ref.records) == 12
     assert float(_matched_iou(ref.masks, got.masks).min()) >= 0.99
 
@@ -260,8 +267,10 @@ def test_compile_path_runs_on_cpu() -> None:
     compilation, about 2 minutes on 2 busy cores, whatever the model's size)."""
     ref = _tiny_run(_tiny_sam())
     sam = _tiny_sam()
-    got = _tiny_run(sam, compile=True)
-    assert hasattr(sam.image_encoder, "_orig_mod") and hasattr(sam.mask_decoder, "_orig_mod")
+    gen, got = _tiny_gen_run(sam, compile=True)
+    assert hasattr(gen.model.image_encoder, "_orig_mod")
+    assert hasattr(gen.model.mask_decoder, "_orig_mod")
+    assert not hasattr(sam.image_encoder, "_orig_mod")  # the model given stays as it was
     assert len(got.records) == len(ref.records) == 12
     assert float(_matched_iou(ref.masks, got.masks).min()) >= 0.99
 

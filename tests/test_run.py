@@ -181,7 +181,9 @@ def test_unreadable_image_named(tmp_path, sam_checkpoint, segformer_5):
 
 def test_segmentor_that_cannot_load(tmp_path):
     make_image(tmp_path / "data" / "x.png")
+    (tmp_path / "masks").mkdir()  # no SAM checkpoint needed: the segmentor is what fails
     result = invoke("run", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "o",
+                    "--masks", f"json:{tmp_path / 'masks'}",
                     "--segmentor", f"hf:{tmp_path / 'nothing'}")  # fmt: skip
     line = one_line_error(result)
     assert "nothing" in line

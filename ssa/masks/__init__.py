@@ -22,7 +22,6 @@ from ssa.masks.sam import (
     DEFAULT_CKP_DIR,
     SAM_ENCODERS,
     EncoderConfig,
-    MaskGenerator,
     SamMaskSource,
     SamPromptSource,
     amg_knobs,
@@ -49,7 +48,7 @@ from ssa.masks.spec import (
 __all__ = [
     "AMG_IMPLS", "AMG_PRESETS", "CHECKPOINT_FILES", "CHECKPOINT_URL", "DEFAULT_CKP_DIR",
     "ENTRY_POINT_GROUP", "SAM_ENCODERS", "VOCABULARY", "EncoderConfig", "JsonMasks",
-    "MaskGenerator", "MaskResult", "MaskSource", "MaskSpec", "PromptableMaskSource",
+    "MaskResult", "MaskSource", "MaskSpec", "PromptableMaskSource",
     "SamMaskSource", "SamPromptSource", "amg_knobs", "as_mask_source", "build_sam_from_config",
     "default_checkpoint", "download_checkpoint", "ensure_checkpoint", "infer_encoder_config",
     "load_mask_source", "load_prompt_source", "load_sam", "mask_knobs", "parse_amg",

@@ -388,9 +388,11 @@ def run_share(cfg: Any, engine: bool = False) -> int:
     `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
     rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
     from ssa import distributed
+    from ssa.heap import keep_freed_memory
     from ssa.progress import run_with_progress
 
     setup_logging()  # a worker of `distributed.launch` is a fresh process
+    keep_freed_memory()  # the command's choice for its process (SSA_KEEP_HEAP=0 turns it off)
     runner = None
     if engine:
         from ssa.engine.runner import run_engine as runner

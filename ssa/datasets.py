@@ -98,7 +98,7 @@ def _read_png(path: Path) -> np.ndarray:
 def read_ade20k_gt(path: Path) -> np.ndarray:
     """ADE20K SceneParsing annotation: 0 = other (ignored), 1..150 -> 0..149 (`reduce_zero_label`)."""
     raw = _read_png(path)
-    if raw.dtype == np.uint8:  # a lookup table: ~5x faster than int64 arithmetic
+    if raw.dtype == np.uint8:  # a lookup table: faster than int64 arithmetic (BENCHMARKS.md)
         return _ADE20K_LUT[raw]
     out = raw.astype(np.int64) - 1
     out[(raw == 0) | (raw > 150)] = IGNORE_INDEX
@@ -138,7 +138,6 @@ class DatasetSpec:
     palette: tuple[tuple[int, int, int], ...] | None = None
     default_segmentor: str | None = None
     default_amg_preset: str = "ssa"
-    image_suffix: str = ""  # a suffix the image stem carries (Cityscapes' `_leftImg8bit`)
 
     @property
     def num_classes(self) -> int | None:
@@ -249,7 +248,6 @@ DATASETS: dict[str, DatasetSpec] = {
         read_gt=read_cityscapes_gt,
         palette=CITYSCAPES_PALETTE,
         default_segmentor="hf:nvidia/segformer-b5-finetuned-cityscapes-1024-1024",
-        image_suffix="_leftImg8bit",
     ),
     "folder": DatasetSpec(
         name="folder",

@@ -3,7 +3,7 @@
 `Labeller` labels one image (the mask source's `MaskResult`, the segmentor's branch output, the
 SSA vote) and writes its outputs; `process_image` runs one image through any `ImageLabeller`
 (this one, or the engine's) so that a failing image is returned as a failed `ImageResult` and the
-run goes on, with CUDA's cache emptied after an out-of-memory error. `ssa.overlap` runs the same
+run goes on, with CUDA's cache emptied after an out-of-memory error. `ssa.prefetch` runs the same
 steps with reads and writes in background threads.
 """
 
@@ -27,7 +27,7 @@ from ssa.voting import vote
 
 
 class ImageLabeller(Protocol):
-    """What `process_image` and `ssa.overlap.process_overlapped` drive: `label(image, rel)`
+    """What `process_image` and `ssa.prefetch.process_overlapped` drive: `label(image, rel)`
     (`HWC uint8 RGB`, its relative path) -> an output held in memory; `write(out, paths, image)`
     writes it (the JSON last) and returns the number of masks."""
 

@@ -91,8 +91,8 @@ def format_pair(
 def pair_histogram_uint8(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """`(256, 256) int64` counts of (gt value, pred value) for two uint8 maps of equal shape.
 
-    One bincount over `gt << 8 | pred` (uint16 keys): no lookups, no compaction; ~4x faster than
-    the general path on ADE20K-sized maps, and what PNG label maps of C <= 255 decode to.
+    One bincount over `gt << 8 | pred` (uint16 keys): no lookups, no compaction (faster than
+    the general path, BENCHMARKS.md), and what PNG label maps of C <= 255 decode to.
     """
     key = np.left_shift(gt.reshape(-1), 8, dtype=np.uint16)
     key |= pred.reshape(-1)
@@ -136,7 +136,7 @@ def update_confmat(
         return torch.from_numpy(_fold_histogram(hist, num_classes, ignore_index))
     bins = num_classes * (num_classes + 1)
     index = format_pair(pred_a, gt_a, num_classes, ignore_index)
-    # numpy's bincount is ~40x faster than torch's on CPU.
+    # numpy's bincount, far faster than torch's on CPU (BENCHMARKS.md).
     counts = np.bincount(index, minlength=bins + 2 * (num_classes + 1))
     if counts[bins + num_classes + 1 :].any():
         values = np.unique(gt_a)

@@ -31,7 +31,7 @@ from ssa.words import plural
 log = logging.getLogger(__name__)
 
 # A worker: this rank's relative paths, and a callback for each result the moment it is final
-# (its JSON written, or failed); it yields the results too (`ssa.overlap.process_overlapped`).
+# (its JSON written, or failed); it yields the results too (`ssa.prefetch.process_overlapped`).
 Worker = Callable[[list[Path], Callable[[ImageResult], None]], Iterable[ImageResult]]
 
 
@@ -113,7 +113,7 @@ def _merge(parts: list[RunSummary]) -> RunSummary:
     return out
 
 
-def run(
+def label_dataset(
     cfg: Any,
     on_start: Callable[[int, int, int], None] | None = None,
     on_image: Callable[[ImageResult], None] | None = None,
@@ -129,7 +129,7 @@ def run(
     """
     from ssa.labeller import build_labeller
     from ssa.masks.spec import prepare_mask_source, spec_from_config
-    from ssa.overlap import process_overlapped
+    from ssa.prefetch import process_overlapped
     from ssa.preflight import write_settings
 
     check_run(cfg)
@@ -150,7 +150,7 @@ def run(
         # process_image for each image, with reads and writes in background threads.
         return lambda mine, on_result: process_overlapped(labeller, root, mine, out_dir, on_result)
 
-    summary = run_images(
+    summary = dataset_loop(
         out_dir, rels, make_worker, cfg.overwrite,
         lambda: prepare_mask_source(spec, download_progress), on_start, on_image, group,
     )
@@ -159,7 +159,7 @@ def run(
     return summary
 
 
-def run_images(
+def dataset_loop(
     out_dir: Path,
     rels: list[Path],
     make_worker: Callable[[], Worker],
@@ -194,10 +194,6 @@ def run_images(
         if info.local_rank == 0 and todo and prepare is not None:
             prepare()  # one download per machine, before its other ranks load the file
         group.wait_all("checkpoint")
-    if mine:
-        from ssa.allocator import keep_freed_memory
-
-        keep_freed_memory()  # large tensors reused from the heap, not faulted in per image
     worker = make_worker() if mine else None
     if on_start:
         on_start(len(rels), summary.skipped, len(mine))
@@ -237,13 +233,13 @@ def run_rank(
     """This process's part of a run (one process, or one rank under torchrun / `--world-size`):
     the rank's device, the process group's life, the run, then `--eval` when `cfg.evaluate`.
 
-    runner: `run` (default) or another with its signature (`ssa.engine.runner.run_engine`);
+    runner: `label_dataset` (default) or another with its signature (`ssa.engine.runner.run_engine`);
     drive(group, call): calls `call(on_start, on_image, download_progress)` with this rank's
     progress callbacks and returns the summary (default: no callbacks); evaluate(cfg, group,
     summary): the `--eval` step (default `ssa.evaluate.evaluate_run`, no output but eval.json).
     """
     info = info or RankInfo()
-    runner = runner or run
+    runner = runner or label_dataset
     cfg.device = rank_device(cfg.resolved_device(), info)
     with Group(info, cfg.device) as group:
 

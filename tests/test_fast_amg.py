@@ -157,19 +157,19 @@ def test_device_rle_matches_pycocotools() -> None:
 
 def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:
     from ssa.errors import SSAError
-    from ssa.masks import MaskGenerator
+    from ssa.masks import SamMaskSource
 
     image = _image("city")
     settings = {**KEEP_ALL, "points_per_side": 2}
-    stock = MaskGenerator(sams["plain"], impl="stock", **settings).generate(image)
-    fast = MaskGenerator(sams["plain"], **settings).generate(image)
+    stock = SamMaskSource(sams["plain"], impl="stock", **settings).generate(image)
+    fast = SamMaskSource(sams["plain"], **settings).generate(image)
     stock_records, stock_masks, fast_records, fast_masks = (
         stock.records, stock.masks, fast.records, fast.masks
     )
     assert torch.equal(stock_masks, fast_masks.cpu())
     assert [r["segmentation"] for r in stock_records] == [r["segmentation"] for r in fast_records]
     with pytest.raises(SSAError, match="--amg-impl"):
-        MaskGenerator(sams["plain"], impl="quick")
+        SamMaskSource(sams["plain"], impl="quick")
 
 
 def test_sdpa_encoder_matches_stock(sams) -> None:
@@ -211,7 +211,7 @@ def test_sdpa_and_compile_leave_the_given_model_alone(sams) -> None:
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     from conftest import make_image
 
-    from ssa.overlap import process_overlapped
+    from ssa.prefetch import process_overlapped
 
     rels = [Path("a.png"), Path("missing.png"), Path("b.png"), Path("c.png")]
     for rel in rels:

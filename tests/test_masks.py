@@ -11,7 +11,7 @@ from ssa.errors import SSAError
 from ssa.masks import (
     AMG_PRESETS,
     SAM_ENCODERS,
-    MaskGenerator,
+    SamMaskSource,
     ensure_checkpoint,
     infer_encoder_config,
     load_sam,
@@ -159,7 +159,7 @@ def test_masks_equal_stock_generator(sam_checkpoint, settings):
 
     image = read_image(need(CITYSCAPES) / f"{CITY_STEM}_leftImg8bit.png")
     sam = load_sam("vit_b", sam_checkpoint)
-    ours = MaskGenerator(sam, **resolve_amg("default", settings)).generate_records(image)
+    ours = SamMaskSource(sam, **resolve_amg("default", settings)).generate_records(image)
     stock = _stock(load_sam("vit_b", sam_checkpoint), image, **settings)
     assert len(ours) == len(stock) > 0
     for a, b in zip(ours, stock):

@@ -1,5 +1,5 @@
-"""The column-major mask stack of the fast generator and the passes over it: the separable
-resize against torch's kernel, the padded counts against sums, RLE of the column-major layout
+"""The column-major mask stack of the fast generator and the passes over it: the padded counts
+against sums, RLE of the column-major layout
 against pycocotools on the plain masks, and voting on it against the brute-force rule."""
 
 from __future__ import annotations
@@ -84,30 +84,6 @@ def test_rle_of_column_major_stack_matches_pycocotools():
     masks = np.random.default_rng(1).random((5, 37, 23)) > 0.5
     assert encode_rle_device(column_major(masks)) == io.encode_rle(masks)
     assert encode_rle_device(column_major(masks[:0])) == []
-
-
-@pytest.mark.parametrize("in_size,out_size", [((80, 128), (97, 151)), ((683, 1024), (1467, 2200)),
-                                              ((7, 5), (120, 40)), ((40, 64), (41, 90))])
-def test_separable_resize_is_the_kernel_bit_for_bit(in_size, out_size):
-    from ssa.masks.bilinear import _Separable
-
-    sep = _Separable.get(in_size, out_size, torch.device("cpu"))
-    assert sep is not None
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(3, *in_size, generator=g) * 20
-    x[1, 2, 3] = torch.inf  # the same operations: the same infinities and NaNs
-    x[2, 0, :] = -torch.inf
-    ref = torch.nn.functional.interpolate(x[:, None], out_size, mode="bilinear")[:, 0]
-    torch.testing.assert_close(sep(x, sep.buffers(3)), ref, atol=0, rtol=0, equal_nan=True)
-
-
-def test_separable_resize_declines_small_outputs_and_other_devices():
-    from ssa.masks.bilinear import _Separable
-
-    assert _Separable.get((16, 16), (60, 60), torch.device("cpu")) is None  # vectorised kernel
-    assert _Separable.get((80, 128), (97, 151), torch.device("meta")) is None
-    assert _Separable.get((97, 151), (97, 151), torch.device("cpu")) is None  # the kernel copies
-    assert _Separable.get((40, 64), (40, 90), torch.device("cpu")) is None
 
 
 def test_count_buffer_counts_like_a_sum():

@@ -57,8 +57,8 @@ def test_count_arrives_when_the_json_is_written_not_one_image_later(tmp_path):
     count, labelling image 2 would wait for a count that comes after it (timeout)."""
     from conftest import make_image
 
-    from ssa.overlap import process_overlapped
-    from ssa.runner import run_images
+    from ssa.prefetch import process_overlapped
+    from ssa.runner import dataset_loop
 
     rels = [Path("a.png"), Path("b.png"), Path("c.png")]
     for rel in rels:
@@ -89,7 +89,7 @@ def test_count_arrives_when_the_json_is_written_not_one_image_later(tmp_path):
         return lambda mine, on_result: process_overlapped(Labeller(), tmp_path / "in", mine, out,
                                                           on_result)
 
-    summary = run_images(out, rels, make_worker, on_image=on_image)
+    summary = dataset_loop(out, rels, make_worker, on_image=on_image)
     assert counted == rels and all(seen_at_count)
     assert summary.done == 3 and not summary.failed
 

@@ -4,7 +4,7 @@ relative path under the output folder; a failing image is recorded and the run g
 
 Under torchrun (or any launcher setting RANK/WORLD_SIZE) the images still to do are sharded
 across the ranks exactly as `ssa run` shards them (`ssa.distributed.shard`), with the same
-resume, clean-up and failure report (`ssa.runner.run_images`, `ssa.overlap`)."""
+resume, clean-up and failure report (`ssa.runner.dataset_loop`, `ssa.prefetch`)."""
 
 from __future__ import annotations
 
@@ -146,11 +146,11 @@ def run_engine(
 ) -> RunSummary:
     """Name the masks of every image that is not done yet; callbacks, sharding over `group`
     (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
-    as in `ssa.runner.run`."""
+    as in `ssa.runner.label_dataset`."""
     from ssa.labeller import mask_settings
     from ssa.masks.spec import prepare_mask_source
-    from ssa.overlap import process_overlapped
-    from ssa.runner import run_images
+    from ssa.prefetch import process_overlapped
+    from ssa.runner import dataset_loop
 
     check_engine(cfg)
     out_dir = Path(cfg.out_dir)
@@ -161,7 +161,7 @@ def run_engine(
         engine = EngineRun(cfg, download_progress)
         return lambda mine, on_result: process_overlapped(engine, root, mine, out_dir, on_result)
 
-    return run_images(
+    return dataset_loop(
         out_dir, rels, make_worker, False, lambda: prepare_mask_source(spec, download_progress),
         on_start, on_image, group,
     )

@@ -26,7 +26,6 @@ _HOMES = {
     "DEFAULT_CKP_DIR": "sam",
     "SAM_ENCODERS": "sam",
     "EncoderConfig": "sam",
-    "MaskGenerator": "sam",
     "SamMaskSource": "sam",
     "SamPromptSource": "sam",
     "amg_knobs": "sam",
@@ -51,7 +50,7 @@ _HOMES = {
 __all__ = [
     "AMG_IMPLS", "AMG_PRESETS", "CHECKPOINT_FILES", "CHECKPOINT_URL", "DEFAULT_CKP_DIR",
     "ENTRY_POINT_GROUP", "SAM_ENCODERS", "VOCABULARY", "EncoderConfig", "JsonMasks",
-    "MaskGenerator", "MaskResult", "MaskSource", "MaskSpec", "PromptableMaskSource",
+    "MaskResult", "MaskSource", "MaskSpec", "PromptableMaskSource",
     "SamMaskSource", "SamPromptSource", "amg_knobs", "as_mask_source", "build_sam_from_config",
     "default_checkpoint", "download_checkpoint", "ensure_checkpoint", "infer_encoder_config",
     "load_mask_source", "load_prompt_source", "load_sam", "mask_knobs", "parse_amg",

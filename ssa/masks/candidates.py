@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ssa.masks.bilinear import _SEPARABLE_CHUNK_PIXELS, _Axis, _CountBuffer, _Separable
+from ssa.masks.bilinear import _Axis, _CountBuffer
 
 if TYPE_CHECKING:
     from ssa.masks.fast_amg import Stats
@@ -179,13 +179,10 @@ class CandidateFilters:
         The stock `Sam.postprocess_masks` (bilinear to the encoder size, crop, bilinear to the
         crop size), bit for bit, written into buffers reused across chunks: fresh multi-GB
         outputs cost about as much in page faults as the interpolation. A yielded tensor is
-        overwritten by the next chunk. On the CPU the second resize is `_Separable` (the same
-        arithmetic as the kernel, in two cheap passes) over chunks that fit in the cache.
+        overwritten by the next chunk. Both resizes are torch's bilinear kernel.
         """
         size, low = self.model.image_encoder.img_size, logits.shape[-1]
-        sep = _Separable.get(tuple(input_size), tuple(crop_size), logits.device)
-        budget = _SEPARABLE_CHUNK_PIXELS if sep is not None else _CHUNK_PIXELS
-        per = max(1, budget // max(1, crop_size[0] * crop_size[1]))
+        per = max(1, _CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
         first = min(per, len(logits))
         upsample = torch._C._nn.upsample_bilinear2d  # what F.interpolate calls, with out=
         # The first resize is cropped to the input size right after: with an integer factor,
@@ -200,8 +197,7 @@ class CandidateFilters:
             mid = logits.new_empty(first, 1, *input_size)
         else:
             mid = logits.new_empty(first, 1, size, size)
-        bufs = sep.buffers(first) if sep is not None else None
-        full = logits.new_empty(first, 1, *crop_size) if sep is None else None
+        full = logits.new_empty(first, 1, *crop_size)
         for i in range(0, len(logits), per):
             part = logits[i : i + per, None]
             k = len(part)
@@ -211,10 +207,7 @@ class CandidateFilters:
             else:
                 up = upsample(part, (size, size), False, out=mid[:k])
                 up = up[..., : input_size[0], : input_size[1]]
-            if sep is not None:
-                yield slice(i, i + k), sep(up[:, 0], [b[:k] for b in bufs])
-            else:
-                yield slice(i, i + k), upsample(up, tuple(crop_size), False, out=full[:k])[:, 0]
+            yield slice(i, i + k), upsample(up, tuple(crop_size), False, out=full[:k])[:, 0]
 
     def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
         """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""

@@ -378,8 +378,8 @@ class FastMaskGenerator(CandidateFilters):
         height, width = orig_size
         n = len(rows)
         # Zero-filled even where every pixel is written: the fill faults the fresh pages in
-        # sequentially on all threads (0.5 s for 2.5 GB), where the per-mask transposes below
-        # would fault them one scattered write at a time (about three times as long).
+        # sequentially on all threads, where the per-mask transposes below would fault them
+        # one scattered write at a time (several times as long; BENCHMARKS.md).
         masks_t = torch.zeros(n, width, height, dtype=torch.bool, device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)

@@ -34,7 +34,7 @@ import torch
 
 from ssa.errors import SSAError, first_line
 from ssa.masks.base import MaskResult
-from ssa.masks.bilinear import _Axis, _Separable
+from ssa.masks.bilinear import _Axis
 from ssa.masks.candidates import _Candidates, _cat, _offset, _sync
 from ssa.masks.fast_amg import FastMaskGenerator, Stats
 from ssa.masks.interval_nms import _interval_nms
@@ -516,23 +516,17 @@ class _HFPostprocess(FastMaskGenerator):
         if self.source.family != "sam2":
             yield from super()._upsample(logits, input_size, crop_size)
             return
-        from ssa.masks import bilinear, candidates
+        from ssa.masks import candidates
 
-        sep = _Separable.get(tuple(logits.shape[-2:]), tuple(crop_size), logits.device)
-        budget = bilinear._SEPARABLE_CHUNK_PIXELS if sep is not None else candidates._CHUNK_PIXELS
-        per = max(1, budget // max(1, crop_size[0] * crop_size[1]))
+        per = max(1, candidates._CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
         first = min(per, len(logits))
-        bufs = sep.buffers(first) if sep is not None else None
-        full = logits.new_empty(first, 1, *crop_size) if sep is None else None
+        full = logits.new_empty(first, 1, *crop_size)
         upsample = torch._C._nn.upsample_bilinear2d
         for i in range(0, len(logits), per):
             part = logits[i : i + per]
             k = len(part)
-            if sep is not None:
-                yield slice(i, i + k), sep(part, [b[:k] for b in bufs])
-            else:
-                yield slice(i, i + k), upsample(part[:, None], tuple(crop_size), False,
-                                                out=full[:k])[:, 0]
+            yield slice(i, i + k), upsample(part[:, None], tuple(crop_size), False,
+                                            out=full[:k])[:, 0]
 
 
 def load_hf_prompt_source(name: str, device: str = "cpu") -> HFMaskSource:

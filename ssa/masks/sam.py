@@ -363,7 +363,6 @@ class SamMaskSource:
         return result_from_records(records, image.shape[:2])
 
 
-MaskGenerator = SamMaskSource  # the former name
 
 
 class SamPromptSource:

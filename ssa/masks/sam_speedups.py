@@ -10,7 +10,7 @@ relative-position terms over blocks of query rows, so the `(rows, keys)` scores 
 code writes, adds the two position terms to, softmaxes and reads back stay in cache instead of
 making five passes over a 12 x 4096 x 4096 float matrix (800 MB) in each global block. The same
 operations on the same values: outputs equal the stock encoder's to the last bit in our runs
-(tested with `atol=1e-5`); about 1.8x faster for the whole vit_b encoder on CPU. Used by the
+(tested with `atol=1e-5`); faster on CPU (BENCHMARKS.md). Used by the
 fast generator on CPU, where no fused kernel takes a decomposed position bias.
 
 `decode_fused(mask_decoder, ...)` is `MaskDecoder.forward` for many point prompts on one image.
@@ -28,8 +28,8 @@ another order, with the small token-side factors multiplied first:
   pixels stay in GEMM order until the small mask logits are put back in raster order; only the
   masks asked for (3 multimask or 1) are produced.
 Same function, other summation order: logits agree with the stock decoder to about 1e-6
-relative (tested with `atol=1e-5`); on vit_b-sized random weights 4 of 12.6 million logits
-changed sign in one batch of 64 prompts. 2-2.5x fewer seconds than the stock decoder on CPU.
+relative (tested with `atol=1e-5`); how many logits change sign and the seconds it saves are
+in BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ predictions, a cache) declares a keyword-only parameter `path`:
 
 and the pipeline then passes the image's path relative to the dataset's image folder (the same
 relative path the outputs mirror). Segmentors without that parameter are called with the image
-alone. `accepts_path` is the one place that decides. The mask source (`MaskGenerator`,
+alone. `accepts_path` is the one place that decides. The mask source (`ssa.masks.SamMaskSource`,
 `ssa.masks.JsonMasks`) follows the same rule for `generate(image, *, path)`.
 
 Ways to provide one without editing ssa (see `ssa.segmentors.spec`): `py:<module or file.py>:

@@ -4,14 +4,14 @@ glibc serves every allocation above its mmap threshold (at most 32 MB) with a fr
 unmaps it on free, so every large CPU tensor is faulted in again page by page, each page zeroed
 by the kernel: a mask-decoder batch's per-prompt image side (256 MB per tensor, a dozen per
 batch), an image's mask stack (2.5 GB for 768 masks on 2200x1467), the encoder's activations.
-On the 2-core CPU machine this cost about a third of the mask decoder's time and a quarter of
-the encoder's (BENCHMARKS.md). `keep_freed_memory()` sets `M_MMAP_MAX=0` (large blocks come
+What that costs the mask decoder and the encoder is measured in BENCHMARKS.md. `keep_freed_memory()` sets `M_MMAP_MAX=0` (large blocks come
 from the heap) and `M_TRIM_THRESHOLD` to 2 GB (freed memory stays mapped and is reused), as
 `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` would at start-up. The process's RSS
 then stays near the peak of the run instead of falling between images.
 
-`ssa run` and `ssa engine` call it before loading models; `SSA_KEEP_HEAP=0` turns it off. A
-no-op on other C libraries.
+A process-wide choice, so the library never makes it: the `ssa run` and `ssa engine` commands
+opt in (each process, before loading models; `SSA_KEEP_HEAP=0` turns it off); a Python caller of
+`ssa.runner.run_rank` may call it too. A no-op on other C libraries.
 """
 
 from __future__ import annotations

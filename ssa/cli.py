@@ -337,6 +337,7 @@ def run(
         }
         cfg = config_mod.build_config(file_values, cli_values)
         check_run_eval(cfg)
+        check_workers(cfg, world_size)  # with N > 1 it asks torch for the devices
         # Every check that needs no model, before torch or a model library is imported.
         check_run(cfg)
         done = 0 if cfg.evaluate else nothing_to_do(cfg)
@@ -354,6 +355,22 @@ def run(
     _launch_or_run(cfg, world_size, check_run)
 
 
+def check_workers(cfg: Any, world_size: int | None) -> None:
+    """`--world-size` against torchrun's environment and this machine (GPUs or cores)."""
+    from ssa import distributed
+
+    info = distributed.rank_info_from_env()
+    if world_size is not None and world_size < 1:
+        raise SSAError(f"--world-size {world_size} must be at least 1")
+    if info is not None and world_size not in (None, info.world_size):
+        raise SSAError(
+            f"--world-size {world_size}, but torchrun started {info.world_size} workers "
+            f"(WORLD_SIZE); leave --world-size out under torchrun"
+        )
+    if info is None and world_size is not None and world_size > 1:
+        distributed.check_world_size(cfg.resolved_device(), world_size)
+
+
 def _launch_or_run(
     cfg: Any, world_size: int | None, check: Callable[[Any], None], engine: bool = False
 ) -> None:
@@ -363,16 +380,9 @@ def _launch_or_run(
 
     info = distributed.rank_info_from_env()
     try:
-        if world_size is not None and world_size < 1:
-            raise SSAError(f"--world-size {world_size} must be at least 1")
-        if info is not None and world_size not in (None, info.world_size):
-            raise SSAError(
-                f"--world-size {world_size}, but torchrun started {info.world_size} workers "
-                f"(WORLD_SIZE); leave --world-size out under torchrun"
-            )
+        check_workers(cfg, world_size)
         if info is None and world_size is not None and world_size > 1:
             check(cfg)
-            distributed.check_world_size(cfg.resolved_device(), world_size)
             code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
             raise typer.Exit(code)
     except SSAError as exc:
@@ -737,6 +747,7 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
+        check_workers(cfg, world_size)
         check_engine(cfg)  # before torch or a model library is imported
     except SSAError as exc:
         fail(exc)

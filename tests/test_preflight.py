@@ -214,7 +214,8 @@ def test_unreachable_hub_goes_offline_once(monkeypatch, caplog, tmp_path):
 
     from ssa.segmentors import hf
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # recorded, so the test's own setting is undone
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf, "_hub_checked", [])
     with socket.socket() as sock:  # a port nobody listens on: refused at once
@@ -222,6 +223,7 @@ def test_unreachable_hub_goes_offline_once(monkeypatch, caplog, tmp_path):
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     assert hf.go_offline_if_hub_unreachable(str(tmp_path)) is False  # a folder: no request
+    assert hf.go_offline_if_hub_unreachable(str(tmp_path / "missing")) is False  # a path too
     assert "HF_HUB_OFFLINE" not in os.environ
     with _Head() as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)

@@ -149,6 +149,16 @@ def offline_kwargs(model_id: str | None = None) -> dict[str, Any]:
     return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
 
 
+def _is_hub_id(model_id: str) -> bool:
+    """`name` or `org/name` that is not a path on this machine (a missing folder such as
+    `/data/model` or `./model` is a path too: its error needs no hub)."""
+    import re
+
+    if Path(model_id).expanduser().exists() or model_id.startswith((".", "~", "/")):
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model_id) is not None
+
+
 HUB_TIMEOUT_S = 2.5
 _hub_checked: list[str] = []  # the endpoint, once it was tried in this process
 
@@ -163,7 +173,7 @@ def go_offline_if_hub_unreachable(model_id: str, timeout: float = HUB_TIMEOUT_S)
     import urllib.error
     import urllib.request
 
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(model_id).expanduser().exists():
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _is_hub_id(model_id):
         return False
     from huggingface_hub import constants
 

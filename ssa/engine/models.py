@@ -95,18 +95,18 @@ class HFModel:
         import torch
         from transformers import AutoProcessor
 
-        from ssa.segmentors.hf import go_offline_if_hub_unreachable
+        from ssa.segmentors.hf import pretrained_kwargs
 
-        go_offline_if_hub_unreachable(model_id)
+        kwargs = pretrained_kwargs(model_id)  # also goes offline when the hub is unreachable
         self.model_id = model_id
         self.device = torch.device(device)
         self.batch_size = batch_size
         # Code that a model ships is never run (and never asked about on a terminal).
         self.processor = load(
-            role, model_id, lambda m: AutoProcessor.from_pretrained(m, trust_remote_code=False)
+            role, model_id, lambda m: AutoProcessor.from_pretrained(m, **kwargs)
         )
         self.model = load(
-            role, model_id, lambda m: model_cls.from_pretrained(m, trust_remote_code=False)
+            role, model_id, lambda m: model_cls.from_pretrained(m, **kwargs)
         )
         self.model.to(self.device).eval()
 

@@ -149,6 +149,12 @@ def offline_kwargs(model_id: str | None = None) -> dict[str, Any]:
     return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}
 
 
+def pretrained_kwargs(model_id: str | None = None) -> dict[str, Any]:
+    """The keywords of every Auto class `from_pretrained` here: code a model ships is never
+    run (nor asked about on a terminal), and `offline_kwargs`."""
+    return {"trust_remote_code": False, **offline_kwargs(model_id)}
+
+
 def _is_hub_id(model_id: str) -> bool:
     """`name` or `org/name` that is not a path on this machine (a missing folder such as
     `/data/model` or `./model` is a path too: its error needs no hub)."""
@@ -261,24 +267,25 @@ class HFSegmentor:
     def _load(self, config: Any) -> None:
         from transformers import AutoImageProcessor
 
+        kwargs = pretrained_kwargs(self.model_id)
         try:
             if self.universal:
                 from transformers import AutoModelForUniversalSegmentation
 
                 self.model = AutoModelForUniversalSegmentation.from_pretrained(
-                    self.model_id, trust_remote_code=False
+                    self.model_id, **kwargs
                 )
             else:
                 from transformers import AutoModelForSemanticSegmentation
 
                 self.model = AutoModelForSemanticSegmentation.from_pretrained(
-                    self.model_id, trust_remote_code=False
+                    self.model_id, **kwargs
                 )
             self.task_inputs = None
             if self.model_type == "oneformer":
                 from transformers import AutoProcessor
 
-                processor = AutoProcessor.from_pretrained(self.model_id, trust_remote_code=False)
+                processor = AutoProcessor.from_pretrained(self.model_id, **kwargs)
                 self.image_processor = processor.image_processor
                 dummy = np.zeros((32, 32, 3), dtype=np.uint8)
                 self.task_inputs = processor(
@@ -286,7 +293,7 @@ class HFSegmentor:
                 )["task_inputs"].to(self.device)
             else:
                 self.image_processor = AutoImageProcessor.from_pretrained(
-                    self.model_id, trust_remote_code=False
+                    self.model_id, **kwargs
                 )
         except pickle.UnpicklingError:
             raise SSAError(unpickling_refused(f"segmentor hf:{self.model_id}")) from None

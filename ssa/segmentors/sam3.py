@@ -174,12 +174,12 @@ class Sam3Segmentor:
     def _load(self) -> None:
         from transformers import Sam3Model, Sam3Processor
 
-        from ssa.segmentors.hf import go_offline_if_hub_unreachable
+        from ssa.segmentors.hf import offline_kwargs
 
-        go_offline_if_hub_unreachable(self.model_id)
+        local = offline_kwargs(self.model_id)  # goes offline first when the hub is unreachable
         try:
-            self.model = Sam3Model.from_pretrained(self.model_id)
-            self.processor = Sam3Processor.from_pretrained(self.model_id)
+            self.model = Sam3Model.from_pretrained(self.model_id, **local)
+            self.processor = Sam3Processor.from_pretrained(self.model_id, **local)
         except (OSError, ValueError) as exc:
             first = first_line(exc)
             raise SSAError(

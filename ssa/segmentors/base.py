@@ -232,7 +232,7 @@ class BranchOutput:
             none = no_label_value(num_classes)
             for r0, r1, band in out.score_bands():
                 if kind == "claims":
-                    band = band.masked_fill(band <= threshold, 0.0)
+                    band = _claimed(band, threshold)
                     labels[r0:r1] = torch.where(
                         band.amax(dim=0) > 0, band.argmax(dim=0), none
                     ).to(dtype)
@@ -305,7 +305,7 @@ class BranchOutput:
             elif kind == "mass":
                 band = band / band.sum(dim=0, keepdim=True).clamp_min(1e-12)
             elif kind == "claims":
-                band = band.masked_fill(band <= self.threshold, 0.0)
+                band = _claimed(band, self.threshold)
                 band = band / band.sum(dim=0, keepdim=True).clamp_min(1e-12)  # 0 stays 0
             yield r0, r1, band
 
@@ -313,6 +313,12 @@ class BranchOutput:
         """The whole `(C, H, W) float32` probability map: C x H x W floats, for small images
         and tests only (voting uses `probability_bands`)."""
         return torch.cat([band for _, _, band in self.probability_bands()], dim=1)
+
+
+def _claimed(band: torch.Tensor, threshold: float) -> torch.Tensor:
+    """A band of "claims" scores with every probability at or below `threshold` set to 0 (a
+    new tensor: the band may be a view of the scores)."""
+    return band.masked_fill(band <= threshold, 0.0)
 
 
 def _are_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> bool:

@@ -21,7 +21,7 @@ Instance masks are not used: the semantic head is SAM 3's own per-pixel output f
 segmentation; instance masks cover things only, and weighting them by their detection scores
 would add a second threshold with no ground truth here to tune it.
 
-The "no label" rule (`claim_scores`), applied at the image's resolution after a bilinear
+The "no label" rule, applied at the image's resolution after a bilinear
 upsampling of the working-resolution scores (as `post_process_semantic_segmentation` with
 `target_sizes` does): a class *claims* a pixel when its probability is above `threshold`
 (default 0.5, the post-processor's own; `--segmentor-arg threshold=0.3`). A pixel no class
@@ -31,8 +31,7 @@ the claiming classes, 0 for the others, and all zeros at a pixel no class claims
 branch reads a pixel no class claims as "no label" (`BranchOutput.from_raw`),
 so hard voting skips it, and soft voting (mean of `p` over a mask) gets nothing from it.
 The segmentor returns the working-resolution probabilities with `scores_kind = "claims"`;
-`ssa.segmentors.base.BranchOutput` upsamples and applies the rule in bands of rows
-(`claim_scores` is the same rule on a whole map, for references).
+`ssa.segmentors.base.BranchOutput` upsamples them and applies the rule in bands of rows.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ssa.errors import SSAError, first_line
 
@@ -103,25 +101,6 @@ def prompt_table(
             phrases.append(phrase)
             owner.append(index)
     return phrases, owner
-
-
-def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`(C, h, w)` -> `(C, H, W)` float32, bilinear (as the SAM 3 post-processor resizes)."""
-    if tuple(scores.shape[-2:]) == tuple(size):
-        return scores.float()
-    return F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-
-
-def claim_scores(probs: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
-    """`(C, H, W)` per-class probabilities -> `(C, H, W)` claims (module docstring), in place.
-
-    A class claims a pixel when its probability is above `threshold`; claims are normalised to
-    sum to 1 over the claiming classes; a pixel no class claims is all zeros ("no label").
-    """
-    probs = probs.float()
-    probs.masked_fill_(probs <= threshold, 0.0)
-    total = probs.sum(dim=0, keepdim=True)
-    return probs.div_(torch.where(total > 0, total, torch.ones_like(total)))
 
 
 class Sam3Segmentor:
@@ -261,7 +240,7 @@ class Sam3Segmentor:
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """image: `HWC uint8 RGB` -> `(C, h, w) float32` class probabilities at the working
         resolution (`scores`); the semantic branch upsamples them band by band and applies the
-        claim rule (`claim_scores`, `scores_kind = "claims"`), so no `(C, H, W)` map is made."""
+        claim rule (`scores_kind = "claims"`), so no `(C, H, W)` map is made."""
         return self.scores(image)
 
     def __repr__(self) -> str:

@@ -429,13 +429,20 @@ def soft_vote_counts(masks: torch.Tensor, scores: torch.Tensor | ScoreBands) -> 
     return counts
 
 
+def are_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> bool:
+    """Whether `(C, ...)` scores are per-pixel probabilities: non-negative, summing to 1 over
+    classes within `atol` at every pixel (bilinear interpolation keeps both, so working-
+    resolution scores decide for their full-resolution upsampling)."""
+    return bool(
+        scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol
+    )
+
+
 def as_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> torch.Tensor:
     """`(C, H, W)` scores as float32 probabilities: kept when they already are per-pixel
-    probabilities (non-negative, summing to 1 within `atol`), else softmaxed over classes."""
+    probabilities (`are_probabilities`), else softmaxed over classes."""
     scores = scores.float()
-    if scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol:
-        return scores
-    return scores.softmax(dim=0)
+    return scores if are_probabilities(scores, atol) else scores.softmax(dim=0)
 
 
 def class_shares(

@@ -298,7 +298,9 @@ class BranchOutput:
             raise SSAError("the segmentor gave labels only; there are no scores to upsample")
         kind = self.kind
         if kind == "auto":
-            kind = "probabilities" if _are_probabilities(self.scores) else "logits"
+            from ssa.voting import are_probabilities
+
+            kind = "probabilities" if are_probabilities(self.scores) else "logits"
         for r0, r1, band in self.score_bands(max_elements):
             if kind == "logits":
                 band = band.softmax(dim=0)
@@ -319,14 +321,6 @@ def _claimed(band: torch.Tensor, threshold: float) -> torch.Tensor:
     """A band of "claims" scores with every probability at or below `threshold` set to 0 (a
     new tensor: the band may be a view of the scores)."""
     return band.masked_fill(band <= threshold, 0.0)
-
-
-def _are_probabilities(scores: torch.Tensor, atol: float = 1e-3) -> bool:
-    """Non-negative and summing to 1 over classes at every pixel (bilinear interpolation keeps
-    both, so the working-resolution scores decide for the full-resolution ones)."""
-    return bool(
-        scores.numel() and scores.min() >= 0 and (scores.sum(dim=0) - 1).abs().max() <= atol
-    )
 
 
 def check_num_classes(names: Sequence[str], expected: int | None, where: str) -> None:

@@ -214,19 +214,6 @@ def _too_large(height: int, width: int, exc: BaseException) -> str:
     )
 
 
-def _resize_record(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-    """A mask record with its `HW bool` segmentation resized (nearest) to `size = (h, w)` and
-    `area`, `bbox` (`XYWH`) recomputed."""
-    from PIL import Image
-
-    mask = Image.fromarray(np.asarray(record["segmentation"], dtype=np.uint8))
-    small = np.asarray(mask.resize((size[1], size[0]), Image.NEAREST)).astype(bool)
-    ys, xs = np.nonzero(small.any(axis=1))[0], np.nonzero(small.any(axis=0))[0]
-    bbox = ([int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
-            if len(xs) else [0, 0, 0, 0])
-    return {**record, "segmentation": small, "area": int(small.sum()), "bbox": bbox}
-
-
 def _resize_labels(labels: Any, size: tuple[int, int]) -> np.ndarray:
     """`(H, W)` class indices resized (nearest, pixel centres as PIL's, like the masks) to
     `size = (h, w)`, `int64`."""
@@ -239,15 +226,19 @@ def _resize_labels(labels: Any, size: tuple[int, int]) -> np.ndarray:
 
 
 def _resize_result(result: Any, size: tuple[int, int]) -> Any:
-    """A `MaskResult` with every mask resized (nearest) to `size = (h, w)`, its RLE, `area` and
-    `bbox` recomputed; the other fields kept."""
+    """A `MaskResult` with every mask resized (nearest) to `size = (h, w)`; its RLE, `area` and
+    `bbox` are recomputed (`result_from_records`), the other fields kept."""
+    from PIL import Image
+
     from ssa.masks.base import result_from_records
 
-    masks = result.masks.cpu().numpy()
     records = []
-    for record, mask in zip(result.records, masks):
-        resized = _resize_record({**record, "segmentation": mask}, size)
-        records.append(resized)
+    for record, mask in zip(result.records, result.masks.cpu().numpy()):
+        small = Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize(
+            (size[1], size[0]), Image.NEAREST
+        )
+        kept = {k: v for k, v in record.items() if k not in ("area", "bbox")}
+        records.append({**kept, "segmentation": np.asarray(small).astype(bool)})
     return result_from_records(records, size)
 
 

@@ -97,13 +97,84 @@ def test_hf_dataset_refuses_world_size(run, tmp_path):
 def test_out_exists_then_overwrite(run, tmp_path):
     _tmp, data, out = run
     target = tmp_path / "i.json"
-    target.write_text("old")
     args = [*EXPORT, "coco-instances", "--pred-dir", out, "--out", target, "--data-dir", data]
+    assert invoke(*args).exit_code == 0
+    first = target.read_bytes()
     refused(invoke(*args), f"--out {target} exists", "--overwrite")
-    assert target.read_text() == "old"
-    assert invoke(*args, "--overwrite").exit_code == 0
+    assert target.read_bytes() == first
+    target.write_bytes(first.replace(b'"a.png"', b'"stale.png"'))
+    assert invoke(*args, "--overwrite").exit_code == 0  # its own export: replaced
+    assert target.read_bytes() == first
     assert len(json.loads(target.read_text())["images"]) == len(RELS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json"]  # nothing temporary left
+
+
+def snapshot(folder):
+    """Every file under folder with its bytes (the user's data, to check nothing was lost)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["label-studio", "hf-dataset", "coco-instances"])
+def test_overwrite_never_deletes_the_run_or_the_images(tmp_path, fmt):
+    """Finding 1 of issue 23: an --out that holds the run and the images, with --overwrite,
+    deleted them all (label-studio, hf-dataset) or replaced the folder by a file."""
+    if fmt == "hf-dataset":
+        pytest.importorskip("datasets", reason="hf-dataset needs the datasets package")
+    data, out = make_run(tmp_path)
+    before = snapshot(tmp_path)
+    result = invoke(*EXPORT, fmt, "--pred-dir", out, "--out", tmp_path, "--data-dir", data,
+                    "--overwrite")
+    refused(result, f"--out {tmp_path} holds --pred-dir", "new path")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_refuses_what_ssa_did_not_write(run, tmp_path):
+    _tmp, data, out = run
+    user_file = tmp_path / "i.json"
+    user_file.write_text('{"info": {"description": "mine"}}')
+    user_dir = tmp_path / "ls"
+    (user_dir / "notes").mkdir(parents=True)
+    (user_dir / "notes" / "todo.txt").write_text("keep")
+    for fmt, target in [("coco-instances", user_file), ("label-studio", user_dir)]:
+        before = snapshot(tmp_path)
+        refused(invoke(*EXPORT, fmt, "--pred-dir", out, "--out", target, "--data-dir", data,
+                       "--overwrite"), "was not written by `ssa export`", "new path")
+        assert snapshot(tmp_path) == before
+    # a folder ssa exported is replaced, and marked as ssa's
+    target = tmp_path / "ls2"
+    args = [*EXPORT, "label-studio", "--pred-dir", out, "--out", target, "--data-dir", data]
+    assert invoke(*args).exit_code == 0
+    (target / "extra.txt").write_text("x")
+    assert invoke(*args, "--overwrite").exit_code == 0
+    assert (target / ".ssa-export.json").is_file() and not (target / "extra.txt").exists()
+
+
+def test_export_inside_an_input_is_refused(run, tmp_path):
+    _tmp, data, out = run
+    refused(invoke(*EXPORT, "coco-instances", "--pred-dir", out, "--out", data / "i.json",
+                   "--data-dir", data), "is inside --data-dir")
+    refused(invoke(*EXPORT, "coco-instances", "--pred-dir", out, "--out", out / "i.json",
+                   "--data-dir", data), "is inside --pred-dir")
+    assert not (data / "i.json").exists() and not (out / "i.json").exists()
+
+
+def test_out_through_a_symlink_is_the_real_folder(run, tmp_path):
+    _tmp, data, out = run
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real_dir, target_is_directory=True)
+    args = [*EXPORT, "label-studio", "--pred-dir", out, "--out", link, "--data-dir", data]
+    refused(invoke(*args, "--overwrite"), "was not written by `ssa export`")  # empty user dir
+    real_dir.rmdir()
+    link.unlink()
+    link.symlink_to(real_dir, target_is_directory=True)  # dangling: the export creates it
+    assert invoke(*args).exit_code == 0, "first"
+    assert link.is_symlink() and (real_dir / ".ssa-export.json").is_file()
+    result = invoke(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and (real_dir / ".ssa-export.json").is_file()
 
 
 def test_interrupted_export_leaves_no_result(run, tmp_path, monkeypatch):

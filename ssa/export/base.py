@@ -15,6 +15,12 @@ Atomicity: everything is written under `<out.parent>/.ssa-tmp-<out.name>` (per-i
 then the assembled result) and renamed onto `--out` only when complete, so an interrupted
 export leaves a temporary folder (removed by the next export to the same `--out`) and never a
 half file under the final name.
+
+Ownership: `--overwrite` replaces only an export that ssa wrote. A folder result carries
+`.ssa-export.json` (its format and the run it came from); a coco-instances file names itself
+in `info.ssa_export`; a parquet file in its schema metadata (`ssa_export`). Anything else at
+`--out` is the user's and is refused, as is an `--out` that is, holds or lies inside an input
+of the export (the run folder, the images, the class files), compared by real path.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ JSON_SUFFIX = "_semantic.json"
 PNG_SUFFIX = "_semantic.png"
 PARTS = "parts"
 MAX_NAMED = 5
+OWNER_FILE = ".ssa-export.json"  # inside every folder an export wrote
+OWNER_KEY = "ssa_export"  # coco-instances `info` key / parquet schema metadata key
 
 
 @dataclass
@@ -221,11 +229,7 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
     pred_dir = Path(cfg.pred_dir)
     if not pred_dir.is_dir():
         raise SSAError(f"--pred-dir {pred_dir} is not a folder; pass the --out-dir of `ssa run`")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise SSAError(f"--out {out} exists; pass --overwrite to replace it, or another path")
-    if out.resolve() == pred_dir.resolve() or pred_dir.resolve() in out.resolve().parents:
-        raise SSAError(f"--out {out} is inside --pred-dir {pred_dir}; write the export elsewhere")
+    check_out(cfg)
     if needs_images and cfg.data_dir is None:
         raise SSAError(
             f"--format {cfg.format} needs --data-dir (it names or embeds the images); pass the "
@@ -273,6 +277,87 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
         raise SSAError(f"no image of --pred-dir {pred_dir} is left to export; finish the run")
     items = [_item(i, pred_dir, c.rel, root) for i, c in enumerate(present)]
     return ExportPlan(cfg, items, resolve_classes(cfg, items), root, sorted(failed) + missing)
+
+
+def _inputs(cfg: ExportConfig) -> list[tuple[str, Path]]:
+    named = [("--pred-dir", cfg.pred_dir), ("--data-dir", cfg.data_dir),
+             ("--classes", cfg.classes), ("--things", cfg.things)]
+    return [(flag, Path(path)) for flag, path in named if path is not None]
+
+
+def real(path: Path) -> Path:
+    """`path` with every symlink resolved (also when it does not exist yet)."""
+    return Path(os.path.realpath(path))
+
+
+def check_out(cfg: ExportConfig) -> None:
+    """Refuse an `--out` that would destroy or mix with what the user owns (see the module
+    docstring); `cfg.out` becomes its real path, so a symlinked `--out` is resolved once and
+    every later step (staging, commit) works on the real folder."""
+    given = Path(cfg.out)
+    out = real(given)
+    for flag, path in _inputs(cfg):
+        inp = real(path)
+        if out == inp or out in inp.parents:
+            raise SSAError(
+                f"--out {given} holds {flag} {path}; an export there would replace it: write "
+                f"the export to a new path outside the run and the dataset"
+            )
+        if inp in out.parents:
+            raise SSAError(
+                f"--out {given} is inside {flag} {path}; write the export to a path outside "
+                f"the run and the dataset"
+            )
+    if os.path.lexists(out):
+        if not cfg.overwrite:
+            raise SSAError(
+                f"--out {given} exists; pass --overwrite to replace it, or another path"
+            )
+        if not written_by_export(out):
+            raise SSAError(
+                f"--out {given} exists and was not written by `ssa export`; ssa replaces only "
+                f"its own exports: pass a new path"
+            )
+    cfg.out = out
+
+
+def written_by_export(path: Path) -> bool:
+    """True when `path` is a result `ssa export` wrote (see the module docstring)."""
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        record = path / OWNER_FILE
+        return record.is_file() and not record.is_symlink()
+    if not path.is_file():
+        return False
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+        except Exception:  # not a parquet file: not ours
+            return False
+        return OWNER_KEY.encode() in metadata
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    # write_json_stream writes `info` first, so ssa's key sits in the first bytes.
+    return head.startswith(b'{"info": {') and f'"{OWNER_KEY}": '.encode() in head
+
+
+def owner_record(plan: ExportPlan) -> dict[str, Any]:
+    """What a folder export records about itself (`OWNER_FILE`)."""
+    return {OWNER_KEY: plan.cfg.format, "pred_dir": str(real(plan.cfg.pred_dir)),
+            "images": len(plan.items)}
+
+
+def mark_owned(plan: ExportPlan, staged: Path) -> None:
+    """Record in a staged folder result that ssa wrote it (files carry their own mark)."""
+    if Path(staged).is_dir():
+        io.write_json(Path(staged) / OWNER_FILE, owner_record(plan))
 
 
 def read_run_image(plan: ExportPlan, item: RunItem) -> RunImage:
@@ -371,12 +456,18 @@ def prepare_staging(out: Path) -> Path:
 
 
 def commit(staged: Path, out: Path) -> None:
-    """Move the finished file or folder `staged` onto `out` (an old `out` replaced)."""
+    """Move the finished file or folder `staged` onto `out`; an old `out` is replaced only
+    when `ssa export` wrote it (checked again here, as the plan's check may be stale)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.exists():
+    if not os.path.lexists(out):
         os.replace(staged, out)
         return
+    if not written_by_export(out):
+        raise SSAError(
+            f"--out {out} exists and was not written by `ssa export`; ssa replaces only its "
+            f"own exports: pass a new path"
+        )
     old = out.parent / f"{io.TMP_PREFIX}old-{out.name}"
     if old.is_dir():
         shutil.rmtree(old)

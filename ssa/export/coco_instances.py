@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssa.export.base import (
+    OWNER_KEY,
     Exporter,
     ExportPlan,
     RunImage,
@@ -83,7 +84,8 @@ class CocoInstances(Exporter):
                     next_id += 1
 
         path = staging / RESULT
-        head = {"info": {"description": f"ssa export of {plan.cfg.pred_dir}"}, "licenses": [],
+        info = {"description": f"ssa export of {plan.cfg.pred_dir}", OWNER_KEY: self.name}
+        head = {"info": info, "licenses": [],
                 "categories": categories(plan)}
         write_json_stream(path, head, {"images": images, "annotations": annotations})
         return path

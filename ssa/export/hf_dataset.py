@@ -11,13 +11,14 @@ through the `datasets` Arrow writer in batches, so memory stays flat.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssa.errors import SSAError
-from ssa.export.base import Exporter, ExportPlan, read_run_image
+from ssa.export.base import OWNER_KEY, Exporter, ExportPlan, owner_record, read_run_image
 
 
 def _label_png(label: np.ndarray, num_classes: int) -> bytes:
@@ -64,6 +65,21 @@ def features(class_names: list[str]) -> Any:
     })  # fmt: skip
 
 
+def write_parquet(ds: Any, path: Path, plan: ExportPlan) -> None:
+    """`ds` as one parquet file, as `Dataset.to_parquet` writes it (its `huggingface` features
+    metadata kept, so `load_dataset("parquet")` gets the same features) plus ssa's ownership
+    mark (`OWNER_KEY`), written in row groups of 100 images."""
+    import pyarrow.parquet as pq
+
+    table = ds.data.table
+    metadata = dict(table.schema.metadata or {})
+    metadata[OWNER_KEY.encode()] = json.dumps(owner_record(plan)).encode()
+    schema = table.schema.with_metadata(metadata)
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for batch in table.to_batches(max_chunksize=100):
+            writer.write_batch(batch)
+
+
 class HfDataset(Exporter):
     name = "hf-dataset"
     needs_images = True
@@ -95,7 +111,7 @@ class HfDataset(Exporter):
             )
             if Path(plan.cfg.out).suffix == ".parquet":
                 path = staging / "data.parquet"
-                ds.to_parquet(str(path))
+                write_parquet(ds, path, plan)
             else:
                 path = staging / "dataset"
                 ds.save_to_disk(str(path))

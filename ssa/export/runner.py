@@ -17,6 +17,7 @@ from ssa.export.base import (
     ExportPlan,
     RunItem,
     commit,
+    mark_owned,
     plan_export,
     prepare_staging,
     read_run_image,
@@ -77,7 +78,7 @@ def export(
     info = group.info
     exporter, plan = check_export(cfg, info.world_size)
     start = time.perf_counter()
-    out = Path(cfg.out)
+    out = Path(cfg.out)  # its real path, set by the plan's check
     staging = staging_dir(out)
     try:
         if info.is_main:
@@ -99,6 +100,7 @@ def export(
             group.wait_all("exported")  # every part is in before rank 0 reads them
             staged = exporter.finish(plan, staging) if info.is_main else None
         if info.is_main:
+            mark_owned(plan, staged)
             commit(staged, out)
     except BaseException:
         if not info.distributed:

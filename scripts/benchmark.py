@@ -1,7 +1,7 @@
 """The stock pipeline against `ssa run`'s, on the same images, checkpoint and settings.
 
 Stock: segment-anything's `SamAutomaticMaskGenerator` (COCO RLE output), the Hugging Face
-segmentor, per-mask voting by decoding each RLE, writing, one image at a time. ssa: `ssa.runner.label_dataset`
+segmentor, per-mask voting by decoding each RLE, writing, one image at a time. ssa: `ssa.run.runner.label_dataset`
 (fast generator, one-pass device voting, prefetch and background writer). Each runs in its own
 subprocess (so peak RSS is its own); the parent prints the ratio, a per-stage breakdown, peak
 memory and mask agreement (counts; mean IoU of masks matched one-to-one by IoU, pycocotools).
@@ -139,13 +139,13 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 
     from ssa import io
     from ssa.masks import load_sam
-    from ssa.outputs import output_paths, semantic_mask_rles
-    from ssa.segmentors import load_segmentor
+    from ssa.run.outputs import output_paths, semantic_mask_rles
     from ssa.segmentors.base import BranchOutput, class_names
+    from ssa.specs.segmentors import load_segmentor
 
     device = args.device
     if args.stock_keep_heap:
-        from ssa.heap import keep_freed_memory
+        from ssa.run.heap import keep_freed_memory
 
         keep_freed_memory()
     load_start = time.perf_counter()
@@ -203,8 +203,8 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 
 
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
-    """`ssa run`'s pipeline (`ssa.runner.label_dataset`) on a folder holding links to the images."""
-    import ssa.prefetch
+    """`ssa run`'s pipeline (`ssa.run.runner.label_dataset`) on a folder holding links to the images."""
+    import ssa.run.prefetch
     from ssa import io, labeller, runner
     from ssa.config import RunConfig
     from ssa.masks import sam as masks
@@ -247,7 +247,7 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
                     sam_checkpoint=Path(args.checkpoint), amg_preset="default", amg=args.settings,
                     segmentor=f"hf:{args.segformer}", device=args.device,
                     amg_impl=args.amg_impl, precision=args.precision, compile=args.compile)
-    from ssa.heap import keep_freed_memory
+    from ssa.run.heap import keep_freed_memory
 
     keep_freed_memory()  # as `ssa run` opts in
     start = time.perf_counter()
@@ -267,14 +267,14 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
             "fast_stats_last_image": detail,
             "exact_fallback_last_image": getattr(getattr(fast, "stats", None), "exact_fallback",
                                                  None),
-            "overlap_module": ssa.prefetch.__name__, "keep_heap": _heap_kept(), **peak_memory()}
+            "overlap_module": ssa.run.prefetch.__name__, "keep_heap": _heap_kept(), **peak_memory()}
 
 
 def _heap_kept() -> bool:
-    """Whether `ssa.heap.keep_freed_memory` is in force in this process."""
-    import ssa.heap
+    """Whether `ssa.run.heap.keep_freed_memory` is in force in this process."""
+    import ssa.run.heap
 
-    return bool(ssa.heap._applied)
+    return bool(ssa.run.heap._applied)
 
 
 def _lap(t: dict, stage: str, start: float) -> float:
@@ -332,8 +332,8 @@ def run_hf_compare(args: argparse.Namespace) -> dict:
 
     from ssa import io
     from ssa.masks.hf import load_hf_mask_source
-    from ssa.segmentors import load_segmentor
     from ssa.segmentors.base import BranchOutput, class_names
+    from ssa.specs.segmentors import load_segmentor
     from ssa.voting import vote
 
     folder = args.mask_source[len("hf:"):]
@@ -492,7 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amg-impl", default="fast", help="the ssa side's generator: fast | stock")
     p.add_argument("--skip-stock", action="store_true", help="reuse the last stock run's outputs")
     p.add_argument("--stock-keep-heap", action="store_true",
-                   help="give the stock run ssa's allocator setting too (ssa.heap), to "
+                   help="give the stock run ssa's allocator setting too (ssa.run.heap), to "
                         "see how much of the ratio it accounts for")
     p.add_argument("--mask-source", help="hf:<folder>: transformers' mask-generation pipeline + "
                    "vote against ssa's hf: source + vote (in this process)")

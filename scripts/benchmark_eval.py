@@ -8,7 +8,7 @@ read), raw annotations (0 = other, 1..150) and `<stem>_semantic.png` predictions
 are regions with curved boundaries (like real ones, so PNG sizes and decode times are
 realistic), and predictions are wrong in regions covering about a third of the area.
 `--distinct` pairs are drawn and reused under every name to keep set-up short; every file is
-still read and decoded. Then times `ssa.evaluate.evaluate` (planning + reading + scoring) per
+still read and decoded. Then times `ssa.evaluation.evaluate.evaluate` (planning + reading + scoring) per
 worker count, on a warm page cache (a first untimed pass reads every file once).
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ssa.evaluate import evaluate
+from ssa.evaluation.evaluate import evaluate
 
 
 def label_map(rng: np.random.Generator, height: int, width: int, num_values: int) -> np.ndarray:

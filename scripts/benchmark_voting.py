@@ -12,7 +12,7 @@ labelId):
                 large masks that swallow small classes;
 - `both`:       the two sets together, nested like SAM's multi-granularity output.
 Scores: mIoU (mean over classes present in the ground truth or the prediction) and aAcc from one
-confusion matrix, ignore 255, by `ssa.metrics.ConfusionMatrix` (the code of `ssa eval`).
+confusion matrix, ignore 255, by `ssa.evaluation.metrics.ConfusionMatrix` (the code of `ssa eval`).
 
 Then the time of one `vote` call per policy on a larger image: the real object masks of an
 ADE20K full sample at half resolution with a random 150-class score map.
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from ssa.datasets import read_cityscapes_gt
-from ssa.metrics import ConfusionMatrix
+from ssa.evaluation.metrics import ConfusionMatrix
 from ssa.segmentors.base import BranchOutput
 from ssa.voting import vote
 

@@ -7,7 +7,7 @@ so that the goals are measured first and the rest runs while the time budget las
    fp32 vs ssa bf16 vs ssa bf16 + compile;
 2. the 2200x1467 ADE20K fixture at 32 points per side: stock vs ssa fp32 vs bf16;
 3. the 2200x1467 fixture at the SSA preset and the frame at 32 points per side (fp32, bf16);
-4. throughput: 16 frames of 2048x1024 in one run of `ssa run`'s pipeline (`ssa.runner.run`:
+4. throughput: 16 frames of 2048x1024 in one run of `ssa run`'s pipeline (`ssa.run.runner.run`:
    prefetch and the background writer), ssa fp32 at the SSA preset, in images/s.
 
 Random weights give no stable masks: every comparison sets stability 0, box and crop NMS 1.0

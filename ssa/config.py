@@ -40,7 +40,7 @@ Share = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0)]
 class MaskBranchConfig:
     """The mask branch's fields, shared by `RunConfig` and the engine's `EngineConfig`.
 
-    masks: a mask spec (`ssa.masks.spec`: `sam:`, `hf:`, `json:`, `py:`, a plug-in, or a folder
+    masks: a mask spec (`ssa.specs.masks`: `sam:`, `hf:`, `json:`, `py:`, a plug-in, or a folder
     of SA-1B JSON); None means `sam:<sam_model>[:<sam_checkpoint>]`. amg: `--amg` knobs, checked
     against the source's table when the run starts; amg_preset None: the dataset's preset.
     """

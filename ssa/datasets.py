@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -269,3 +270,25 @@ def get_dataset(name: str) -> DatasetSpec:
         raise SSAError(
             f"unknown --dataset {name!r}; choose one of: {', '.join(DATASETS)}"
         ) from None
+
+
+def list_images(cfg: Any) -> tuple[Path, list[Path]]:
+    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.out_dir)
+
+
+def select_images(
+    dataset: str, data_dir: Path | None, split: str | None, limit: int | None,
+    out_dir: Path | None = None,
+) -> tuple[Path, list[Path]]:
+    """The image folder and the sorted relative paths of its images (outputs under `out_dir`
+    left out, see `DatasetSpec.list_images`), the first `limit` only."""
+    if data_dir is None:
+        raise SSAError("--data-dir is required; pass the dataset's root folder")
+    root, rels = get_dataset(dataset).list_images(Path(data_dir), split, out_dir)
+    if limit is not None:
+        if limit < 1:
+            raise SSAError(f"--limit {limit} must be at least 1")
+        rels = rels[:limit]
+    if not rels:
+        raise SSAError(f"no images under {root}; check --data-dir and --dataset")
+    return root, rels

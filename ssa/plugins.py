@@ -132,3 +132,18 @@ def call_factory(
         return factory(**kwargs)
     except TypeError as exc:
         raise SSAError(f"{where}: {exc}; check {flag}") from None
+
+
+def accepts_path(fn: Any) -> bool:
+    """Whether a callable takes a `path` keyword (then it is given the image's relative path)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("path")
+    return param is not None and param.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )

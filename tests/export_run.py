@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 from ssa.io import encode_rle
 
 CLASSES = ["sky", "tree", "road", "car", "person"]

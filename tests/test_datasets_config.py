@@ -148,8 +148,8 @@ def test_shipped_configs_load(name):
 
 
 def test_run_and_engine_list_without_their_out_dir(tmp_path):
+    from ssa.datasets import list_images
     from ssa.engine.runner import EngineConfig, list_engine_images
-    from ssa.runner import list_images
 
     touch(tmp_path / "x_semantic.png")
     touch(tmp_path / "out" / "x_semantic_semantic.png")

@@ -23,8 +23,8 @@ from conftest import KEEP_ALL, make_image
 from ssa import io
 from ssa.distributed import RankInfo, rank_info_from_env, shard, shard_indices
 from ssa.errors import SSAError
-from ssa.labeller import process_image
-from ssa.outputs import (
+from ssa.run.labeller import process_image
+from ssa.run.outputs import (
     FAILURES_FILE,
     ImageResult,
     output_paths,
@@ -223,7 +223,7 @@ GATED = """
 import time
 from pathlib import Path
 
-from ssa.segmentors.spec import load_segmentor
+from ssa.specs.segmentors import load_segmentor
 
 
 class Gated:
@@ -271,7 +271,7 @@ def _ssa(args: list[str], launcher: list[str] | None = None) -> subprocess.Compl
 
 def _files(out: Path) -> dict[str, Path]:
     """The run's outputs (its settings record apart: the gated runs use another segmentor)."""
-    from ssa.preflight import RUN_SETTINGS
+    from ssa.plan import RUN_SETTINGS
 
     return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*"))
             if p.is_file() and p.name != RUN_SETTINGS}
@@ -336,7 +336,7 @@ def test_torchrun_matches_one_process(
     assert "[rank 1/2] 3 images to label" in proc.stderr
 
 
-LAUNCHER = """from ssa.cli import app
+LAUNCHER = """from ssa.cli.commands import app
 
 if __name__ == "__main__":
     app(prog_name="ssa")
@@ -546,7 +546,7 @@ def test_world_size_is_capped_by_the_cores(tmp_path: Path) -> None:
 def test_world_size_beyond_the_cores_is_refused_before_any_worker(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from ssa.cli import app
+    from ssa.cli.commands import app
 
     make_image(tmp_path / "data" / "a.png")
     result = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path / "data"), "--out-dir",

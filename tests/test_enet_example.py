@@ -1,7 +1,7 @@
 """The ENet example plug-in (examples/enet_cityscapes.py) on the real Cityscapes frame, with
 masks built from its ground-truth instance ids, through `ssa run --masks ... --segmentor py:...`.
 
-Branch and voted maps are scored by `ssa eval`'s own code (`ssa.evaluate.evaluate`).
+Branch and voted maps are scored by `ssa eval`'s own code (`ssa.evaluation.evaluate.evaluate`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from PIL import Image
 from test_plugins_run import write_masks_json
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 from ssa.datasets import read_cityscapes_gt
-from ssa.evaluate import evaluate
+from ssa.evaluation.evaluate import evaluate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "enet_cityscapes.py"
 

@@ -169,7 +169,7 @@ def sa1b_folder(tmp_path) -> tuple[Path, Path, np.ndarray]:
 
 
 def run_cli(args: list[str]):
-    from ssa.cli import app
+    from ssa.cli.commands import app
 
     return CliRunner().invoke(app, args)
 

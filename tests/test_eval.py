@@ -14,7 +14,7 @@ from PIL import Image
 from test_metrics import brute_force
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 from ssa.datasets import (
     ADE20K_CLASSES,
     CITYSCAPES_ID_TO_TRAINID,
@@ -22,7 +22,7 @@ from ssa.datasets import (
     read_cityscapes_gt,
 )
 from ssa.errors import SSAError
-from ssa.evaluate import evaluate, plan_eval, score
+from ssa.evaluation.evaluate import evaluate, plan_eval, score
 
 runner = CliRunner()
 

@@ -52,7 +52,7 @@ def cityscapes_miou(pred_root, gt_files, export_file):
 @pytest.mark.parametrize("with_data_dir", [True, False])
 def test_cityscapes_scores_like_ssa_eval(cityscapes_root, tmp_path, with_data_dir):
     from ssa.datasets import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE
-    from ssa.evaluate import evaluate
+    from ssa.evaluation.evaluate import evaluate
 
     # Both sides read the same ground truth: `ssa eval` prefers `_labelTrainIds.png`, which in
     # the (downscaled) fixture differs from `_labelIds.png` in 77 pixels, so only the latter,

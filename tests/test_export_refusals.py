@@ -228,7 +228,7 @@ def test_engine_run_free_form_names(tmp_path):
     from ssa.engine.runner import EngineConfig, EngineRun
     from ssa.export import export
     from ssa.io import decode_rle
-    from ssa.outputs import output_paths
+    from ssa.run.outputs import output_paths
 
     data, masks_dir, _, _ = make_inputs(tmp_path)
     out = tmp_path / "engine"

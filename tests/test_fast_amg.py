@@ -122,8 +122,8 @@ def test_low_res_bounds_hold_the_exact_values(size, sams) -> None:
 def test_interval_nms_matches_torchvision() -> None:
     from torchvision.ops import batched_nms
 
-    from ssa.masks.fast_amg import Stats
-    from ssa.masks.interval_nms import _interval_nms
+    from ssa.masks.interval_nms import interval_nms
+    from ssa.masks.stats import Stats
 
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=gen) * 100
@@ -140,19 +140,19 @@ def test_interval_nms_matches_torchvision() -> None:
 
     for thresh in (0.3, 0.5, 0.7):
         want = batched_nms(exact, scores, torch.zeros(60), thresh)
-        got = _interval_nms(lo, hi, scores, thresh, exact_boxes, Stats())
+        got = interval_nms(lo, hi, scores, thresh, exact_boxes, Stats())
         assert got.tolist() == want.tolist()
     assert asked, "the slack should leave some pairs to the exact boxes"
 
 
 def test_device_rle_matches_pycocotools() -> None:
     from ssa import io
-    from ssa.masks.device_rle import _rle_areas, encode_rle_device
+    from ssa.masks.device_rle import encode_rle_device, rle_areas
 
     masks = torch.rand(300, 37, 23, generator=torch.Generator().manual_seed(1)) > 0.5
     rles = encode_rle_device(masks)
     assert rles == io.encode_rle(masks.numpy())
-    assert _rle_areas(rles) == masks.flatten(1).sum(1).tolist()  # > 255 masks: chunked
+    assert rle_areas(rles) == masks.flatten(1).sum(1).tolist()  # > 255 masks: chunked
 
 
 def test_mask_generator_impls_agree_and_bad_impl_is_refused(sams) -> None:
@@ -211,7 +211,7 @@ def test_sdpa_and_compile_leave_the_given_model_alone(sams) -> None:
 def test_overlapped_loop_keeps_order_and_reports_failures(tmp_path: Path) -> None:
     from conftest import make_image
 
-    from ssa.prefetch import process_overlapped
+    from ssa.run.prefetch import process_overlapped
 
     rels = [Path("a.png"), Path("missing.png"), Path("b.png"), Path("c.png")]
     for rel in rels:
@@ -288,8 +288,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
     from ssa.masks import candidates
-    from ssa.masks.bilinear import _CountBuffer
-    from ssa.masks.candidates import _box_from_lines
+    from ssa.masks.bilinear import CountBuffer
+    from ssa.masks.candidates import box_from_lines
     from ssa.masks.fast_amg import FastMaskGenerator
 
     sam = sams["sharp"]
@@ -309,8 +309,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
                 ref = sam.postprocess_masks(data[:, None], input_size, crop_size)[:, 0]
                 got = torch.cat([full.clone() for _, full in gen._upsample(data, input_size,
                                                                            crop_size)])
-                stab, rows, cols, area, mask = gen._kept_stats(ref, _CountBuffer(ref.shape, "cpu"))
-                boxes = _box_from_lines(rows > 0, cols > 0)
+                stab, rows, cols, area, mask = gen._kept_stats(ref, CountBuffer(ref.shape, "cpu"))
+                boxes = box_from_lines(rows > 0, cols > 0)
             torch.testing.assert_close(got, ref, atol=0, rtol=0, equal_nan=True)
             assert torch.equal(mask, ref > sam.mask_threshold)
             assert area.tolist() == (ref > sam.mask_threshold).sum((1, 2)).tolist()

@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = """
 import sys
-from ssa.heap import keep_freed_memory
+from ssa.run.heap import keep_freed_memory
 
 def rss_mb():
     with open("/proc/self/statm") as f:

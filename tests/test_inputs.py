@@ -246,7 +246,7 @@ def test_yaml_words_and_engine_config(tmp_path: Path) -> None:
 def test_cli_flags_go_through_the_schema(tmp_path: Path, args: list[str], message: str) -> None:
     from typer.testing import CliRunner
 
-    from ssa.cli import app
+    from ssa.cli.commands import app
 
     (tmp_path / "d").mkdir()
     result = CliRunner().invoke(
@@ -262,7 +262,7 @@ def test_cli_flags_go_through_the_schema(tmp_path: Path, args: list[str], messag
 
 def test_binary_classes_label_map_and_config_files(tmp_path: Path) -> None:
     from ssa.config import load_yaml
-    from ssa.segmentors.spec import read_classes_file, read_label_map_file
+    from ssa.specs.segmentors import read_classes_file, read_label_map_file
 
     binary = tmp_path / "classes.bin"
     binary.write_bytes(bytes(range(256)) * 4)
@@ -283,7 +283,7 @@ def test_malicious_pickle_in_a_hf_folder_is_refused_in_one_line(tmp_path: Path, 
     import torch
     from conftest import save_segformer
 
-    from ssa.segmentors import load_segmentor
+    from ssa.specs.segmentors import load_segmentor
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = save_segformer(tmp_path / "seg", ["a", "b"])
@@ -303,7 +303,7 @@ def test_malicious_pickle_in_a_hf_folder_is_refused_in_one_line(tmp_path: Path, 
 
 
 def test_remote_code_in_a_local_folder_is_refused_without_a_cache_hint(tmp_path, monkeypatch):
-    from ssa.segmentors import load_segmentor
+    from ssa.specs.segmentors import load_segmentor
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "custom"

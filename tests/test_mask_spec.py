@@ -15,8 +15,8 @@ from ssa.config import RunConfig
 from ssa.errors import SSAError
 from ssa.keyvalue import Knob, check_knobs, parse_key_values
 from ssa.masks import MaskResult
-from ssa.masks import spec as spec_mod
-from ssa.masks.spec import (
+from ssa.specs import masks as spec_mod
+from ssa.specs.masks import (
     MaskSpec,
     load_mask_source,
     load_prompt_source,

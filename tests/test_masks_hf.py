@@ -414,7 +414,7 @@ def test_ssa_run_with_an_hf_mask_source(folders, tmp_path):
     from test_voting_policies import brute_force
     from typer.testing import CliRunner
 
-    from ssa.cli import app
+    from ssa.cli.commands import app
 
     image = _blocks(96, 96)
     data, labels_dir, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
@@ -459,7 +459,7 @@ def test_ssa_predict_with_an_hf_mask_source(folders, tmp_path):
     from pycocotools import mask as mask_utils
     from typer.testing import CliRunner
 
-    from ssa.cli import app
+    from ssa.cli.commands import app
     from ssa.masks.hf import load_hf_prompt_source
 
     image = _blocks(96, 96)

@@ -27,9 +27,9 @@ from torch.utils._pytree import tree_leaves
 from typer.testing import CliRunner
 
 from ssa import io, voting
-from ssa.cli import app
-from ssa.labeller import Labeller
-from ssa.outputs import semantic_mask_rles
+from ssa.cli.commands import app
+from ssa.run.labeller import Labeller
+from ssa.run.outputs import semantic_mask_rles
 from ssa.segmentors.base import BranchOutput
 from ssa.segmentors.hf import HFSegmentor
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssa.errors import SSAError
-from ssa.metrics import ConfusionMatrix, compute_metrics, update_confmat
+from ssa.evaluation.metrics import ConfusionMatrix, compute_metrics, update_confmat
 
 
 def brute_force(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore: int = 255):
@@ -163,7 +163,7 @@ def _reduce_on_two_ranks() -> int:
     `EvalCounts.all_reduce` (and through it `ConfusionMatrix.all_reduce`) sums both ranks';
     the totals must be brute force over both ranks' pairs. Returns 0 when they are."""
     from ssa.distributed import Group, rank_info_from_env
-    from ssa.evaluate import EvalCounts
+    from ssa.evaluation.evaluate import EvalCounts
 
     with Group(rank_info_from_env(), device="cpu") as group:  # gloo, as `ssa run --world-size 2` on CPU
         rank = group.info.rank

@@ -12,7 +12,7 @@ from PIL import Image
 from test_voting_policies import brute_force
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 from ssa.io import encode_rle
 
 runner = CliRunner()
@@ -315,7 +315,7 @@ def test_json_prefix_and_bare_folder_give_the_same_outputs(hand_made, tmp_path):
 
 
 def test_runner_works_from_python_without_rich(hand_made, tmp_path):
-    """`ssa.runner.run_rank(RunConfig(...))` in a fresh interpreter: it labels the images (the
+    """`ssa.run.runner.run_rank(RunConfig(...))` in a fresh interpreter: it labels the images (the
     same files as `ssa run`) and never imports rich or typer."""
     import os
     import subprocess
@@ -328,7 +328,7 @@ def test_runner_works_from_python_without_rich(hand_made, tmp_path):
         import sys
         from pathlib import Path
         from ssa.config import RunConfig
-        from ssa.runner import run_rank
+        from ssa.run.runner import run_rank
         cfg = RunConfig(data_dir=Path({str(data)!r}), out_dir=Path({str(out_py)!r}),
                         masks={str(masks_dir)!r}, segmentor={f"labels:{labels_dir}"!r},
                         classes=Path({str(classes)!r}), device="cpu")

@@ -87,10 +87,10 @@ def test_rle_of_column_major_stack_matches_pycocotools():
 
 
 def test_count_buffer_counts_like_a_sum():
-    from ssa.masks.bilinear import _CountBuffer
+    from ssa.masks.bilinear import CountBuffer
 
     x = torch.randn(3, 47, 61, generator=torch.Generator().manual_seed(4))
-    buf = _CountBuffer(x.shape, x.device)
+    buf = CountBuffer(x.shape, x.device)
     for level in (-1.0, 0.0, 1.0, 10.0):
         assert buf.count_above(x[:2], level).tolist() == (x[:2] > level).flatten(1).sum(1).tolist()
         assert torch.equal(buf.mask(2), x[:2] > level)

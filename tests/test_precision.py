@@ -67,7 +67,7 @@ def test_generator_refuses_fp16_on_cpu(sam_checkpoint) -> None:
 
 
 def test_stock_generator_refuses_precision(sam_checkpoint) -> None:
-    from ssa.masks.spec import load_mask_source
+    from ssa.specs.masks import load_mask_source
 
     with pytest.raises(SSAError, match=r"--precision bf16 / --compile need --amg-impl fast"):
         load_mask_source(f"sam:vit_b:{sam_checkpoint}", "cpu", {}, impl="stock",
@@ -298,7 +298,7 @@ def test_run_refuses_with_one_line(tmp_path, sam_checkpoint, segformer_5, monkey
 def test_precision_reaches_both_branches(tmp_path, sam_checkpoint, segformer_5,
                                          monkeypatch) -> None:
     from ssa.config import build_config
-    from ssa.labeller import build_labeller
+    from ssa.run.labeller import build_labeller
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = build_config({"precision": "bf16"}, {

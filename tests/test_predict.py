@@ -14,11 +14,11 @@ import pytest
 from conftest import CITY_STEM, CITYSCAPES, make_image
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 from ssa.config import RunConfig
 from ssa.errors import SSAError
 from ssa.io import read_image
-from ssa.predictor import GRANULARITIES, SemanticPredictor, build_predictor
+from ssa.run.predictor import GRANULARITIES, SemanticPredictor, build_predictor
 
 NAMES5 = ["sky", "tree", "road", "car", "person"]
 PROMPTS = {
@@ -282,7 +282,7 @@ def test_api_bad_input(tiny_sam, image):
 
 
 def test_granularity_order_is_by_area():
-    from ssa.predictor import granularity_order
+    from ssa.run.predictor import granularity_order
 
     assert granularity_order([10, 30, 20]) == [1, 2, 0]
     assert granularity_order([5, 5, 9]) == [2, 0, 1]  # ties keep SAM's order

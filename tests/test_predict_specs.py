@@ -18,7 +18,7 @@ from conftest import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 
 NAMES = ["sky", "tree", "road"]
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Runs the CLI once per argument list in one interpreter: exit code, seconds, first line.
 PROBE = """
 import json, sys, time, io, contextlib
-from ssa.cli import app
+from ssa.cli.commands import app
 out = []
 for args in json.loads(sys.argv[1]):
     err = io.StringIO()
@@ -127,18 +127,18 @@ def test_nothing_to_do_loads_no_model(hand_made, tmp_path, monkeypatch):  # noqa
     out = tmp_path / "out"
     args = labels_run(data, masks_dir, labels_dir, classes, out)
     assert invoke(*args).exit_code == 0
-    import ssa.labeller
+    import ssa.run.labeller
 
     def refuse(*a, **k):
         raise AssertionError("models loaded although every image is done")
 
-    monkeypatch.setattr(ssa.labeller, "build_labeller", refuse)
+    monkeypatch.setattr(ssa.run.labeller, "build_labeller", refuse)
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert f"nothing to do: {len(RELS)} of {len(RELS)} images already done" in again.output
     # The library path says so too (ranks under torchrun skip the CLI's shortcut).
     from ssa.config import build_config
-    from ssa.runner import label_dataset
+    from ssa.run.runner import label_dataset
 
     cfg = build_config({}, {"data_dir": data, "out_dir": out, "masks": str(masks_dir),
                             "segmentor": f"labels:{labels_dir}", "classes": classes,
@@ -212,29 +212,29 @@ def test_unreachable_hub_goes_offline_once(monkeypatch, caplog, tmp_path):
 
     from huggingface_hub import constants
 
-    from ssa.segmentors import hf
+    from ssa import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # recorded, so the test's own setting is undone
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf, "_hub_checked", [])
+    monkeypatch.setattr(hub, "_hub_checked", [])
     with socket.socket() as sock:  # a port nobody listens on: refused at once
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setattr(constants, "ENDPOINT", closed)
-    assert hf.go_offline_if_hub_unreachable(str(tmp_path)) is False  # a folder: no request
-    assert hf.go_offline_if_hub_unreachable(str(tmp_path / "missing")) is False  # a path too
+    assert hub.go_offline_if_hub_unreachable(str(tmp_path)) is False  # a folder: no request
+    assert hub.go_offline_if_hub_unreachable(str(tmp_path / "missing")) is False  # a path too
     assert "HF_HUB_OFFLINE" not in os.environ
     with _Head() as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        assert hf.go_offline_if_hub_unreachable("org/model") is False  # it answers
+        assert hub.go_offline_if_hub_unreachable("org/model") is False  # it answers
     assert "HF_HUB_OFFLINE" not in os.environ
     monkeypatch.setattr(constants, "ENDPOINT", closed)
     start = time.perf_counter()
     with caplog.at_level("WARNING"):
-        assert hf.go_offline_if_hub_unreachable("org/model") is True
-        assert hf.offline_kwargs("org/other") == {"local_files_only": True}
-    assert time.perf_counter() - start < hf.HUB_TIMEOUT_S + 1
+        assert hub.go_offline_if_hub_unreachable("org/model") is True
+        assert hub.offline_kwargs("org/other") == {"local_files_only": True}
+    assert time.perf_counter() - start < hub.HUB_TIMEOUT_S + 1
     assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
     lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(lines) == 1 and closed in lines[0]  # once per process, one line

@@ -20,9 +20,9 @@ import pytest
 from rich.console import Console
 from test_plugins_run import RELS, hand_made  # noqa: F401 - the fixture
 
-from ssa.outputs import ImageResult, output_paths
-from ssa.progress import Meter, format_duration, format_rate, no_masks_hint, run_with_progress
-from ssa.runner import RunSummary
+from ssa.cli.progress import Meter, format_duration, format_rate, no_masks_hint, run_with_progress
+from ssa.run.outputs import ImageResult, output_paths
+from ssa.run.runner import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,8 +57,8 @@ def test_count_arrives_when_the_json_is_written_not_one_image_later(tmp_path):
     count, labelling image 2 would wait for a count that comes after it (timeout)."""
     from conftest import make_image
 
-    from ssa.prefetch import process_overlapped
-    from ssa.runner import dataset_loop
+    from ssa.run.prefetch import process_overlapped
+    from ssa.run.runner import dataset_loop
 
     rels = [Path("a.png"), Path("b.png"), Path("c.png")]
     for rel in rels:
@@ -185,7 +185,7 @@ def test_off_a_terminal_transformers_loading_bars_stay_out_of_the_log(segformer_
         "import sys\n"
         "from rich.console import Console\n"
         "from transformers import AutoModelForSemanticSegmentation as M\n"
-        "from ssa.progress import configure_logging\n"
+        "from ssa.cli.progress import configure_logging\n"
         "M.from_pretrained(sys.argv[1])\n"
         "print('=== configured', file=sys.stderr, flush=True)\n"
         "configure_logging(Console(stderr=True))\n"

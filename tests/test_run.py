@@ -10,7 +10,7 @@ import pytest
 from conftest import CITY_STEM, make_image
 from typer.testing import CliRunner
 
-from ssa.cli import app
+from ssa.cli.commands import app
 
 runner = CliRunner()
 TINY = ["--amg", "points_per_side=4", "--amg", "pred_iou_thresh=0", "--amg",
@@ -191,7 +191,7 @@ def test_segmentor_that_cannot_load(tmp_path):
 
 HELP_SCRIPT = """
 import sys
-from ssa.cli import app
+from ssa.cli.commands import app
 try:
     app(["--help"], prog_name="ssa")
 except SystemExit as exc:
@@ -233,7 +233,7 @@ def test_bad_limit(tmp_path, bad, segformer_5):
 OOM_SEGMENTOR = """
 import torch
 
-from ssa.segmentors.spec import load_segmentor
+from ssa.specs.segmentors import load_segmentor
 
 
 class OutOfMemoryOnNarrowImages:
@@ -266,7 +266,7 @@ def test_out_of_memory_fails_one_image_then_overwrite_relabels_all_uint16(
     from conftest import save_segformer
     from PIL import Image
 
-    from ssa.outputs import FAILURES_FILE, read_failures
+    from ssa.run.outputs import FAILURES_FILE, read_failures
 
     data, out = tmp_path / "data", tmp_path / "out"
     for i, width in enumerate((40, 48, 56)):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ssa.errors import SSAError
-from ssa.segmentors import spec as spec_mod
-from ssa.segmentors.spec import (
+from ssa.specs import segmentors as spec_mod
+from ssa.specs.segmentors import (
     SegmentorSpec,
     load_segmentor,
     parse_segmentor_args,

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ssa.errors import SSAError
-from ssa.segmentors import BranchOutput, class_names, load_segmentor, parse_spec
+from ssa.segmentors import BranchOutput, class_names
 from ssa.segmentors.hf import HFSegmentor, _windows
+from ssa.specs.segmentors import load_segmentor, parse_spec
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:

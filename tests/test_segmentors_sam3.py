@@ -17,9 +17,10 @@ from test_plugins_run import invoke, write_masks_json
 from test_voting_policies import brute_force
 
 from ssa.errors import SSAError
-from ssa.segmentors import class_names, load_segmentor
+from ssa.segmentors import class_names
 from ssa.segmentors.base import branch_output
 from ssa.segmentors.sam3 import Sam3Segmentor, read_prompts_file
+from ssa.specs.segmentors import load_segmentor
 from ssa.voting import vote
 
 NAMES = ["sky", "road", "car", "person", "tree"]
@@ -223,7 +224,7 @@ def test_voting_follows_the_ssa_rule(sam3_folder, stock, policy):
 def test_one_line_refusals(sam3_folder, tmp_path):
     from ssa.config import RunConfig
     from ssa.datasets import get_dataset
-    from ssa.labeller import build_segmentor, segmentor_classes
+    from ssa.run.labeller import build_segmentor, segmentor_classes
 
     spec = f"hf:{sam3_folder}"
     four = tmp_path / "four.txt"
@@ -258,7 +259,7 @@ def test_one_line_refusals(sam3_folder, tmp_path):
 def test_non_sam3_hf_refuses_prompts(segformer_5, tmp_path):
     from ssa.config import RunConfig
     from ssa.datasets import get_dataset
-    from ssa.labeller import segmentor_classes
+    from ssa.run.labeller import segmentor_classes
 
     file = tmp_path / "p.yaml"
     file.write_text("sky: sky\n")
@@ -270,7 +271,7 @@ def test_non_sam3_hf_refuses_prompts(segformer_5, tmp_path):
 def test_dataset_classes_are_prompted(sam3_folder):
     from ssa.config import RunConfig
     from ssa.datasets import CITYSCAPES_CLASSES, get_dataset
-    from ssa.labeller import build_segmentor
+    from ssa.run.labeller import build_segmentor
 
     cfg = RunConfig(dataset="cityscapes", segmentor=f"hf:{sam3_folder}", prompt_batch=8)
     seg, names = build_segmentor(cfg, get_dataset("cityscapes"), "cpu")
@@ -371,7 +372,7 @@ def test_predict_with_sam3_classes_and_prompts(sam3_folder, sam_checkpoint, tmp_
     """`ssa predict --segmentor hf:<SAM 3> --classes --prompts`: the CLI's labels are the
     Python predictor's with the same segmentor (its votes are tested in test_predict.py)."""
     from ssa.config import RunConfig
-    from ssa.predictor import build_predictor
+    from ssa.run.predictor import build_predictor
 
     path = tmp_path / "img.png"
     Image.fromarray(_image(64, 96, seed=7)).save(path)

@@ -89,7 +89,7 @@ def test_read_only_out_dir_is_one_line_before_models_load(tmp_path: Path, monkey
     from conftest import make_image
     from typer.testing import CliRunner
 
-    from ssa.cli import app
+    from ssa.cli.commands import app
 
     make_image(tmp_path / "data" / "x.png")
     (tmp_path / "ro").mkdir()  # the folder exists; writing into it fails
@@ -127,7 +127,7 @@ def test_out_dir_that_cannot_be_created(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_failures_report_on_a_full_disk(tmp_path: Path, full_disk) -> None:
-    from ssa.outputs import ImageResult, record_failure, write_failures
+    from ssa.run.outputs import ImageResult, record_failure, write_failures
 
     failed = [ImageResult(Path(f"im{i}.png"), "failed", stage="read", error="x" * 80)
               for i in range(3)]

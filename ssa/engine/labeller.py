@@ -126,7 +126,7 @@ class EngineLabeller:
         records) -> annotations (each record's fields, COCO RLE `segmentation`, `class_name`,
         `class_proposals`, `proposal_scores`, `caption`) and the `(N, H, W) bool` numpy masks."""
         from ssa.masks.base import MaskResult
-        from ssa.outputs import jsonable as _jsonable
+        from ssa.run.outputs import jsonable as _jsonable
 
         height, width = image.shape[:2]
         if isinstance(masks, MaskResult):

@@ -79,7 +79,7 @@ def load(role: str, model_id: str, loader: Callable[[str], T]) -> T:
     except SSAError as exc:
         raise SSAError(f"{option_name(role)}: {exc}") from None
     except pickle.UnpicklingError:
-        from ssa.segmentors.hf import unpickling_refused
+        from ssa.hub import unpickling_refused
 
         raise SSAError(unpickling_refused(f"{option_name(role)} {model_id}")) from None
     except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
@@ -95,7 +95,7 @@ class HFModel:
         import torch
         from transformers import AutoProcessor
 
-        from ssa.segmentors.hf import pretrained_kwargs
+        from ssa.hub import pretrained_kwargs
 
         kwargs = pretrained_kwargs(model_id)  # also goes offline when the hub is unreachable
         self.model_id = model_id

@@ -4,7 +4,7 @@ relative path under the output folder; a failing image is recorded and the run g
 
 Under torchrun (or any launcher setting RANK/WORLD_SIZE) the images still to do are sharded
 across the ranks exactly as `ssa run` shards them (`ssa.distributed.shard`), with the same
-resume, clean-up and failure report (`ssa.runner.dataset_loop`, `ssa.prefetch`)."""
+resume, clean-up and failure report (`ssa.run.runner.dataset_loop`, `ssa.run.prefetch`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import numpy as np
 from ssa import io
 from ssa.config import MaskBranchConfig, PositiveInt
 from ssa.errors import SSAError
-from ssa.outputs import ImageResult
-from ssa.runner import RunSummary
+from ssa.run.outputs import ImageResult
+from ssa.run.runner import RunSummary
 
 
 @dataclass
@@ -59,21 +59,21 @@ def check_engine(cfg: EngineConfig) -> None:
     list_engine_images(cfg)
     io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
-    from ssa.masks.spec import check_mask_source, spec_from_config
-    from ssa.preflight import mask_settings
+    from ssa.plan import mask_settings
+    from ssa.specs.masks import check_mask_source, spec_from_config
 
     check_mask_source(spec_from_config(cfg))  # a missing file before the knobs (they import)
     mask_settings(cfg)
 
 
 def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
-    from ssa.runner import select_images
+    from ssa.datasets import select_images
 
     return select_images("folder", cfg.data_dir, None, cfg.limit, cfg.out_dir)
 
 
 class EngineRun:
-    """The loaded mask source and labeller of a run, an `ssa.labeller.ImageLabeller`:
+    """The loaded mask source and labeller of a run, an `ssa.run.labeller.ImageLabeller`:
     `label(image, rel)` names one image's masks, `write(out, paths, image)` writes them."""
 
     def __init__(
@@ -81,7 +81,7 @@ class EngineRun:
     ) -> None:
         from ssa.engine.labeller import EngineLabeller
         from ssa.engine.models import resolve_models
-        from ssa.labeller import build_mask_source, mask_settings
+        from ssa.run.labeller import build_mask_source, mask_settings
 
         self.cfg = cfg
         device = cfg.resolved_device()
@@ -114,8 +114,8 @@ class EngineRun:
         return len(annotations)
 
     def process(self, root: Path, rel: Path) -> ImageResult:
-        """Label and write one image (`ssa.labeller.process_image`)."""
-        from ssa.labeller import process_image
+        """Label and write one image (`ssa.run.labeller.process_image`)."""
+        from ssa.run.labeller import process_image
 
         return process_image(self, root, rel, Path(self.cfg.out_dir))
 
@@ -146,18 +146,18 @@ def run_engine(
 ) -> RunSummary:
     """Name the masks of every image that is not done yet; callbacks, sharding over `group`
     (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
-    as in `ssa.runner.label_dataset`."""
-    from ssa.labeller import mask_settings
-    from ssa.masks.spec import prepare_mask_source
-    from ssa.prefetch import process_overlapped
-    from ssa.runner import dataset_loop
+    as in `ssa.run.runner.label_dataset`."""
+    from ssa.run.labeller import mask_settings
+    from ssa.run.prefetch import process_overlapped
+    from ssa.run.runner import dataset_loop
+    from ssa.specs.masks import prepare_mask_source
 
     check_engine(cfg)
     out_dir = Path(cfg.out_dir)
     root, rels = list_engine_images(cfg)
     spec, _ = mask_settings(cfg)
 
-    def make_worker() -> Any:  # a `ssa.runner.Worker`
+    def make_worker() -> Any:  # a `ssa.run.runner.Worker`
         engine = EngineRun(cfg, download_progress)
         return lambda mine, on_result: process_overlapped(engine, root, mine, out_dir, on_result)
 

@@ -186,7 +186,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def resolve_classes(cfg: ExportConfig, items: list[RunItem]) -> list[str]:
     """The class list (see the module docstring), checked against the dataset's own."""
     from ssa.datasets import get_dataset
-    from ssa.evaluate import load_class_names
+    from ssa.evaluation.evaluate import load_class_names
 
     spec = get_dataset(cfg.dataset)
     if cfg.classes is not None:
@@ -223,8 +223,8 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
     a folder with no `_semantic.json`, images the run failed (failures.jsonl) or has not done,
     unless allow_missing, and an `--out` that exists, unless overwrite.
     """
-    from ssa.outputs import FAILURES_FILE, read_failures
-    from ssa.runner import select_images
+    from ssa.datasets import select_images
+    from ssa.run.outputs import FAILURES_FILE, read_failures
 
     pred_dir = Path(cfg.pred_dir)
     if not pred_dir.is_dir():
@@ -336,7 +336,7 @@ def written_by_export(path: Path) -> bool:
             import pyarrow.parquet as pq
 
             metadata = pq.read_schema(path).metadata or {}
-        except Exception:  # not a parquet file: not ours
+        except (OSError, ValueError, ImportError):  # not parquet (ArrowInvalid is a ValueError)
             return False
         return OWNER_KEY.encode() in metadata
     try:

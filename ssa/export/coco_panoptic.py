@@ -55,7 +55,7 @@ CITYSCAPES_THINGS = ("person", "rider", "car", "truck", "bus", "train", "motorcy
 def thing_flags(plan: ExportPlan) -> np.ndarray:
     """`(C,) bool`: which classes are things (built-in splits or `--things FILE`)."""
     from ssa.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES
-    from ssa.evaluate import load_class_names
+    from ssa.evaluation.evaluate import load_class_names
 
     names = plan.class_names
     flags = np.zeros(len(names), dtype=bool)

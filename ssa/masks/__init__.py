@@ -1,5 +1,5 @@
 """The mask branch: the `MaskSource` contract (`ssa.masks.base`), spec strings and loaders
-(`ssa.masks.spec`), one module per source family (`sam` for segment-anything, `sa1b` for SA-1B
+(`ssa.specs.masks`), one module per source family (`sam` for segment-anything, `sa1b` for SA-1B
 JSON, `hf` for transformers' SAM-family models), the knob vocabulary (`knobs`) and the fast
 post-processing (`fast_amg`, `sam_speedups`).
 
@@ -37,25 +37,14 @@ _HOMES = {
     "load_sam": "sam",
     "parse_amg": "sam",
     "resolve_amg": "sam",
-    "ENTRY_POINT_GROUP": "spec",
-    "MaskSpec": "spec",
-    "load_mask_source": "spec",
-    "load_prompt_source": "spec",
-    "mask_knobs": "spec",
-    "parse_mask_spec": "spec",
-    "resolve_mask_settings": "spec",
-    "spec_from_config": "spec",
 }
 
 __all__ = [
-    "AMG_IMPLS", "AMG_PRESETS", "CHECKPOINT_FILES", "CHECKPOINT_URL", "DEFAULT_CKP_DIR",
-    "ENTRY_POINT_GROUP", "SAM_ENCODERS", "VOCABULARY", "EncoderConfig", "JsonMasks",
-    "MaskResult", "MaskSource", "MaskSpec", "PromptableMaskSource",
+    "AMG_IMPLS", "AMG_PRESETS", "CHECKPOINT_FILES", "CHECKPOINT_URL", "DEFAULT_CKP_DIR", "SAM_ENCODERS", "VOCABULARY", "EncoderConfig", "JsonMasks",
+    "MaskResult", "MaskSource", "PromptableMaskSource",
     "SamMaskSource", "SamPromptSource", "amg_knobs", "as_mask_source", "build_sam_from_config",
-    "default_checkpoint", "download_checkpoint", "ensure_checkpoint", "infer_encoder_config",
-    "load_mask_source", "load_prompt_source", "load_sam", "mask_knobs", "parse_amg",
-    "parse_mask_spec", "read_sa1b_json", "resolve_amg", "resolve_mask_settings",
-    "result_from_records", "spec_from_config",
+    "default_checkpoint", "download_checkpoint", "ensure_checkpoint", "infer_encoder_config", "load_sam", "parse_amg", "read_sa1b_json", "resolve_amg",
+    "result_from_records",
 ]
 
 

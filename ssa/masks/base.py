@@ -126,7 +126,7 @@ class RecordListSource:
     a `MaskResult` it returns passes through unchanged."""
 
     def __init__(self, inner: Any) -> None:
-        from ssa.segmentors.base import accepts_path
+        from ssa.plugins import accepts_path
 
         self.inner = inner
         self._takes_path = accepts_path(inner.generate)

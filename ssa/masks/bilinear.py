@@ -1,8 +1,8 @@
 """The stock upsampling's geometry and kernels for the fast generator (`ssa.masks.fast_amg`).
 
-`_Axis`: which low-res cells each full-resolution row or column of segment-anything's two
-bilinear resizes reads (its support), the basis of the low-res bounds; `_CountBuffer`: pixel
-counts above a level over a padded buffer; `_copy_transposed`: the column-major mask stack.
+`Axis`: which low-res cells each full-resolution row or column of segment-anything's two
+bilinear resizes reads (its support), the basis of the low-res bounds; `CountBuffer`: pixel
+counts above a level over a padded buffer; `copy_transposed`: the column-major mask stack.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 
 @dataclass
-class _Axis:
+class Axis:
     """Bilinear support of one axis of the stock upsampling (`low -> encoder -> crop -> size`).
 
     ranges: `(U, 2) int64` distinct `[lo, hi]` low-res cell ranges (inclusive) that full-res
@@ -31,7 +31,7 @@ class _Axis:
 
     @staticmethod
     def build(input_len: int, out_len: int, encoder_size: int, device: torch.device,
-              low: int | None = None) -> _Axis:
+              low: int | None = None) -> Axis:
         """`low` is the decoder's logit size (default a quarter of the encoder's input: 256 for
         SAM at 1024, as SAM's decoder gives; any size for other models)."""
         low = encoder_size // 4 if low is None else low
@@ -53,7 +53,7 @@ class _Axis:
             0, inverse, torch.ones_like(idx)
         )
         ranges = torch.stack([uniq // (low + 1), uniq % (low + 1)], 1)
-        return _Axis(ranges, first, last, count, low)
+        return Axis(ranges, first, last, count, low)
 
     def block_any(self, cells: torch.Tensor, dim: int) -> torch.Tensor:
         """OR of `cells` (bool, `low` long on `dim`) over each range: the range axis replaces `dim`.
@@ -73,7 +73,7 @@ class _Axis:
         return out.movedim(-1, dim)
 
 
-def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
+def copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
     """dst `(k, w, h)` = src `(k, h, w)` transposed. On the CPU, mask by mask with OpenCV's SIMD
     transpose where both are contiguous per mask (about 0.2 ms for a 2200x1467 bool mask,
     against about 2.5 ms for torch's or numpy's strided copy)."""
@@ -87,7 +87,7 @@ def _copy_transposed(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src.transpose(1, 2))
 
 
-class _CountBuffer:
+class CountBuffer:
     """A reused `(k, h, w) bool` buffer whose rows are zero-padded to a multiple of 2040 bytes,
     so pixels above a level are counted without widening them: 255 int64 words summed per
     byte lane (each lane stays <= 255), then the bytes summed. On other devices, a plain sum."""

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ssa.masks.bilinear import _Axis, _CountBuffer
+from ssa.masks.bilinear import Axis, CountBuffer
 
 if TYPE_CHECKING:
-    from ssa.masks.fast_amg import Stats
+    from ssa.masks.stats import Stats
 
 # Full-resolution float pixels upsampled at once (about 256 MB of float32).
 _CHUNK_PIXELS = 1 << 26
@@ -38,7 +38,7 @@ class _Bounds:
 
 
 @dataclass
-class _Candidates:
+class Candidates:
     """Candidate masks of one crop, kept at low resolution. Row i of every field is candidate i.
 
     logits: `(N, 256, 256) float32`; iou: `(N,)`; points: `(N, 2) float64` crop-frame XY, on
@@ -51,28 +51,28 @@ class _Candidates:
     bounds: _Bounds | None = None
     input_size: tuple[int, int] = (0, 0)  # the crop's size after the encoder's resize
 
-    def select(self, keep: torch.Tensor) -> _Candidates:
+    def select(self, keep: torch.Tensor) -> Candidates:
         b = self.bounds
         bounds = None if b is None else _Bounds(
             b.box_lo[keep], b.box_hi[keep], b.stab_lo[keep], b.stab_hi[keep], b.exact[keep]
         )
-        return _Candidates(self.logits[keep], self.iou[keep], self.points[keep.cpu()], bounds,
+        return Candidates(self.logits[keep], self.iou[keep], self.points[keep.cpu()], bounds,
                            self.input_size)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _offset(crop_box: list[int], device: Any) -> torch.Tensor:
+def crop_offset(crop_box: list[int], device: Any) -> torch.Tensor:
     x0, y0 = crop_box[0], crop_box[1]
     return torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=device)
 
 
-def _cat(parts: list[_Candidates]) -> _Candidates:
+def cat_candidates(parts: list[Candidates]) -> Candidates:
     b = [p.bounds for p in parts]
-    return _Candidates(
+    return Candidates(
         torch.cat([p.logits for p in parts]),
         torch.cat([p.iou for p in parts]),
         torch.cat([p.points for p in parts]),
@@ -82,7 +82,7 @@ def _cat(parts: list[_Candidates]) -> _Candidates:
     )
 
 
-def _box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """segment-anything's `batched_mask_to_box` from its per-row `(n, H)` and per-column `(n, W)`
     "has a pixel" flags (bool): the same arithmetic, `(n, 4) int64` XYXY, empty -> zeros."""
     h, w = rows.shape[-1], cols.shape[-1]
@@ -97,13 +97,13 @@ def _box_from_lines(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
 
 class CandidateFilters:
-    """The fast generator's bounds, exact values and filters on `_Candidates` (a base class of
+    """The fast generator's bounds, exact values and filters on `Candidates` (a base class of
     `FastMaskGenerator`, whose settings, model, predictor and `stats` they read)."""
 
     stats: Stats
 
     def _bounds(
-        self, logits: torch.Tensor, axes: tuple[_Axis, _Axis], boxes: bool, stability: bool
+        self, logits: torch.Tensor, axes: tuple[Axis, Axis], boxes: bool, stability: bool
     ) -> _Bounds:
         """Bounds on the exact full-resolution box and stability of each candidate; where a
         bound is not asked for it is left unknown (`[0, _UNKNOWN]`), and never consulted."""
@@ -209,7 +209,7 @@ class CandidateFilters:
                 up = up[..., : input_size[0], : input_size[1]]
             yield slice(i, i + k), upsample(up, tuple(crop_size), False, out=full[:k])[:, 0]
 
-    def _exact(self, cands: _Candidates, crop_box: list[int], orig_size: tuple[int, int]):
+    def _exact(self, cands: Candidates, crop_box: list[int], orig_size: tuple[int, int]):
         """Exact stability `(n,)` and crop-frame boxes `(n, 4) int64` by the stock upsampling."""
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         stab = torch.empty(len(cands.iou), device=cands.logits.device)
@@ -217,13 +217,13 @@ class CandidateFilters:
         buf = None
         for sl, full in self._upsample(cands.logits, cands.input_size, crop_size):
             if buf is None:
-                buf = _CountBuffer(full.shape, full.device)
+                buf = CountBuffer(full.shape, full.device)
             stab[sl], rows, cols, _, _ = self._kept_stats(full, buf)
-            boxes[sl] = _box_from_lines(rows > 0, cols > 0)
+            boxes[sl] = box_from_lines(rows > 0, cols > 0)
         self.stats.exact_fallback += len(cands.iou)
         return stab, boxes
 
-    def _kept_stats(self, full: torch.Tensor, buf: _CountBuffer):
+    def _kept_stats(self, full: torch.Tensor, buf: CountBuffer):
         """Of a chunk of full-resolution logits `(k, h, w)`: the stock stability `(k,) float32`,
         the rows and columns holding a pixel, the area `(k,) int64`, and the mask `full > thr` `(k, h, w) bool`
         (a view into `buf`, overwritten by the next chunk). Three thresholds of the chunk, each
@@ -238,7 +238,7 @@ class CandidateFilters:
         # int32 / int32 as segment-anything divides them (counts < 2**24: exact in float32).
         return inter.int() / union.int(), as_bytes.amax(-1), as_bytes.amax(-2), area, mask
 
-    def _resolve(self, cands: _Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
+    def _resolve(self, cands: Candidates, need: torch.Tensor, crop_box, orig_size) -> None:
         """Replace the bounds of candidates `need` (bool) by their exact values."""
         idx = need.nonzero(as_tuple=True)[0]
         if len(idx) == 0:
@@ -251,20 +251,20 @@ class CandidateFilters:
         b.box_hi[idx] = boxes.float()
         b.exact[idx] = True
 
-    def _stability_filter(self, cands: _Candidates, crop_box, orig_size) -> _Candidates:
+    def _stability_filter(self, cands: Candidates, crop_box, orig_size) -> Candidates:
         b, t = cands.bounds, self.stability_score_thresh
         unsure = (b.stab_lo < t) & (b.stab_hi >= t) & ~b.exact
         self._resolve(cands, unsure, crop_box, orig_size)
         return cands.select(b.stab_lo >= t)
 
-    def _edge_filter(self, cands: _Candidates, crop_box, orig_size) -> _Candidates:
+    def _edge_filter(self, cands: Candidates, crop_box, orig_size) -> Candidates:
         """The stock `is_box_near_crop_edge` filter (atol 20 px), decided on box intervals."""
         orig_box = [0, 0, orig_size[1], orig_size[0]]
         if list(crop_box) == orig_box or len(cands.iou) == 0:
             return cands  # a crop that is the whole image has no crop edges
         b = cands.bounds
         dev = b.box_lo.device
-        off = _offset(crop_box, dev)
+        off = crop_offset(crop_box, dev)
         crop_t = torch.tensor(crop_box, dtype=torch.float32, device=dev)
         orig_t = torch.tensor(orig_box, dtype=torch.float32, device=dev)
 

@@ -32,7 +32,7 @@ def encode_rle_device(masks: torch.Tensor) -> list[dict[str, Any]]:
     return out
 
 
-def _rle_areas(rles: list[dict[str, Any]]) -> list[int]:
+def rle_areas(rles: list[dict[str, Any]]) -> list[int]:
     """Pixels set per COCO RLE (pycocotools, as the stock `area_from_rle` counts them)."""
     from pycocotools import mask as mask_utils
 

@@ -25,24 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssa.masks.bilinear import _Axis, _copy_transposed, _CountBuffer
+from ssa.masks.bilinear import Axis, CountBuffer, copy_transposed
 from ssa.masks.candidates import (
     CandidateFilters,
-    _box_from_lines,
-    _Candidates,
-    _cat,
-    _offset,
-    _sync,
+    Candidates,
+    box_from_lines,
+    cat_candidates,
+    crop_offset,
+    sync_device,
 )
-from ssa.masks.device_rle import _rle_areas, encode_rle_device
-from ssa.masks.interval_nms import _interval_nms
+from ssa.masks.device_rle import encode_rle_device, rle_areas
+from ssa.masks.interval_nms import interval_nms
+from ssa.masks.stats import Stats
 
 
 @dataclass
@@ -57,26 +58,6 @@ class FastMasks:
 
     records: list[dict[str, Any]]
     masks: torch.Tensor
-
-
-@dataclass
-class Stats:
-    """Counters and seconds of the last `generate` call (per-stage breakdown for benchmarks)."""
-
-    candidates: int = 0
-    exact_fallback: int = 0
-    kept: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    # candidates each filter removed, by the knob that sets it (pred_iou_thresh, ...)
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, knob: str, before: int, after: int) -> None:
-        self.dropped[knob] = self.dropped.get(knob, 0) + before - after
-
-    def add(self, stage: str, start: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
-        return now
 
 
 def _sharing_weights(model: torch.nn.Module) -> torch.nn.Module:
@@ -213,8 +194,8 @@ class FastMaskGenerator(CandidateFilters):
         rows = torch.cat([torch.arange(len(c.iou)) for c, _ in per_crop])
         if len(crop_boxes) > 1:
             start = time.perf_counter()
-            lo = torch.cat([c.bounds.box_lo + _offset(b, c.iou.device) for c, b in per_crop])
-            hi = torch.cat([c.bounds.box_hi + _offset(b, c.iou.device) for c, b in per_crop])
+            lo = torch.cat([c.bounds.box_lo + crop_offset(b, c.iou.device) for c, b in per_crop])
+            hi = torch.cat([c.bounds.box_hi + crop_offset(b, c.iou.device) for c, b in per_crop])
             crop_xyxy = torch.tensor([b for _, b in per_crop], dtype=torch.float32)[owners]
             scores = 1 / ((crop_xyxy[:, 2] - crop_xyxy[:, 0]) * (crop_xyxy[:, 3] - crop_xyxy[:, 1]))
 
@@ -224,10 +205,10 @@ class FastMaskGenerator(CandidateFilters):
                     cands, box = per_crop[int(owners[i])]
                     one = rows[i : i + 1].to(cands.iou.device)
                     exact = self._exact(cands.select(one), box, orig_size)[1]
-                    boxes.append(exact.float() + _offset(box, exact.device))
+                    boxes.append(exact.float() + crop_offset(box, exact.device))
                 return torch.cat(boxes)
 
-            keep = _interval_nms(lo.cpu(), hi.cpu(), scores, self.crop_nms_thresh, exact_boxes,
+            keep = interval_nms(lo.cpu(), hi.cpu(), scores, self.crop_nms_thresh, exact_boxes,
                                  self.stats)
             self.stats.drop("crop_nms_thresh", len(owners), len(keep))
             owners, rows = owners[keep], rows[keep]
@@ -240,14 +221,14 @@ class FastMaskGenerator(CandidateFilters):
 
     def _process_crop(
         self, image: np.ndarray, crop_box: list[int], layer_idx: int, orig_size: tuple[int, int]
-    ) -> tuple[_Candidates, list[int]]:
+    ) -> tuple[Candidates, list[int]]:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
         crop_size = crop.shape[:2]
         start = time.perf_counter()
         with self._autocast(), self._encoder_attention():
             self.predictor.set_image(crop)
-        _sync(self.device)
+        sync_device(self.device)
         start = self.stats.add("image_encoder", start)
         axes = self._axes(crop_size)
 
@@ -256,10 +237,10 @@ class FastMaskGenerator(CandidateFilters):
         batches = []
         for points in self._prompt_batches(points_for_image):
             logits, iou = self._decode(points, crop_size)
-            _sync(self.device)
+            sync_device(self.device)
             start = self.stats.add("mask_decoder", start)
             pts = torch.as_tensor(points.repeat(logits.shape[1], axis=0))
-            cands = _Candidates(logits.flatten(0, 1).float(), iou.flatten(0, 1).float(), pts,
+            cands = Candidates(logits.flatten(0, 1).float(), iou.flatten(0, 1).float(), pts,
                                 input_size=tuple(self.predictor.input_size))
             self.stats.candidates += len(cands.iou)
             n = len(cands.iou)
@@ -274,16 +255,16 @@ class FastMaskGenerator(CandidateFilters):
             cands = self._edge_filter(cands, crop_box, orig_size)
             self.stats.drop("crop edge", n, len(cands.iou))
             batches.append(cands)
-            _sync(self.device)
+            sync_device(self.device)
             start = self.stats.add("mask_postprocess", start)
         self.predictor.reset_image()
-        cands = _cat(batches)
+        cands = cat_candidates(batches)
 
         def exact_boxes(idx: torch.Tensor) -> torch.Tensor:
             return self._exact(cands.select(idx.to(cands.iou.device)), crop_box,
                                orig_size)[1].float().cpu()
 
-        keep = _interval_nms(cands.bounds.box_lo.cpu(), cands.bounds.box_hi.cpu(),
+        keep = interval_nms(cands.bounds.box_lo.cpu(), cands.bounds.box_hi.cpu(),
                              cands.iou.cpu(), self.box_nms_thresh, exact_boxes, self.stats)
         self.stats.drop("box_nms_thresh", len(cands.iou), len(keep))
         cands = cands.select(keep.to(cands.iou.device))
@@ -358,11 +339,11 @@ class FastMaskGenerator(CandidateFilters):
             )
         return logits, iou
 
-    def _axes(self, crop_size: tuple[int, int]) -> tuple[_Axis, _Axis]:
+    def _axes(self, crop_size: tuple[int, int]) -> tuple[Axis, Axis]:
         size = self.model.image_encoder.img_size
         in_h, in_w = self.predictor.input_size
-        return (_Axis.build(in_h, crop_size[0], size, self.device),
-                _Axis.build(in_w, crop_size[1], size, self.device))
+        return (Axis.build(in_h, crop_size[0], size, self.device),
+                Axis.build(in_w, crop_size[1], size, self.device))
 
     # ---------------------------------------------------------------- kept masks
 
@@ -396,26 +377,26 @@ class FastMaskGenerator(CandidateFilters):
             buf = None
             for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
                 if buf is None:
-                    buf = _CountBuffer(full.shape, full.device)
+                    buf = CountBuffer(full.shape, full.device)
                 at = pos[sl].to(self.device)
                 k = len(at)
                 stats = self._kept_stats(full, buf)
                 stab[at], line_rows[at], line_cols[at], areas[at], mask = stats
                 lo = int(at[0])
                 if bool((at == torch.arange(lo, lo + k, device=at.device)).all()):
-                    _copy_transposed(masks_t[lo : lo + k, x0:x1, y0:y1], mask)
+                    copy_transposed(masks_t[lo : lo + k, x0:x1, y0:y1], mask)
                 else:
                     masks_t[at, x0:x1, y0:y1] = mask.transpose(1, 2)
             pos = pos.to(self.device)
-            boxes[pos] = _box_from_lines(line_rows[pos] > 0, line_cols[pos] > 0)
-            boxes[pos] += _offset(crop_box, self.device).long()
+            boxes[pos] = box_from_lines(line_rows[pos] > 0, line_cols[pos] > 0)
+            boxes[pos] += crop_offset(crop_box, self.device).long()
         masks = masks_t.transpose(1, 2)
-        _sync(self.device)
+        sync_device(self.device)
         start = self.stats.add("mask_upsample", start)
         iou = torch.cat([c.iou for c, _ in per_crop]) if per_crop else torch.zeros(0)
         first = torch.tensor([0] + [len(c.iou) for c, _ in per_crop]).cumsum(0)
         flat = (first[owners] + rows).to(iou.device)
-        points = torch.cat([c.points + _offset(b, "cpu")[:2].double() for c, b in per_crop])
+        points = torch.cat([c.points + crop_offset(b, "cpu")[:2].double() for c, b in per_crop])
         crop_boxes = [per_crop[int(o)][1] for o in owners]
         iou, points = iou[flat], points[flat.cpu()]
 
@@ -427,7 +408,7 @@ class FastMaskGenerator(CandidateFilters):
             crop_boxes = [crop_boxes[int(i)] for i in keep]
         rles = encode_rle_device(masks)
         if self.min_mask_region_area > 0 and n:
-            areas = _rle_areas(rles)  # some masks changed: count them again
+            areas = rle_areas(rles)  # some masks changed: count them again
         else:
             areas = areas.tolist()
         start = self.stats.add("rle", start)

@@ -34,10 +34,11 @@ import torch
 
 from ssa.errors import SSAError, first_line
 from ssa.masks.base import MaskResult
-from ssa.masks.bilinear import _Axis
-from ssa.masks.candidates import _Candidates, _cat, _offset, _sync
-from ssa.masks.fast_amg import FastMaskGenerator, Stats
-from ssa.masks.interval_nms import _interval_nms
+from ssa.masks.bilinear import Axis
+from ssa.masks.candidates import Candidates, cat_candidates, crop_offset, sync_device
+from ssa.masks.fast_amg import FastMaskGenerator
+from ssa.masks.interval_nms import interval_nms
+from ssa.masks.stats import Stats
 from ssa.precision import autocast
 
 # config.model_type -> geometry: "sam" (longest-edge resize, padded square input) or "sam2"
@@ -112,7 +113,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
     load as transformers loads them (safetensors, or `weights_only` torch files)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForMaskGeneration
 
-    from ssa.segmentors.hf import load_error, offline_kwargs
+    from ssa.hub import load_error, offline_kwargs
 
     local = offline_kwargs(name)  # HF_HUB_OFFLINE as set now, or an unreachable hub
     try:
@@ -421,8 +422,8 @@ class _HFPostprocess(FastMaskGenerator):
         owners = torch.cat([torch.full((len(c.iou),), i) for i, (c, _) in enumerate(per_crop)])
         rows = torch.cat([torch.arange(len(c.iou)) for c, _ in per_crop])
         start = time.perf_counter()
-        lo = torch.cat([c.bounds.box_lo.cpu() + _offset(b, "cpu") for c, b in per_crop])
-        hi = torch.cat([c.bounds.box_hi.cpu() + _offset(b, "cpu") for c, b in per_crop])
+        lo = torch.cat([c.bounds.box_lo.cpu() + crop_offset(b, "cpu") for c, b in per_crop])
+        hi = torch.cat([c.bounds.box_hi.cpu() + crop_offset(b, "cpu") for c, b in per_crop])
         iou = torch.cat([c.iou.cpu() for c, _ in per_crop])
 
         def exact_boxes(idx: torch.Tensor) -> torch.Tensor:
@@ -432,17 +433,17 @@ class _HFPostprocess(FastMaskGenerator):
                 at = (owners[idx] == c).nonzero(as_tuple=True)[0]
                 cands, box = per_crop[c]
                 sub = cands.select(rows[idx[at]].to(cands.iou.device))
-                out[at] = self._exact(sub, box, orig_size)[1].float().cpu() + _offset(box, "cpu")
+                out[at] = self._exact(sub, box, orig_size)[1].float().cpu() + crop_offset(box, "cpu")
             return out
 
         # The pipeline's one NMS, over every crop's candidates, scored by predicted IoU.
-        keep = _interval_nms(lo, hi, iou, self.box_nms_thresh, exact_boxes, self.stats)
+        keep = interval_nms(lo, hi, iou, self.box_nms_thresh, exact_boxes, self.stats)
         owners, rows = owners[keep], rows[keep]
         if len(crop_boxes) > 1 and self.cross_crop_nms_thresh < 1.0:
             # segment-anything's NMS across crops: masks of smaller crops first.
             crop_xyxy = torch.tensor(crop_boxes, dtype=torch.float32)[owners]
             scores = 1 / ((crop_xyxy[:, 2] - crop_xyxy[:, 0]) * (crop_xyxy[:, 3] - crop_xyxy[:, 1]))
-            sel = _interval_nms(lo[keep], hi[keep], scores, self.cross_crop_nms_thresh,
+            sel = interval_nms(lo[keep], hi[keep], scores, self.cross_crop_nms_thresh,
                                 lambda idx: exact_boxes(keep[idx]), self.stats)
             owners, rows = owners[sel], rows[sel]
         self.stats.add("post_nms", start)
@@ -451,13 +452,13 @@ class _HFPostprocess(FastMaskGenerator):
         return MaskResult(records, masks)
 
     def _crop(self, image: np.ndarray, crop_box: list[int], grid: torch.Tensor,
-              orig_size: tuple[int, int]) -> tuple[_Candidates, list[int]]:
+              orig_size: tuple[int, int]) -> tuple[Candidates, list[int]]:
         """Candidates of one crop that pass the pipeline's per-batch filters (`filter_masks`),
         kept at low resolution with their box / stability bounds."""
         src = self.source
         start = time.perf_counter()
         enc = src._encode(image, crop_box)
-        _sync(self.device)
+        sync_device(self.device)
         start = self.stats.add("image_encoder", start)
         h, w = enc.crop_size
         points = grid * torch.tensor([w, h])  # crop-frame pixel XY, as the pipeline scales them
@@ -470,11 +471,11 @@ class _HFPostprocess(FastMaskGenerator):
             c = coords[i : i + self.points_per_batch, None]
             labels = torch.ones(c.shape[:2], dtype=torch.int64)
             logits, iou = src._decode(enc, c, labels, None, self.multimask)
-            _sync(self.device)
+            sync_device(self.device)
             start = self.stats.add("mask_decoder", start)
             m = logits.shape[1]
             pts = points[i : i + self.points_per_batch].double().repeat_interleave(m, 0)
-            cands = _Candidates(logits.flatten(0, 1), iou.flatten(0, 1), pts,
+            cands = Candidates(logits.flatten(0, 1), iou.flatten(0, 1), pts,
                                 input_size=enc.input_size)
             self.stats.candidates += len(cands.iou)
             if axes is None:
@@ -487,21 +488,21 @@ class _HFPostprocess(FastMaskGenerator):
                 cands = self._stability_filter(cands, crop_box, orig_size)
             cands = self._edge_filter(cands, crop_box, orig_size)
             batches.append(cands)
-            _sync(self.device)
+            sync_device(self.device)
             start = self.stats.add("mask_postprocess", start)
-        return _cat(batches), crop_box
+        return cat_candidates(batches), crop_box
 
-    def _hf_axes(self, enc: _Encoded, low: int) -> tuple[_Axis, _Axis]:
+    def _hf_axes(self, enc: _Encoded, low: int) -> tuple[Axis, Axis]:
         """Bilinear supports of the model's upsampling of `low x low` logits to the crop."""
         (in_h, in_w), (out_h, out_w) = enc.input_size, enc.crop_size
         if self.source.family == "sam2":  # one resize, low -> crop (the encoder size is `low`)
             in_h = in_w = size = low
         else:
             size = self.model.image_encoder.img_size
-        return (_Axis.build(in_h, out_h, size, self.device, low=low),
-                _Axis.build(in_w, out_w, size, self.device, low=low))
+        return (Axis.build(in_h, out_h, size, self.device, low=low),
+                Axis.build(in_w, out_w, size, self.device, low=low))
 
-    def _stability_filter(self, cands: _Candidates, crop_box, orig_size) -> _Candidates:
+    def _stability_filter(self, cands: Candidates, crop_box, orig_size) -> Candidates:
         """transformers' rule: keep `stability > thresh` (segment-anything keeps `>=`)."""
         b, t = cands.bounds, self.stability_score_thresh
         unsure = (b.stab_lo <= t) & (b.stab_hi > t) & ~b.exact

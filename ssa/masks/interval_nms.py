@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ssa.masks.fast_amg import Stats
+    from ssa.masks.stats import Stats
 
 
 def _stock_order(scores: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ def _exact_iou(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return box_iou(box[None], others)[0]
 
 
-def _interval_nms(
+def interval_nms(
     lo: torch.Tensor,
     hi: torch.Tensor,
     scores: torch.Tensor,

@@ -1,6 +1,6 @@
 """Semantic branch: protocol, Hugging Face adapters, precomputed labels, spec parsing, plug-ins.
 
-The names below load on first use, so `ssa.segmentors.spec` (spec parsing) needs no torch.
+The names below load on first use, so `ssa.specs.segmentors` (spec parsing) needs no torch.
 """
 
 from importlib import import_module
@@ -9,14 +9,10 @@ from typing import Any
 _HOMES = {
     "BranchOutput": "base", "Segmentor": "base", "accepts_path": "base",
     "check_num_classes": "base", "class_names": "base",
-    "ACCEPTED_FORMS": "spec", "SHORT_NAMES": "spec", "SegmentorSpec": "spec",
-    "load_segmentor": "spec", "parse_segmentor_args": "spec", "parse_spec": "spec",
 }
 
-__all__ = [  # noqa: RUF022 - grouped by home module
+__all__ = [
     "BranchOutput", "Segmentor", "accepts_path", "check_num_classes", "class_names",
-    "ACCEPTED_FORMS", "SHORT_NAMES", "SegmentorSpec", "load_segmentor", "parse_segmentor_args",
-    "parse_spec",
 ]
 
 

@@ -40,7 +40,7 @@ relative path the outputs mirror). Segmentors without that parameter are called 
 alone. `accepts_path` is the one place that decides. The mask source (`ssa.masks.SamMaskSource`,
 `ssa.masks.JsonMasks`) follows the same rule for `generate(image, *, path)`.
 
-Ways to provide one without editing ssa (see `ssa.segmentors.spec`): `py:<module or file.py>:
+Ways to provide one without editing ssa (see `ssa.specs.segmentors`): `py:<module or file.py>:
 <factory>`, an entry point in the group `ssa.segmentors` whose value is such a factory, or
 `labels:<folder>`. A factory may take keyword arguments (`--segmentor-arg KEY=VALUE`) and a
 `device` keyword (the run's device).
@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 from ssa.errors import SSAError
 from ssa.io import no_label_value
+from ssa.plugins import accepts_path  # noqa: F401 - re-exported for plug-ins
 
 
 @runtime_checkable
@@ -73,21 +74,6 @@ class Segmentor(Protocol):
     id2label: dict[int, str]
 
     def __call__(self, image: np.ndarray) -> np.ndarray | torch.Tensor: ...
-
-
-def accepts_path(fn: Any) -> bool:
-    """Whether a callable takes a `path` keyword (then it is given the image's relative path)."""
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    param = params.get("path")
-    return param is not None and param.kind in (
-        inspect.Parameter.KEYWORD_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    )
 
 
 def class_names(segmentor: Any) -> list[str]:

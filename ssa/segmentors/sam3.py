@@ -153,7 +153,7 @@ class Sam3Segmentor:
     def _load(self) -> None:
         from transformers import Sam3Model, Sam3Processor
 
-        from ssa.segmentors.hf import offline_kwargs
+        from ssa.hub import offline_kwargs
 
         local = offline_kwargs(self.model_id)  # goes offline first when the hub is unreachable
         try:

@@ -128,7 +128,7 @@ def test_int_mm_votes_exact_on_cuda(num_masks: int, shape: tuple[int, int], capl
 def test_confusion_matrix_all_reduce_nccl_one_rank(tmp_path: Path) -> None:
     import torch.distributed as dist
 
-    from ssa.metrics import ConfusionMatrix
+    from ssa.evaluation.metrics import ConfusionMatrix
 
     if not dist.is_nccl_available():
         pytest.skip("this torch build has no nccl")
@@ -176,7 +176,7 @@ OOM_PLUGIN = textwrap.dedent(
 def test_out_of_memory_image_is_recorded_and_the_next_labelled(tmp_path: Path,
                                                              sam_checkpoint: Path) -> None:
     from ssa.config import RunConfig
-    from ssa.runner import label_dataset
+    from ssa.run.runner import label_dataset
 
     plugin = tmp_path / "oom.py"
     plugin.write_text(OOM_PLUGIN)

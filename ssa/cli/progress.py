@@ -24,8 +24,8 @@ from rich.progress import (
 from rich.text import Text
 
 from ssa.distributed import Group, RankInfo
-from ssa.outputs import FAILURES_FILE, ImageResult
-from ssa.runner import RunSummary, run_rank
+from ssa.run.outputs import FAILURES_FILE, ImageResult
+from ssa.run.runner import RunSummary, run_rank
 from ssa.words import plural
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def run_with_progress(
     runner: Callable[..., RunSummary] | None = None,
     log_every: float | None = None,
 ) -> RunSummary:
-    """`ssa.runner.run_rank` (the run, or another `runner` with its signature and a config with
+    """`ssa.run.runner.run_rank` (the run, or another `runner` with its signature and a config with
     `out_dir` and `resolved_device()`, e.g. `ssa.engine.runner.run_engine`) with the progress
     this rank shows.
 
@@ -207,8 +207,8 @@ def run_with_progress(
         return summary
 
     def evaluate(cfg: Any, group: Group, summary: RunSummary) -> None:
-        from ssa.evaluate import evaluate_run
-        from ssa.report import evaluate_with_progress, print_report
+        from ssa.cli.tables import evaluate_with_progress, print_report
+        from ssa.evaluation.evaluate import evaluate_run
 
         main = group.info.is_main
         if summary.failed:  # every rank holds the summary of all ranks, so all of them skip

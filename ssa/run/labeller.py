@@ -3,7 +3,7 @@
 `Labeller` labels one image (the mask source's `MaskResult`, the segmentor's branch output, the
 SSA vote) and writes its outputs; `process_image` runs one image through any `ImageLabeller`
 (this one, or the engine's) so that a failing image is returned as a failed `ImageResult` and the
-run goes on, with CUDA's cache emptied after an out-of-memory error. `ssa.prefetch` runs the same
+run goes on, with CUDA's cache emptied after an out-of-memory error. `ssa.run.prefetch` runs the same
 steps with reads and writes in background threads.
 """
 
@@ -21,13 +21,13 @@ import torch
 from ssa import io
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import FatalError, SSAError, first_line
-from ssa.outputs import ImageResult, annotations_from, output_paths, semantic_document
-from ssa.preflight import check_voting, mask_settings
+from ssa.plan import check_voting, mask_settings
+from ssa.run.outputs import ImageResult, annotations_from, output_paths, semantic_document
 from ssa.voting import vote
 
 
 class ImageLabeller(Protocol):
-    """What `process_image` and `ssa.prefetch.process_overlapped` drive: `label(image, rel)`
+    """What `process_image` and `ssa.run.prefetch.process_overlapped` drive: `label(image, rel)`
     (`HWC uint8 RGB`, its relative path) -> an output held in memory; `write(out, paths, image)`
     writes it (the JSON last) and returns the number of masks."""
 
@@ -245,7 +245,7 @@ def _resize_result(result: Any, size: tuple[int, int]) -> Any:
 def segmentor_classes(cfg: Any, spec: DatasetSpec) -> list[str] | None:
     """The class names a `labels:` segmentor uses or a SAM 3 `hf:` model prompts: `--classes
     FILE`, else the dataset's. `--prompts`/`--prompt-batch` are refused for other segmentors."""
-    from ssa.segmentors.spec import parse_spec, read_classes_file
+    from ssa.specs.segmentors import parse_spec, read_classes_file
 
     kind = parse_spec(cfg.segmentor or "").kind
     sam3 = False
@@ -292,8 +292,7 @@ def resolve_classes(cfg: Any, spec: DatasetSpec, segmentor: Any) -> list[str]:
 def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list[str]]:
     """The run's segmentor (default: the dataset's) and its class names, refusing a segmentor
     whose class count differs from the dataset's."""
-    from ssa.segmentors import load_segmentor
-    from ssa.segmentors.spec import read_label_map_file
+    from ssa.specs.segmentors import load_segmentor, read_label_map_file
 
     cfg.segmentor = cfg.segmentor or spec.default_segmentor
     if cfg.segmentor is None:
@@ -325,7 +324,7 @@ def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list
 def _check_semantic_precision(segmentor: str, precision: str) -> None:
     """`--precision` reaches `hf:` segmentors trained on their classes (`HFSegmentor`); refuse it
     for the others rather than ignore it."""
-    from ssa.segmentors.spec import parse_spec
+    from ssa.specs.segmentors import parse_spec
 
     parsed = parse_spec(segmentor)
     ok = parsed.kind == "hf"
@@ -347,7 +346,7 @@ def build_mask_source(
     download_progress: Callable[[int, int | None], None] | None = None,
 ) -> Any:
     """The run's `MaskSource` (any `MaskBranchConfig`: `ssa run` and `ssa engine`)."""
-    from ssa.masks.spec import load_mask_source
+    from ssa.specs.masks import load_mask_source
 
     spec, settings = mask_settings(cfg, default_preset)
     return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl,

@@ -39,8 +39,8 @@ def main(
 
 def setup_logging() -> None:
     """`logging` for this process, once: rich's handler on a terminal, plain lines with time,
-    level and rank otherwise (`ssa.progress.configure_logging`)."""
-    from ssa.progress import configure_logging
+    level and rank otherwise (`ssa.cli.progress.configure_logging`)."""
+    from ssa.cli.progress import configure_logging
 
     configure_logging(console)
 
@@ -58,7 +58,7 @@ LogEveryOpt = Annotated[
 def _set_log_every(seconds: float | None) -> None:
     import os
 
-    from ssa.progress import LOG_EVERY_ENV
+    from ssa.cli.progress import LOG_EVERY_ENV
 
     if seconds is not None:
         if not seconds > 0:
@@ -293,10 +293,10 @@ def run(
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
-    from ssa.evaluate import check_run_eval
+    from ssa.evaluation.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
-    from ssa.preflight import check_run, nothing_to_do
-    from ssa.segmentors.spec import parse_segmentor_args
+    from ssa.plan import check_run, nothing_to_do
+    from ssa.specs.segmentors import parse_segmentor_args
     from ssa.words import plural
 
     setup_logging()
@@ -398,8 +398,8 @@ def run_share(cfg: Any, engine: bool = False) -> int:
     `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
     rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
     from ssa import distributed
-    from ssa.heap import keep_freed_memory
-    from ssa.progress import run_with_progress
+    from ssa.cli.progress import run_with_progress
+    from ssa.run.heap import keep_freed_memory
 
     setup_logging()  # a worker of `distributed.launch` is a fresh process
     keep_freed_memory()  # the command's choice for its process (SSA_KEEP_HEAP=0 turns it off)
@@ -462,8 +462,8 @@ def eval_(
     ] = None,
 ) -> None:
     """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
-    from ssa.evaluate import plan_eval
-    from ssa.report import evaluate_with_progress
+    from ssa.cli.tables import evaluate_with_progress
+    from ssa.evaluation.evaluate import plan_eval
 
     try:
         if workers is not None and workers < 1:
@@ -600,8 +600,8 @@ def predict(
     label; any promptable mask source (sam:, hf:)."""
     from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
-    from ssa.predictor import build_predictor, check_prompt
-    from ssa.segmentors.spec import parse_segmentor_args
+    from ssa.run.predictor import build_predictor, check_prompt
+    from ssa.specs.segmentors import parse_segmentor_args
 
     setup_logging()
     try:
@@ -857,7 +857,7 @@ def export_share(cfg: Any) -> int:
     """This process's share of `ssa export` (the only process, a rank under torchrun, or a
     worker of `distributed.launch`): 0, or `distributed.REPORTED_EXIT` after a one-line error."""
     from ssa import distributed
-    from ssa.progress import export_with_progress
+    from ssa.cli.progress import export_with_progress
 
     try:
         export_with_progress(cfg, console, distributed.rank_info_from_env())

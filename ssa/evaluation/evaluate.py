@@ -229,7 +229,7 @@ def plan_eval(
 class EvalCounts:
     """Summable scores of a set of images: confusion matrices and the image count."""
 
-    voted: Any  # ssa.metrics.ConfusionMatrix
+    voted: Any  # ssa.evaluation.metrics.ConfusionMatrix
     branch: Any | None
     num_images: int = 0
 
@@ -257,7 +257,7 @@ class EvalCounts:
 
 def _score_item(plan: EvalPlan, item: EvalItem) -> tuple[Any, Any | None]:
     """The (voted, branch) confusion matrices of one image; branch None unless plan.has_branch."""
-    from ssa.metrics import missing_confmat, update_confmat
+    from ssa.evaluation.metrics import missing_confmat, update_confmat
 
     gt = plan.read_gt(item.gt)
     paths = [item.pred, item.branch] if plan.has_branch else [item.pred]
@@ -298,7 +298,7 @@ def score(
     Returns counts to `merge` or `all_reduce` with other shares. on_image(item) follows each
     image. Raises SSAError naming the file on a size mismatch or an unreadable map.
     """
-    from ssa.metrics import ConfusionMatrix
+    from ssa.evaluation.metrics import ConfusionMatrix
 
     todo = list(plan.items if items is None else items)
     counts = EvalCounts(
@@ -434,7 +434,7 @@ def check_run_eval(cfg: Any) -> None:
 def plan_run_eval(cfg: Any, allow_missing: bool = False) -> EvalPlan:
     """The plan that scores a finished `ssa run` (a `RunConfig`): the same images (`--limit`
     included), its out_dir as the predictions, class names from its JSON for `folder`."""
-    from ssa.runner import list_images
+    from ssa.datasets import list_images
 
     _, rels = list_images(cfg)
     return plan_eval(cfg.dataset, cfg.data_dir, cfg.out_dir, cfg.split, cfg.gt_dir, None, rels,
@@ -451,7 +451,7 @@ def evaluate_run(
     single: Callable[[EvalPlan, Path], dict[str, Any]] | None = None,
     on_report: Callable[[dict[str, Any], EvalPlan], None] | None = None,
 ) -> dict[str, Any] | None:
-    """`--eval` after a run (`ssa.runner.run_rank`): each rank scores a strided share of the
+    """`--eval` after a run (`ssa.run.runner.run_rank`): each rank scores a strided share of the
     images, the confusion matrices are summed with one all-reduce, and rank 0 writes
     `<out_dir>/eval.json` and returns the report (None on the other ranks, and on every rank when
     an image failed: the summary covers all ranks, so all of them skip).

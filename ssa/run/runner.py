@@ -6,7 +6,7 @@ Progress is reported through callbacks (`on_start`, `on_image`, `download_progre
 module works from Python under torchrun without rich:
 
     from ssa.config import RunConfig
-    from ssa.runner import run_rank
+    from ssa.run.runner import run_rank
     summary = run_rank(RunConfig(dataset="ade20k", data_dir=..., out_dir=...))
 """
 
@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ssa import io
-from ssa.datasets import get_dataset
+from ssa.datasets import list_images
 from ssa.distributed import Group, RankInfo, rank_device, shard, shard_indices
 from ssa.errors import SSAError
-from ssa.outputs import FAILURES_FILE, ImageResult, is_done, record_failure, write_failures
-from ssa.preflight import check_run
+from ssa.plan import check_run
+from ssa.run.outputs import FAILURES_FILE, ImageResult, is_done, record_failure, write_failures
 from ssa.words import plural
 
 log = logging.getLogger(__name__)
 
 # A worker: this rank's relative paths, and a callback for each result the moment it is final
-# (its JSON written, or failed); it yields the results too (`ssa.prefetch.process_overlapped`).
+# (its JSON written, or failed); it yields the results too (`ssa.run.prefetch.process_overlapped`).
 Worker = Callable[[list[Path], Callable[[ImageResult], None]], Iterable[ImageResult]]
 
 
@@ -51,28 +51,6 @@ class RunSummary:
     def add_filters(self, counts: dict[str, int] | None) -> None:
         for key, value in (counts or {}).items():
             self.filters[key] = self.filters.get(key, 0) + value
-
-
-def list_images(cfg: Any) -> tuple[Path, list[Path]]:
-    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.out_dir)
-
-
-def select_images(
-    dataset: str, data_dir: Path | None, split: str | None, limit: int | None,
-    out_dir: Path | None = None,
-) -> tuple[Path, list[Path]]:
-    """The image folder and the sorted relative paths of its images (outputs under `out_dir`
-    left out, see `DatasetSpec.list_images`), the first `limit` only."""
-    if data_dir is None:
-        raise SSAError("--data-dir is required; pass the dataset's root folder")
-    root, rels = get_dataset(dataset).list_images(Path(data_dir), split, out_dir)
-    if limit is not None:
-        if limit < 1:
-            raise SSAError(f"--limit {limit} must be at least 1")
-        rels = rels[:limit]
-    if not rels:
-        raise SSAError(f"no images under {root}; check --data-dir and --dataset")
-    return root, rels
 
 
 def _check_same_images(rels: list[Path], group: Group) -> None:
@@ -127,10 +105,10 @@ def label_dataset(
     covers all ranks. on_start(total, skipped, mine) is called once this rank knows its share;
     on_image after each of its images.
     """
-    from ssa.labeller import build_labeller
-    from ssa.masks.spec import prepare_mask_source, spec_from_config
-    from ssa.prefetch import process_overlapped
-    from ssa.preflight import write_settings
+    from ssa.plan import write_settings
+    from ssa.run.labeller import build_labeller
+    from ssa.run.prefetch import process_overlapped
+    from ssa.specs.masks import prepare_mask_source, spec_from_config
 
     check_run(cfg)
     out_dir = Path(cfg.out_dir)
@@ -174,7 +152,7 @@ def dataset_loop(
 
     make_worker() loads the models (only on a rank with work) and returns a `Worker`;
     prepare() fetches what the mask source needs on
-    disk (`ssa.masks.spec.prepare_mask_source`), run by one rank per machine before its ranks
+    disk (`ssa.specs.masks.prepare_mask_source`), run by one rank per machine before its ranks
     load it.
     """
     group = group or Group()
@@ -236,7 +214,7 @@ def run_rank(
     runner: `label_dataset` (default) or another with its signature (`ssa.engine.runner.run_engine`);
     drive(group, call): calls `call(on_start, on_image, download_progress)` with this rank's
     progress callbacks and returns the summary (default: no callbacks); evaluate(cfg, group,
-    summary): the `--eval` step (default `ssa.evaluate.evaluate_run`, no output but eval.json).
+    summary): the `--eval` step (default `ssa.evaluation.evaluate.evaluate_run`, no output but eval.json).
     """
     info = info or RankInfo()
     runner = runner or label_dataset
@@ -249,6 +227,6 @@ def run_rank(
         summary = drive(group, call) if drive is not None else call()
         if getattr(cfg, "evaluate", False):
             if evaluate is None:
-                from ssa.evaluate import evaluate_run as evaluate
+                from ssa.evaluation.evaluate import evaluate_run as evaluate
             evaluate(cfg, group, summary)
     return summary

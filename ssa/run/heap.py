@@ -11,7 +11,7 @@ then stays near the peak of the run instead of falling between images.
 
 A process-wide choice, so the library never makes it: the `ssa run` and `ssa engine` commands
 opt in (each process, before loading models; `SSA_KEEP_HEAP=0` turns it off); a Python caller of
-`ssa.runner.run_rank` may call it too. A no-op on other C libraries.
+`ssa.run.runner.run_rank` may call it too. A no-op on other C libraries.
 """
 
 from __future__ import annotations

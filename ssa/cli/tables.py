@@ -9,7 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ssa.evaluate import EvalPlan, build_report, delta, plan_eval, score, write_csv, write_json
+from ssa.evaluation.evaluate import (
+    EvalPlan,
+    build_report,
+    delta,
+    plan_eval,
+    score,
+    write_csv,
+    write_json,
+)
 from ssa.words import plural
 
 

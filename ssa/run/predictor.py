@@ -107,7 +107,7 @@ def granularity_order(areas: Sequence[int]) -> list[int]:
 class SemanticPredictor:
     """A per-image predictor: prompts -> three masks with semantic labels.
 
-    masks: a `PromptableMaskSource` (`ssa.masks.spec.load_prompt_source`), or a
+    masks: a `PromptableMaskSource` (`ssa.specs.masks.load_prompt_source`), or a
       `segment_anything.modeling.Sam` (e.g. from `ssa.masks.load_sam`), wrapped in
       `ssa.masks.sam.SamPromptSource`.
     segmentor: a semantic branch (`ssa.segmentors.base.Segmentor`): image -> `(C, H, W)` scores
@@ -288,8 +288,8 @@ def build_predictor(
     """A SemanticPredictor from a `RunConfig` (masks or sam_model/sam_checkpoint, segmentor,
     dataset, device, top_k), with the same loaders and class-name rules as `ssa run`."""
     from ssa.datasets import get_dataset
-    from ssa.labeller import build_segmentor
-    from ssa.masks.spec import check_mask_source, load_prompt_source, spec_from_config
+    from ssa.run.labeller import build_segmentor
+    from ssa.specs.masks import check_mask_source, load_prompt_source, spec_from_config
 
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()

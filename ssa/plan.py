@@ -40,10 +40,10 @@ def check_voting(cfg: Any) -> None:
 
 
 def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[str, Any]]:
-    """The run's mask spec (`ssa.masks.spec.spec_from_config`) and the settings its source is
+    """The run's mask spec (`ssa.specs.masks.spec_from_config`) and the settings its source is
     built with (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's
     knobs."""
-    from ssa.masks.spec import resolve_mask_settings, spec_from_config
+    from ssa.specs.masks import resolve_mask_settings, spec_from_config
 
     spec = spec_from_config(cfg)
     preset = cfg.amg_preset or default_preset
@@ -54,8 +54,8 @@ def check_run(cfg: Any) -> None:
     """The checks that need no model (before workers start, so one message, not N): outputs,
     images, the mask spec's files, the recorded settings; the mask source's knobs first when
     `--amg` sets some, else last."""
-    from ssa.masks.spec import check_mask_source, spec_from_config
-    from ssa.runner import list_images
+    from ssa.datasets import list_images
+    from ssa.specs.masks import check_mask_source, spec_from_config
 
     check_voting(cfg)
     preset = get_dataset(cfg.dataset).default_amg_preset
@@ -74,7 +74,7 @@ def check_run(cfg: Any) -> None:
 def run_settings(cfg: Any) -> dict[str, Any]:
     """The settings of `cfg` that decide what its outputs hold (`SETTING_KEYS`), JSON-ready;
     `masks` is the full spec string (`sam:vit_h`, ...)."""
-    from ssa.masks.spec import spec_from_config
+    from ssa.specs.masks import spec_from_config
 
     values: dict[str, Any] = {}
     for key in SETTING_KEYS:
@@ -116,8 +116,8 @@ def write_settings(cfg: Any) -> None:
 def nothing_to_do(cfg: Any) -> int:
     """The number of images when every one is done already (0 when some are not, or with
     `--overwrite`): stops at the first image that is not done, so a fresh run costs one look."""
-    from ssa.outputs import is_done
-    from ssa.runner import list_images
+    from ssa.datasets import list_images
+    from ssa.run.outputs import is_done
 
     if getattr(cfg, "overwrite", False) or not Path(cfg.out_dir).is_dir():
         return 0

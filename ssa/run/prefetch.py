@@ -5,7 +5,7 @@ Results come back in input order, each once its files are written, so "done" sti
 JSON exists". A generator can only hand a result over between two images, so `on_result` is also
 called the moment each result is final (from the writer thread for written images): progress
 counts an image when its JSON is written, not when the next image is labelled. Every step goes
-through `ssa.labeller.guarded`, as in `labeller.process_image`:
+through `ssa.run.labeller.guarded`, as in `labeller.process_image`:
 a read, label or write failure is that image's failure.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ssa.errors import FatalError
-from ssa.labeller import ImageLabeller, guarded
-from ssa.outputs import ImageResult, output_paths
+from ssa.run.labeller import ImageLabeller, guarded
+from ssa.run.outputs import ImageResult, output_paths
 
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2

@@ -1,0 +1,6 @@
+"""The command line: the Typer app (`commands`), rich progress and logging (`progress`) and
+rich tables (`tables`). Nothing below this package imports typer or rich."""
+
+from ssa.cli.commands import app
+
+__all__ = ["app"]

@@ -66,7 +66,7 @@ class RunConfig(MaskBranchConfig):
     classes: Path | None = None
     label_map: Path | None = None
     prompts: Path | None = None  # SAM 3: YAML/JSON {class name: phrase or [phrases]}
-    prompt_batch: int | None = None  # SAM 3: phrases per forward pass (None: its default)
+    prompt_batch: PositiveInt | None = None  # SAM 3: phrases per forward pass (None: its default)
     vote: str = "hard"
     min_vote_share: Share = 0.0
     device: str | None = None
@@ -75,7 +75,7 @@ class RunConfig(MaskBranchConfig):
     save_branch: bool = False
     save_vis: bool = False
     overwrite: bool = False  # redo images that are done (their JSON exists and parses)
-    max_pixels: int | None = None  # label larger images downsized to this many pixels
+    max_pixels: PositiveInt | None = None  # label larger images downsized to this many pixels
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
     # Both branches' networks (ssa.precision): fp32 exact; bf16/fp16 autocast / model dtype.

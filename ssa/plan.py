@@ -9,7 +9,6 @@ check (it reads `SamAutomaticMaskGenerator`'s signature) runs last.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,6 @@ from ssa.errors import SSAError
 
 log = logging.getLogger(__name__)
 
-RUN_SETTINGS = "ssa_run.json"  # the settings of the run that wrote an out-dir
-# The RunConfig fields that change what an image's outputs hold (the rest: where, how fast,
-# which images, which extra files).
-SETTING_KEYS = (
-    "masks", "amg_preset", "amg", "amg_impl", "segmentor", "segmentor_args", "classes",
-    "label_map", "prompts", "vote", "min_vote_share", "top_k", "max_pixels",
-)
-
 
 def check_voting(cfg: Any) -> None:
     """Refuse a bad policy before anything is loaded."""
@@ -39,23 +30,13 @@ def check_voting(cfg: Any) -> None:
         raise SSAError(f"--min-vote-share {share!r} must be a number in [0, 1] (0 = off)")
 
 
-def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[Any, dict[str, Any]]:
-    """The run's mask spec (`ssa.specs.masks.spec_from_config`) and the settings its source is
-    built with (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's
-    knobs."""
-    from ssa.specs.masks import resolve_mask_settings, spec_from_config
-
-    spec = spec_from_config(cfg)
-    preset = cfg.amg_preset or default_preset
-    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)
-
-
 def check_run(cfg: Any) -> None:
     """The checks that need no model (before workers start, so one message, not N): outputs,
     images, the mask spec's files, the recorded settings; the mask source's knobs first when
     `--amg` sets some, else last."""
     from ssa.datasets import list_images
-    from ssa.specs.masks import check_mask_source, spec_from_config
+    from ssa.run.record import check_inputs, real
+    from ssa.specs.masks import check_mask_source, mask_settings, spec_from_config
 
     check_voting(cfg)
     preset = get_dataset(cfg.dataset).default_amg_preset
@@ -64,6 +45,8 @@ def check_run(cfg: Any) -> None:
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
     list_images(cfg)
+    check_inputs(cfg.out_dir, run_inputs(cfg))
+    cfg.out_dir = real(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
     io.check_writable(cfg.out_dir)  # a file, a read-only or full out-dir: one line
     check_mask_source(spec_from_config(cfg))
     check_settings(cfg)
@@ -72,57 +55,65 @@ def check_run(cfg: Any) -> None:
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:
-    """The settings of `cfg` that decide what its outputs hold (`SETTING_KEYS`), JSON-ready;
-    `masks` is the full spec string (`sam:vit_h`, ...)."""
+    """The settings of `cfg` that decide what its outputs hold (`ssa.run.record.SETTING_KEYS`),
+    JSON-ready, paths real and absolute; `masks` is the full spec string (`sam:vit_h`, ...)."""
+    from ssa.run.record import SETTING_KEYS, settings_of
     from ssa.specs.masks import spec_from_config
 
-    values: dict[str, Any] = {}
-    for key in SETTING_KEYS:
-        value = getattr(cfg, key, None)
-        if key == "masks":
-            value = str(spec_from_config(cfg))
-        values[key] = str(value) if isinstance(value, Path) else value
-    return json.loads(json.dumps(values, default=str))
+    values = {key: getattr(cfg, key, None) for key in SETTING_KEYS}
+    values["masks"] = str(spec_from_config(cfg))
+    return settings_of(values)
+
+
+def image_prints(cfg: Any) -> dict[str, Any]:
+    """The fingerprint of the full image listing (`--limit` aside: a limited run resumes)."""
+    from ssa.datasets import select_images
+    from ssa.run.record import fingerprint
+
+    root, rels = select_images(cfg.dataset, cfg.data_dir, cfg.split, None, cfg.out_dir)
+    return fingerprint(root, rels)
 
 
 def check_settings(cfg: Any) -> None:
-    """Refuse to resume an out-dir that a run with other settings wrote (its images would keep
-    the old settings beside the new ones); `--overwrite` redoes every image instead."""
-    path = Path(cfg.out_dir) / RUN_SETTINGS
-    if getattr(cfg, "overwrite", False) or not path.is_file():
-        return
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError, AttributeError):
-        return  # unreadable: the next write replaces it
-    now = run_settings(cfg)
-    differ = [k for k in SETTING_KEYS if k in earlier and earlier[k] != now[k]]
-    if differ:
-        shown = ", ".join(f"{k} {earlier[k]!r} -> {now[k]!r}" for k in differ)
-        raise SSAError(
-            f"{cfg.out_dir} holds a run with other settings ({shown}); pass the same settings to "
-            f"resume it, --overwrite to redo every image, or another --out-dir"
-        )
+    """Refuse an out-dir that is not ssa's, or whose record says a run with other settings or
+    other images wrote it (`ssa.run.record.check_record`)."""
+    from ssa.run.record import check_record
+
+    check_record(Path(cfg.out_dir), run_settings(cfg), Path(cfg.data_dir), image_prints(cfg),
+                 bool(getattr(cfg, "overwrite", False)))
 
 
-def write_settings(cfg: Any) -> None:
-    """Record the run's settings in `<out-dir>/ssa_run.json` (atomically)."""
-    from ssa import __version__
+def run_inputs(cfg: Any) -> list[tuple[str, Path | None]]:
+    """The folders and files a run reads, by flag (an out-dir must keep clear of them)."""
+    from ssa.specs.masks import spec_from_config
+    from ssa.specs.segmentors import parse_spec
 
-    io.write_json(Path(cfg.out_dir) / RUN_SETTINGS,
-                  {"ssa_version": __version__, "settings": run_settings(cfg)})
+    inputs: list[tuple[str, Path | None]] = [("--data-dir", cfg.data_dir)]
+    for key in ("gt_dir", "classes", "label_map", "prompts"):
+        inputs.append(("--" + key.replace("_", "-"), getattr(cfg, key, None)))
+    spec = spec_from_config(cfg)
+    if spec.kind == "json":
+        inputs.append(("--masks", Path(spec.target)))
+    if getattr(cfg, "segmentor", None):
+        seg = parse_spec(cfg.segmentor)
+        if seg.kind == "labels":
+            inputs.append(("--segmentor", Path(seg.target)))
+    return inputs
 
 
 def nothing_to_do(cfg: Any) -> int:
     """The number of images when every one is done already (0 when some are not, or with
-    `--overwrite`): stops at the first image that is not done, so a fresh run costs one look."""
+    `--overwrite`): stops at the first image that is not done, so a fresh run costs one look.
+    An unfinished `--overwrite` counts only what it redid (`ssa.run.record.overwrite_mark`)."""
     from ssa.datasets import list_images
     from ssa.run.outputs import is_done
+    from ssa.run.record import overwrite_mark
 
     if getattr(cfg, "overwrite", False) or not Path(cfg.out_dir).is_dir():
         return 0
+    since = overwrite_mark(Path(cfg.out_dir), False)
     _, rels = list_images(cfg)
     for rel in rels:
-        if not is_done(Path(cfg.out_dir), rel):
+        if not is_done(Path(cfg.out_dir), rel, since):
             return 0
     return len(rels)

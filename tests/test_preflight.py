@@ -57,6 +57,7 @@ def test_usage_errors_come_before_any_model_library(hand_made, tmp_path):  # noq
     out = tmp_path / "out"
     (out).mkdir()
     (out / "ssa_run.json").write_text(json.dumps({"settings": {"top_k": 5, "vote": "hard"}}))
+    (out / "x_semantic.json").write_text("{}")  # it holds outputs: settings may not mix
     cases = [
         (["run", "--dataset", "ade20k", "--out-dir", str(out)], "--data-dir is required"),
         (labels_run(data, masks_dir, labels_dir, classes, a_file), "(it is a file)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ssa import __version__
+from ssa import __version__, io
 from ssa.errors import SSAError
 
 app = typer.Typer(
@@ -382,8 +383,13 @@ def _launch_or_run(
     try:
         check_workers(cfg, world_size)
         if info is None and world_size is not None and world_size > 1:
+            from ssa.run.runner import out_dir_lock
+
             check(cfg)
-            code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
+            what = "ssa engine" if engine else "ssa run"
+            with out_dir_lock(cfg.out_dir, what=what) as lock:
+                os.environ[io.LOCK_ENV] = str(lock.path)  # its workers are covered by it
+                code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
             raise typer.Exit(code)
     except SSAError as exc:
         fail(exc)
@@ -844,7 +850,12 @@ def export_(
         if info is None and world_size is not None and world_size > 1:
             check_export(cfg, world_size)
             distributed.check_world_size("cpu", world_size)
-            raise typer.Exit(distributed.launch(world_size, export_share, (cfg,), log=_log_error))
+            from ssa.export.runner import export_lock
+
+            with export_lock(cfg) as lock:
+                os.environ[io.LOCK_ENV] = str(lock.path)  # its workers are covered by it
+                code = distributed.launch(world_size, export_share, (cfg,), log=_log_error)
+            raise typer.Exit(code)
     except SSAError as exc:
         fail(exc)
         return

@@ -59,8 +59,7 @@ def check_engine(cfg: EngineConfig) -> None:
     list_engine_images(cfg)
     io.check_writable(cfg.out_dir)
     resolve_models(cfg.models, cfg.light)
-    from ssa.plan import mask_settings
-    from ssa.specs.masks import check_mask_source, spec_from_config
+    from ssa.specs.masks import check_mask_source, mask_settings, spec_from_config
 
     check_mask_source(spec_from_config(cfg))  # a missing file before the knobs (they import)
     mask_settings(cfg)
@@ -81,7 +80,8 @@ class EngineRun:
     ) -> None:
         from ssa.engine.labeller import EngineLabeller
         from ssa.engine.models import resolve_models
-        from ssa.run.labeller import build_mask_source, mask_settings
+        from ssa.run.labeller import build_mask_source
+        from ssa.specs.masks import mask_settings
 
         self.cfg = cfg
         device = cfg.resolved_device()
@@ -147,10 +147,9 @@ def run_engine(
     """Name the masks of every image that is not done yet; callbacks, sharding over `group`
     (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
     as in `ssa.run.runner.label_dataset`."""
-    from ssa.run.labeller import mask_settings
     from ssa.run.prefetch import process_overlapped
     from ssa.run.runner import dataset_loop
-    from ssa.specs.masks import prepare_mask_source
+    from ssa.specs.masks import mask_settings, prepare_mask_source
 
     check_engine(cfg)
     out_dir = Path(cfg.out_dir)

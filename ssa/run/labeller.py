@@ -21,8 +21,13 @@ import torch
 from ssa import io
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import FatalError, SSAError, first_line
-from ssa.plan import check_voting, mask_settings
-from ssa.run.outputs import ImageResult, annotations_from, output_paths, semantic_document
+from ssa.run.outputs import (
+    ImageResult,
+    annotations_from,
+    output_paths,
+    semantic_document,
+    write_inside,
+)
 from ssa.voting import vote
 
 
@@ -346,7 +351,7 @@ def build_mask_source(
     download_progress: Callable[[int, int | None], None] | None = None,
 ) -> Any:
     """The run's `MaskSource` (any `MaskBranchConfig`: `ssa run` and `ssa engine`)."""
-    from ssa.specs.masks import load_mask_source
+    from ssa.specs.masks import load_mask_source, mask_settings
 
     spec, settings = mask_settings(cfg, default_preset)
     return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl,
@@ -359,11 +364,11 @@ def build_labeller(
 ) -> Labeller:
     """Check the cheap things first (voting, the mask spec and knobs), then load the segmentor
     (refusing a class-count mismatch) and the mask source."""
+    from ssa.precision import check_device
+    from ssa.specs.masks import mask_settings
+
     spec = get_dataset(cfg.dataset)
     device = cfg.resolved_device()
-    check_voting(cfg)
-    from ssa.precision import check_device
-
     check_device(getattr(cfg, "precision", "fp32"), getattr(cfg, "compile", False), device)
     mask_settings(cfg, spec.default_amg_preset)
     segmentor, names = build_segmentor(cfg, spec, device)
@@ -431,7 +436,8 @@ def process_image(labeller: ImageLabeller, root: Path, rel: Path, out_dir: Path)
         out, failed = guarded(rel, start, "label", labeller.label, image, rel)
     if failed is None:
         paths = output_paths(Path(out_dir), rel)
-        num_masks, failed = guarded(rel, start, "write", labeller.write, out, paths, image)
+        num_masks, failed = guarded(rel, start, "write", write_inside, labeller.write,
+                                    Path(out_dir), rel, out, paths, image)
     if failed is not None:
         return failed
     return ImageResult(rel, "done", num_masks=num_masks, seconds=time.perf_counter() - start)

@@ -204,7 +204,7 @@ def resolve_mask_settings(
     """The settings a source is built with: for `sam:` every generator keyword (library default,
     then the preset, then `--amg`); for `hf:` the preset's knobs it supports and `--amg` (the
     model's defaults for the rest); for `py:`/plug-ins the `--amg` values as given (the factory
-    checks them); for `json:` none (`--amg` has no effect). Bad keys or values raise SSAError."""
+    checks them); for `json:` none (an `--amg` knob is refused). Bad keys or values raise SSAError."""
     from ssa.masks.knobs import resolve_settings
 
     parsed = _as_spec(spec)
@@ -215,6 +215,11 @@ def resolve_mask_settings(
             raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
         return resolve_amg(preset, dict(overrides or {}), impl)
     if parsed.kind == "json":
+        if overrides:  # saved masks have no knob: a typed one is a mistake, not a no-op
+            raise SSAError(
+                f"--amg {', '.join(sorted(overrides))}: --masks {parsed} reads saved masks, "
+                f"which take no --amg knobs; leave --amg out"
+            )
         return {}
     table = mask_knobs(parsed, impl)
     if table is None:
@@ -335,3 +340,11 @@ def load_prompt_source(
             f"PromptableMaskSource (ssa.masks.base)"
         )
     return source
+
+
+def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[MaskSpec, dict[str, Any]]:
+    """The run's mask spec (`spec_from_config`) and the settings its source is built with
+    (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's knobs."""
+    spec = spec_from_config(cfg)
+    preset = cfg.amg_preset or default_preset
+    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)

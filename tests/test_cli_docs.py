@@ -83,3 +83,13 @@ def test_every_option_of_every_command_is_listed():
 def test_the_main_commands_have_sections(command):
     """Independent of the walk above: the commands the README names are documented."""
     assert f"ssa {command}" in sections(CLI_MD.read_text(encoding="utf-8"))
+
+
+def test_readme_is_short_and_holds_the_ci_test_command():
+    """README.md gets a newcomer running in at most 250 lines (the rest lives in docs/), and the
+    test command `.ci/run` ends with is the README's, so the README's instructions are tested."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250, "README.md is over 250 lines: move detail into docs/"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci == "python -m pytest -q"
+    assert f"\n{ci}\n" in readme

@@ -162,7 +162,9 @@ def test_run_and_engine_list_without_their_out_dir(tmp_path):
 
 def test_cityscapes_tables_are_the_official_ones():
     """Names, palette and labelId -> trainId against cityscapesScripts' own `labels` table."""
-    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    labels = pytest.importorskip(
+        "cityscapesscripts.helpers.labels",
+        reason="the official Cityscapes tables come with the optional cityscapesscripts")
     from ssa.datasets import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE
 
     train = sorted((lab for lab in labels.labels if 0 <= lab.trainId < 255),

@@ -225,14 +225,17 @@ def write_engine_run(tmp_path):
     """An `ssa engine` output folder written by EngineRun.write (no class_names, no label PNG),
     with the names ["red bus", "cat", "old tree"] dealt to the masks in turn; returns the image
     folder, the output folder, the names and each image's annotations."""
-    from ssa.engine.runner import EngineConfig, EngineRun
+    from types import SimpleNamespace
+
+    from ssa.engine.runner import EngineRun
     from ssa.io import decode_rle
     from ssa.run.outputs import output_paths
 
     data, masks_dir, _, _ = make_inputs(tmp_path)
     out = tmp_path / "engine"
     writer = EngineRun.__new__(EngineRun)  # the real writer, without loading its five models
-    writer.cfg, writer.model_ids = EngineConfig(out_dir=out), {"clip": "tiny"}
+    writer.plan = SimpleNamespace(outputs=SimpleNamespace(save_vis=False, out_dir=out), top_k=3)
+    writer.model_ids = {"clip": "tiny"}
     names = ["red bus", "cat", "old tree"]
     expected = {}
     for rel in RELS:

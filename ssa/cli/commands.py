@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -294,9 +293,8 @@ def run(
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
-    from ssa.evaluation.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
-    from ssa.plan import check_run, nothing_to_do
+    from ssa.plan import nothing_to_do, plan_run
     from ssa.specs.segmentors import parse_segmentor_args
     from ssa.words import plural
 
@@ -337,11 +335,9 @@ def run(
             "compile": compile_,
         }
         cfg = config_mod.build_config(file_values, cli_values)
-        check_run_eval(cfg)
-        check_workers(cfg, world_size)  # with N > 1 it asks torch for the devices
-        # Every check that needs no model, before torch or a model library is imported.
-        check_run(cfg)
-        done = 0 if cfg.evaluate else nothing_to_do(cfg)
+        # Every check that needs no model, once, before torch or a model library is imported.
+        plan = plan_run(cfg, world_size)
+        done = nothing_to_do(plan)
     except SSAError as exc:
         fail(exc)
         return
@@ -350,56 +346,37 @@ def run(
 
         logging.getLogger("ssa").info(
             "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
-            done, plural(done, "image"), cfg.out_dir,
+            done, plural(done, "image"), plan.outputs.out_dir,
         )
         return
-    _launch_or_run(cfg, world_size, check_run)
+    _launch_or_run(plan, world_size)
 
 
-def check_workers(cfg: Any, world_size: int | None) -> None:
-    """`--world-size` against torchrun's environment and this machine (GPUs or cores)."""
-    from ssa import distributed
-
-    info = distributed.rank_info_from_env()
-    if world_size is not None and world_size < 1:
-        raise SSAError(f"--world-size {world_size} must be at least 1")
-    if info is not None and world_size not in (None, info.world_size):
-        raise SSAError(
-            f"--world-size {world_size}, but torchrun started {info.world_size} workers "
-            f"(WORLD_SIZE); leave --world-size out under torchrun"
-        )
-    if info is None and world_size is not None and world_size > 1:
-        distributed.check_world_size(cfg.resolved_device(), world_size)
-
-
-def _launch_or_run(
-    cfg: Any, world_size: int | None, check: Callable[[Any], None], engine: bool = False
-) -> None:
+def _launch_or_run(plan: Any, world_size: int | None, engine: bool = False) -> None:
     """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
-    share (one process, or a rank under torchrun); exit 1 when any image failed."""
+    share (one process, or a rank under torchrun); exit 1 when any image failed. The plan was
+    checked once, here: the workers get it as it is."""
     from ssa import distributed
 
     info = distributed.rank_info_from_env()
-    try:
-        check_workers(cfg, world_size)
-        if info is None and world_size is not None and world_size > 1:
-            from ssa.run.runner import out_dir_lock
+    if info is None and world_size is not None and world_size > 1:
+        from ssa.run.runner import out_dir_lock
 
-            check(cfg)
-            what = "ssa engine" if engine else "ssa run"
-            with out_dir_lock(cfg.out_dir, what=what) as lock:
+        try:
+            with out_dir_lock(plan.outputs.out_dir, what=getattr(plan, "command", "ssa run")) \
+                    as lock:
                 os.environ[io.LOCK_ENV] = str(lock.path)  # its workers are covered by it
-                code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
-            raise typer.Exit(code)
-    except SSAError as exc:
-        fail(exc)
-        return
-    code = run_share(cfg, engine)
+                code = distributed.launch(world_size, run_share, (plan, engine), log=_log_error)
+        except SSAError as exc:
+            fail(exc)
+            return
+        raise typer.Exit(code)
+    code = run_share(plan, engine)
     if code:
         raise typer.Exit(1 if code == distributed.REPORTED_EXIT else code)
 
 
-def run_share(cfg: Any, engine: bool = False) -> int:
+def run_share(plan: Any, engine: bool = False) -> int:
     """This process's share of the run (the only process, a rank under torchrun, or a worker of
     `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
     rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
@@ -414,7 +391,7 @@ def run_share(cfg: Any, engine: bool = False) -> int:
         from ssa.engine.runner import run_engine as runner
     try:
         info = distributed.rank_info_from_env()
-        summary = run_with_progress(cfg, console, info, runner=runner)
+        summary = run_with_progress(plan, console, info, runner=runner)
     except SSAError as exc:
         _log_error(str(exc))
         return distributed.REPORTED_EXIT
@@ -721,9 +698,9 @@ def engine(
 
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
-    from ssa.config import validated
-    from ssa.engine.runner import EngineConfig, check_engine
+    from ssa.config import EngineConfig, validated
     from ssa.keyvalue import parse_key_values
+    from ssa.plan import plan_engine
 
     setup_logging()
     try:
@@ -753,12 +730,11 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
-        check_workers(cfg, world_size)
-        check_engine(cfg)  # before torch or a model library is imported
+        plan = plan_engine(cfg, world_size)  # before torch or a model library is imported
     except SSAError as exc:
         fail(exc)
         return
-    _launch_or_run(cfg, world_size, check_engine, engine=True)
+    _launch_or_run(plan, world_size, engine=True)
 
 
 # --- ssa export (issue 13): a finished run's labels in the formats dataset tools import ---

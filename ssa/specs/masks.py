@@ -314,24 +314,32 @@ def load_prompt_source(
     spec: MaskSpec | str,
     device: str,
     progress: Callable[[int, int | None], None] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Any:
     """Build the `PromptableMaskSource` a spec names (`ssa predict`): `sam:` (SamPredictor),
     `hf:` (`ssa.masks.hf.load_hf_prompt_source`), or a factory whose object has `set_image` and
-    `predict`."""
+    `predict`. precision/compile as for `load_mask_source` (`--compile`: `sam:` only)."""
     from ssa.plugins import call_factory
 
     parsed = _as_spec(spec)
+    if compile and parsed.kind != "sam":
+        raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; leave it off")
     if parsed.kind == "sam":
         from ssa.masks.sam import load_sam_prompt_source
 
-        return load_sam_prompt_source(parsed.target, parsed.checkpoint, device, progress)
+        return load_sam_prompt_source(parsed.target, parsed.checkpoint, device, progress,
+                                      precision, compile)
     if parsed.kind == "json":
         raise SSAError(f"--masks {parsed}: JSON masks cannot answer prompts; use sam: or hf:")
     if parsed.kind == "hf":
         module = hf_module()
         if not hasattr(module, "load_hf_prompt_source"):
             raise SSAError(f"--masks {parsed}: this ssa's hf: source takes no prompts; use sam:")
-        return module.load_hf_prompt_source(parsed.target, device)
+        return module.load_hf_prompt_source(parsed.target, device, precision)
+    if precision != "fp32":
+        raise SSAError(f"--precision {precision} applies to sam: and hf: mask sources, not "
+                       f"{parsed}; pass --precision fp32")
     factory, where = _factory(parsed)
     source = call_factory(factory, where, device, {}, "--amg")
     if not all(callable(getattr(source, m, None)) for m in ("set_image", "predict")):

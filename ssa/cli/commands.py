@@ -133,6 +133,13 @@ GtDirOpt = Annotated[
 ]
 
 
+ReportOpt = Annotated[
+    bool,
+    typer.Option("--report", help="Then write the HTML report of the out-dir (`ssa report`).",
+                 rich_help_panel="Evaluation"),
+]
+
+
 @app.command()
 def run(
     dataset: DatasetOpt = None,
@@ -290,6 +297,7 @@ def run(
         ),
     ] = None,
     log_every: LogEveryOpt = None,
+    report: ReportOpt = False,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
@@ -340,6 +348,10 @@ def run(
         check_workers(cfg, world_size)  # with N > 1 it asks torch for the devices
         # Every check that needs no model, before torch or a model library is imported.
         check_run(cfg)
+        if report:
+            from ssa.cli.report import check_extra
+
+            check_extra()  # before a long run, not after it
         done = 0 if cfg.evaluate else nothing_to_do(cfg)
     except SSAError as exc:
         fail(exc)
@@ -351,8 +363,19 @@ def run(
             "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
             done, plural(done, "image"), cfg.out_dir,
         )
-        return
-    _launch_or_run(cfg, world_size, check_run)
+    else:
+        try:
+            _launch_or_run(cfg, world_size, check_run)
+        except typer.Exit as exc:  # failed images: the report still shows the run
+            if not report or exc.exit_code != 1:
+                raise
+            done = -1
+    if report:
+        from ssa.cli.report import report_after_run
+
+        report_after_run(cfg)
+        if done == -1:
+            raise typer.Exit(1)
 
 
 def check_workers(cfg: Any, world_size: int | None) -> None:
@@ -460,6 +483,7 @@ def eval_(
     workers: Annotated[
         int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
     ] = None,
+    report: ReportOpt = False,
 ) -> None:
     """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
     from ssa.cli.tables import evaluate_with_progress
@@ -471,6 +495,10 @@ def eval_(
         plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
                          allow_missing=allow_missing)
         evaluate_with_progress(plan, console, json_out, csv_out, workers)
+        if report:
+            from ssa.cli.report import report_after_eval
+
+            report_after_eval(dataset, data_dir, pred_dir, split, gt_dir, classes)
     except SSAError as exc:
         fail(exc)
 
@@ -812,6 +840,11 @@ def export_(
     limit: Annotated[
         int | None, typer.Option(help="Export only the first N images.", rich_help_panel="Data")
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Export only the images this file lists, one relative path per line "
+                     "(e.g. the review.txt of `ssa report`).", rich_help_panel="Data"),
+    ] = None,
     allow_missing: Annotated[
         bool,
         typer.Option("--allow-missing",
@@ -832,7 +865,7 @@ def export_(
         cfg = ExportConfig(
             format=format, pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir,
             split=split, classes=classes, things=things, image_root_url=image_root_url,
-            limit=limit, allow_missing=allow_missing, overwrite=overwrite,
+            limit=limit, allow_missing=allow_missing, overwrite=overwrite, images=images,
         )
         if world_size is not None and world_size < 1:
             raise SSAError(f"--world-size {world_size} must be at least 1")

@@ -251,7 +251,11 @@ def test_odd_runs_open(browser, odd_runs, kind):
     elif kind == "no_gt":
         assert "No scores" in text and "low confidence" in text
     else:
-        assert "1 labelled" in text.replace("\n", " ") or "1\n labelled" in text
+        assert " ".join(text.split()).startswith(f"Run {paths['out']}")
+        assert "1 labelled" in " ".join(text.split())
+        gallery = (index.parent / "gallery-1.html").read_text()
+        assert gallery.count('class="card"') == 1 and "image 1 of 1" in (
+            index.parent / "images" / "000000.html").read_text()
 
 
 def test_failed_images_count_as_all_wrong(odd_runs, tmp_path):
@@ -264,7 +268,7 @@ def test_failed_images_count_as_all_wrong(odd_runs, tmp_path):
     assert result.exit_code == 0, result.output
     expected = json.loads(eval_json.read_text())
     html = index.read_text()
-    for name, s in expected["per_class"].items():
+    for s in expected["per_class"].values():
         if s["iou"] is not None:
             assert f'data-value="{json.dumps(s["iou"])}"' in html
 

@@ -349,7 +349,7 @@ def run(
         # Every check that needs no model, before torch or a model library is imported.
         check_run(cfg)
         if report:
-            from ssa.cli.report import check_extra
+            from ssa.report import check_extra
 
             check_extra()  # before a long run, not after it
         done = 0 if cfg.evaluate else nothing_to_do(cfg)
@@ -371,11 +371,26 @@ def run(
                 raise
             done = -1
     if report:
-        from ssa.cli.report import report_after_run
+        from ssa.report import ReportOptions
 
-        report_after_run(cfg)
+        try:
+            _write_report(ReportOptions.for_run(cfg))
+        except SSAError as exc:
+            fail(exc)
         if done == -1:
             raise typer.Exit(1)
+
+
+def _write_report(options: Any) -> None:
+    """`--report`: the HTML report of the out-dir (`ssa report`; rank 0 only); prints the
+    file:// URL of its index.html."""
+    from ssa import distributed
+    from ssa.report import build_report
+
+    info = distributed.rank_info_from_env()
+    if info is None or info.is_main:
+        console.print(f"writing the report of {options.pred_dir}", highlight=False)
+        print(build_report(options).index.resolve().as_uri())
 
 
 def check_workers(cfg: Any, world_size: int | None) -> None:
@@ -496,9 +511,10 @@ def eval_(
                          allow_missing=allow_missing)
         evaluate_with_progress(plan, console, json_out, csv_out, workers)
         if report:
-            from ssa.cli.report import report_after_eval
+            from ssa.report import ReportOptions
 
-            report_after_eval(dataset, data_dir, pred_dir, split, gt_dir, classes)
+            _write_report(ReportOptions(pred_dir, dataset=dataset, data_dir=data_dir,
+                                        split=split, gt_dir=gt_dir, classes=classes))
     except SSAError as exc:
         fail(exc)
 

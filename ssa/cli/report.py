@@ -1,32 +1,24 @@
-"""`ssa report` (issue 26): a static HTML report of a finished run, and the `--report` step of
-`ssa run` / `ssa eval` (`report_after_run`, `report_after_eval`)."""
+"""`ssa report` (issue 26): a static HTML report of a finished run (`ssa run --report` and
+`ssa eval --report` call the library from `ssa.cli.commands`, which cannot import this module:
+it imports the app from there)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ssa.cli.commands import GtDirOpt, app, console, fail
 from ssa.errors import SSAError
+from ssa.report import ReportOptions
 
 
-def check_extra() -> None:
-    """Refuse in one line when the `report` extra is missing (before any image is read)."""
-    import importlib.util
-
-    missing = [m for m in ("jinja2", "matplotlib") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise SSAError(f"ssa report needs {' and '.join(missing)}; install them with "
-                       f"pip install 'ssa[report]'")
-
-
-def make_report(options: Any) -> Path:
+def make_report(options: ReportOptions) -> Path:
     """Build the report with a progress bar; print and return the file:// URL of index.html."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ssa.report import build_report
+    from ssa.report import build_report, check_extra
 
     check_extra()
     with Progress(TextColumn("[bold]report"), BarColumn(), MofNCompleteColumn(),
@@ -39,38 +31,6 @@ def make_report(options: Any) -> Path:
         )
     print(result.index.resolve().as_uri())
     return result.index
-
-
-def _is_main() -> bool:
-    from ssa import distributed
-
-    info = distributed.rank_info_from_env()
-    return info is None or info.is_main
-
-
-def report_after_run(cfg: Any) -> None:
-    """`ssa run --report`: the report of the run's out-dir (its images, with scores when the
-    run was scored with --eval), on rank 0 only; a refusal is one line and exit 1."""
-    from ssa.report import ReportOptions
-
-    if not _is_main():
-        return
-    try:
-        make_report(ReportOptions(
-            pred_dir=Path(cfg.out_dir), dataset=cfg.dataset, data_dir=cfg.data_dir,
-            split=cfg.split, gt_dir=cfg.gt_dir, limit=cfg.limit, scores=bool(cfg.evaluate),
-        ))
-    except SSAError as exc:
-        fail(exc)
-
-
-def report_after_eval(dataset: str, data_dir: Path, pred_dir: Path, split: str | None,
-                      gt_dir: Path | None, classes: Path | None) -> None:
-    """`ssa eval --report`: the report of the scored folder, with the same ground truth."""
-    from ssa.report import ReportOptions
-
-    make_report(ReportOptions(pred_dir=pred_dir, dataset=dataset, data_dir=data_dir,
-                              split=split, gt_dir=gt_dir, classes=classes))
 
 
 @app.command("report")

@@ -12,6 +12,17 @@ on), `folder` (ownership of the report folder). Needs the `report` extra (jinja2
 
 from __future__ import annotations
 
+from ssa.errors import SSAError
 from ssa.report.build import ReportOptions, ReportResult, build_report
 
-__all__ = ["ReportOptions", "ReportResult", "build_report"]
+__all__ = ["ReportOptions", "ReportResult", "build_report", "check_extra"]
+
+
+def check_extra() -> None:
+    """Refuse in one line when the `report` extra (jinja2, matplotlib) is missing."""
+    import importlib.util
+
+    missing = [m for m in ("jinja2", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SSAError(f"ssa report needs {' and '.join(missing)}; install them with "
+                       f"pip install 'ssa[report]'")

@@ -64,6 +64,14 @@ class ReportOptions:
     review: int = DEFAULT_REVIEW
     page_size: int = DEFAULT_PAGE_SIZE
 
+    @classmethod
+    def for_run(cls, cfg: Any) -> ReportOptions:
+        """`ssa run --report`: the run's out-dir, its images (`--limit` included), scored
+        when the run is (`--eval`), with its ground truth."""
+        return cls(pred_dir=Path(cfg.out_dir), dataset=cfg.dataset, data_dir=cfg.data_dir,
+                   split=cfg.split, gt_dir=cfg.gt_dir, limit=cfg.limit,
+                   scores=bool(cfg.evaluate))
+
 
 @dataclass
 class ImageRow:
@@ -237,7 +245,7 @@ class _Context:
         self.no_label = io.no_label_value(len(names))
         self.palette = get_dataset(dataset).palette_array(len(names))
         self.table = th.colour_table(self.palette, self.no_label)
-        self.hex = ["#%02x%02x%02x" % tuple(int(v) for v in c) for c in self.palette]
+        self.hex = ["#" + bytes(int(v) for v in c).hex() for c in self.palette]
         self.index_of = {n: i for i, n in enumerate(names)}
         self.items = {it.rel.with_suffix("").as_posix(): it for it in plan.items} if plan else {}
         self.totals = Totals(len(names))

@@ -83,10 +83,9 @@ def claim(out: Path, pred_dir: Path) -> None:
     from ssa import __version__
 
     out.mkdir(parents=True, exist_ok=True)
-    if not is_report(out):
-        if any(out.iterdir()):  # checked again: the check may be stale
-            raise SSAError(f"--out {out} is a folder that `ssa report` did not write; pass a "
-                           f"new or empty folder")
+    if not is_report(out) and any(out.iterdir()):  # checked again: the check may be stale
+        raise SSAError(f"--out {out} is a folder that `ssa report` did not write; pass a "
+                       f"new or empty folder")
     record = {OWNER_KEY: __version__, "pred_dir": str(real(pred_dir))}
     write_bytes(out / OWNER_FILE, json.dumps(record).encode())
 

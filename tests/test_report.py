@@ -335,6 +335,14 @@ def test_run_and_eval_report_flags(tmp_path):
                     "--pred-dir", out, "--report")
     assert result.exit_code == 0, result.output
     assert 'id="miou"' in (out / "report" / "index.html").read_text()
+    # A run with a failed image exits 1 and still writes its report, the failure listed.
+    (data / RELS[1]).write_bytes(b"not an image")
+    result = invoke("run", "--data-dir", data, "--out-dir", tmp_path / "run2", "--masks",
+                    masks_dir, "--segmentor", f"labels:{labels_dir}", "--classes", class_file,
+                    "--device", "cpu", "--report")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    index = (tmp_path / "run2" / "report" / "index.html").read_text()
+    assert "Failed images" in index and RELS[1].as_posix() in index
 
 
 def test_real_cityscapes_frame(browser, tmp_path):

@@ -363,13 +363,14 @@ def run(
             "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
             done, plural(done, "image"), cfg.out_dir,
         )
-    else:
+    code = 0
+    if not done:
         try:
             _launch_or_run(cfg, world_size, check_run)
-        except typer.Exit as exc:  # failed images: the report still shows the run
-            if not report or exc.exit_code != 1:
+        except typer.Exit as exc:  # workers' exit, or failed images: the report shows them
+            if not report or exc.exit_code not in (0, 1):
                 raise
-            done = -1
+            code = exc.exit_code
     if report:
         from ssa.report import ReportOptions
 
@@ -377,8 +378,8 @@ def run(
             _write_report(ReportOptions.for_run(cfg))
         except SSAError as exc:
             fail(exc)
-        if done == -1:
-            raise typer.Exit(1)
+        if code:
+            raise typer.Exit(code)
 
 
 def _write_report(options: Any) -> None:

@@ -478,8 +478,8 @@ class _Context:
         pred = self.pred_dir.resolve()
         parts = ["ssa", "export", "--format", "label-studio", "--pred-dir", str(pred)]
         if o.data_dir is not None:
-            if self.dataset != "folder":
-                parts += ["--dataset", self.dataset]
+            if o.dataset not in (None, "folder"):  # the listing's dataset, not the palette's
+                parts += ["--dataset", o.dataset]
             parts += ["--data-dir", str(Path(o.data_dir).resolve())]
             if o.split:
                 parts += ["--split", o.split]

@@ -5,13 +5,15 @@ it imports the app from there)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ssa.cli.commands import GtDirOpt, app, console, fail
 from ssa.errors import SSAError
-from ssa.report import ReportOptions
+
+if TYPE_CHECKING:  # the report package loads when a report is made, not for `ssa --help`
+    from ssa.report import ReportOptions
 
 
 def make_report(options: ReportOptions) -> Path:

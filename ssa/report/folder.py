@@ -67,8 +67,8 @@ def check_out(out: Path, pred_dir: Path, inputs: dict[str, Path | None],
         below_pred = pred in out.parents and root in pred.parents
         if root in out.parents and not below_pred:
             raise SSAError(f"--out {given} lies inside the image folder {image_root}, where "
-                           f"`ssa run` would take the report's pictures for images; pass a "
-                           f"folder outside it or inside --pred-dir")
+                           f"`ssa run` would take the report's pictures for images; pass an "
+                           f"--out outside it (`ssa report --out DIR`)")
     if os.path.lexists(out):
         if not out.is_dir():
             raise SSAError(f"--out {given} is a file; pass a folder for the report")

@@ -133,6 +133,13 @@ GtDirOpt = Annotated[
 ]
 
 
+ReportOpt = Annotated[
+    bool,
+    typer.Option("--report", help="Then write the HTML report of the out-dir (`ssa report`).",
+                 rich_help_panel="Evaluation"),
+]
+
+
 @app.command()
 def run(
     dataset: DatasetOpt = None,
@@ -290,6 +297,7 @@ def run(
         ),
     ] = None,
     log_every: LogEveryOpt = None,
+    report: ReportOpt = False,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
@@ -337,6 +345,10 @@ def run(
         cfg = config_mod.build_config(file_values, cli_values)
         # Every check that needs no model, once, before torch or a model library is imported.
         plan = plan_run(cfg, world_size)
+        if report:
+            from ssa.report import check_extra
+
+            check_extra()  # before a long run, not after it
         done = nothing_to_do(plan)
     except SSAError as exc:
         fail(exc)
@@ -348,8 +360,35 @@ def run(
             "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
             done, plural(done, "image"), plan.outputs.out_dir,
         )
-        return
-    _launch_or_run(plan, world_size)
+    code = 0
+    if not done:
+        try:
+            _launch_or_run(plan, world_size)
+        except typer.Exit as exc:  # workers' exit, or failed images: the report shows them
+            if not report or exc.exit_code not in (0, 1):
+                raise
+            code = exc.exit_code
+    if report:
+        from ssa.report import ReportOptions
+
+        try:
+            _write_report(ReportOptions.for_run(cfg))
+        except SSAError as exc:
+            fail(exc)
+        if code:
+            raise typer.Exit(code)
+
+
+def _write_report(options: Any) -> None:
+    """`--report`: the HTML report of the out-dir (`ssa report`; rank 0 only); prints the
+    file:// URL of its index.html."""
+    from ssa import distributed
+    from ssa.report import build_report
+
+    info = distributed.rank_info_from_env()
+    if info is None or info.is_main:
+        console.print(f"writing the report of {options.pred_dir}", highlight=False)
+        print(build_report(options).index.resolve().as_uri())
 
 
 def _launch_or_run(plan: Any, world_size: int | None, engine: bool = False) -> None:
@@ -443,6 +482,7 @@ def eval_(
     workers: Annotated[
         int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
     ] = None,
+    report: ReportOpt = False,
 ) -> None:
     """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
     from ssa.cli.tables import evaluate_with_progress
@@ -454,6 +494,11 @@ def eval_(
         plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
                          allow_missing=allow_missing)
         evaluate_with_progress(plan, console, json_out, csv_out, workers)
+        if report:
+            from ssa.report import ReportOptions
+
+            _write_report(ReportOptions(pred_dir, dataset=dataset, data_dir=data_dir,
+                                        split=split, gt_dir=gt_dir, classes=classes))
     except SSAError as exc:
         fail(exc)
 
@@ -794,6 +839,11 @@ def export_(
     limit: Annotated[
         int | None, typer.Option(help="Export only the first N images.", rich_help_panel="Data")
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Export only the images this file lists, one relative path per line "
+                     "(e.g. the review.txt of `ssa report`).", rich_help_panel="Data"),
+    ] = None,
     allow_missing: Annotated[
         bool,
         typer.Option("--allow-missing",
@@ -814,7 +864,7 @@ def export_(
         cfg = ExportConfig(
             format=format, pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir,
             split=split, classes=classes, things=things, image_root_url=image_root_url,
-            limit=limit, allow_missing=allow_missing, overwrite=overwrite,
+            limit=limit, allow_missing=allow_missing, overwrite=overwrite, images=images,
         )
         if world_size is not None and world_size < 1:
             raise SSAError(f"--world-size {world_size} must be at least 1")

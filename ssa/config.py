@@ -81,6 +81,9 @@ class RunConfig(MaskBranchConfig):
     max_pixels: PositiveInt | None = None  # label larger images downsized to this many pixels
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
+    world_size: PositiveInt | None = None  # `--world-size`: workers on this machine
+    log_every: float | None = None  # seconds between progress lines off a terminal
+    report: bool = False  # `--report`: the HTML report of the out-dir once done
 
     def resolved_device(self) -> str:
         import torch

@@ -468,3 +468,22 @@ def plan_predict(cfg: Any) -> PredictPlan:
     check_device(cfg.precision, cfg.compile, device)
     return PredictPlan(MaskBranch(spec, {}, cfg.amg_impl, cfg.precision, cfg.compile), semantic,
                        cfg.dataset, device, cfg.top_k)
+
+
+def run_defaults(
+    pred_dir: Path, dataset: str | None, data_dir: Path | None, split: str | None
+) -> tuple[str, Path | None, str | None]:
+    """`ssa eval`/`ssa export`/`ssa report` start from the run's own record: its dataset,
+    image folder and split are the defaults of the options not given (`folder` without one)."""
+    from ssa.run.record import read_record
+
+    record = read_record(Path(pred_dir)) if Path(pred_dir).is_dir() else None
+    if record is None:
+        return dataset or "folder", data_dir, split
+    if dataset is None:
+        dataset = record.get("dataset") or "folder"
+        if split is None:
+            split = record.get("split")
+    if data_dir is None and record.get("data_dir"):
+        data_dir = Path(record["data_dir"])
+    return dataset, data_dir, split

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ssa.cli.commands import GtDirOpt, app, console, fail
+from ssa.cli import options as o
+from ssa.cli.app import app, console, fail
 from ssa.errors import SSAError
 
 if TYPE_CHECKING:  # the report package loads when a report is made, not for `ssa --help`
@@ -61,7 +62,7 @@ def report(
         str | None,
         typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
     ] = None,
-    gt_dir: GtDirOpt = None,
+    gt_dir: o.GtDir = None,
     classes: Annotated[
         Path | None,
         typer.Option(help="folder only: class names, one per line, as in `ssa eval`.",

@@ -198,14 +198,15 @@ def overwrite_mark(out_dir: Path, overwrite: bool) -> int | None:
 
 def write_record(
     out_dir: Path, settings: dict[str, Any], data_dir: Path, prints: dict[str, Any],
-    since: int | None,
+    since: int | None, dataset: str = "folder", split: str | None = None,
 ) -> None:
-    """Record what the folder holds (atomically); `since`: an unfinished overwrite's start."""
+    """Record what the folder holds (atomically); `since`: an unfinished overwrite's start;
+    dataset/split: how the images were listed (the defaults of `ssa eval` and `ssa export`)."""
     from ssa import __version__
 
     record: dict[str, Any] = {
-        "ssa_version": __version__, "settings": settings, "data_dir": str(real(data_dir)),
-        "images": prints,
+        "ssa_version": __version__, "settings": settings, "dataset": dataset, "split": split,
+        "data_dir": str(real(data_dir)), "images": prints,
     }
     if since is not None:
         record["overwrite_since"] = since

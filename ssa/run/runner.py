@@ -127,7 +127,8 @@ def label_dataset(
     def begin() -> None:  # rank 0, once the models loaded, before any rank writes
         if main:
             record.write_record(out_dir, dict(plan.settings), plan.images.data_dir,
-                                dict(plan.listing), since)
+                                dict(plan.listing), since, plan.images.dataset,
+                                plan.images.split)
 
     def make_worker() -> Worker:
         labeller = build_labeller(plan, download_progress)

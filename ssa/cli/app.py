@@ -1,0 +1,92 @@
+"""The Typer app, its console, and how every command speaks: one `Error:` line, exit code 2
+for a usage error (found while planning, before anything runs) and 1 for a runtime failure."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ssa import __version__
+
+app = typer.Typer(
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    help="Semantic labels for Segment Anything masks: SAM's crisp masks, each given the top-1 "
+    "class of a semantic segmentor's pixels inside it.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+USAGE, RUNTIME = 2, 1
+
+
+def _switches_take_no_value() -> None:
+    """Typer prints a type beside every option, `--save-branch <bool>` and `--help <bool>` too,
+    as if a switch took a value; a switch shows none here."""
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    plain = getattr(option, "display_type_rich", None)
+    if plain is None or getattr(plain, "_ssa", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else plain(self, ctx)
+
+    display_type_rich._ssa = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_switches_take_no_value()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ssa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    """Label SAM's masks with a semantic segmentor's votes, over whole datasets."""
+
+
+def log_error(message: str) -> None:
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(exc: Exception, code: int = RUNTIME) -> NoReturn:
+    """One line, then exit (`USAGE` for a refusal while planning, `RUNTIME` after)."""
+    log_error(str(exc))
+    raise typer.Exit(code)
+
+
+def refuse(exc: Exception) -> NoReturn:
+    """A usage error: one line, exit code 2."""
+    fail(exc, USAGE)
+
+
+def setup_logging() -> None:
+    """`logging` for this process, once: rich's handler on a terminal, plain lines with time,
+    level and rank otherwise (`ssa.cli.progress.configure_logging`)."""
+    from ssa.cli.progress import configure_logging
+
+    configure_logging(console)
+
+
+def set_log_every(seconds: float | None) -> None:
+    """`--log-every` for this process and its workers (they inherit the environment)."""
+    from ssa.cli.progress import LOG_EVERY_ENV
+    from ssa.errors import SSAError
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise SSAError(f"--log-every {seconds} must be a positive number of seconds")
+        os.environ[LOG_EVERY_ENV] = str(seconds)

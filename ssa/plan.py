@@ -342,7 +342,8 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
     masks = mask_branch(cfg, dataset.default_amg_preset)
     root, rels = list_images(cfg)
     device = resolve_device(cfg.device)
-    check_device(masks.precision, masks.compile, device)
+    if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
+        check_device(masks.precision, masks.compile, device)
     check_workers(device, world_size)
     return RunPlan(
         images=Images(cfg.dataset, Path(cfg.data_dir), cfg.split, cfg.limit, Path(root),
@@ -423,7 +424,8 @@ def plan_engine(cfg: Any, world_size: int | None = None) -> EnginePlan:
     listing = fingerprint(full_root, full)
     check_record(Path(cfg.out_dir), settings, Path(cfg.data_dir), listing, False)
     device = resolve_device(cfg.device)
-    check_device(masks.precision, masks.compile, device)
+    if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
+        check_device(masks.precision, masks.compile, device)
     check_workers(device, world_size)
     return EnginePlan(
         images=Images("folder", Path(cfg.data_dir), None, cfg.limit, Path(root), tuple(rels)),
@@ -465,7 +467,8 @@ def plan_predict(cfg: Any) -> PredictPlan:
     check_name(cfg.precision)
     semantic = semantic_branch(cfg, dataset.default_segmentor)
     device = resolve_device(cfg.device)
-    check_device(cfg.precision, cfg.compile, device)
+    if cfg.precision != "fp32" or cfg.compile:
+        check_device(cfg.precision, cfg.compile, device)
     return PredictPlan(MaskBranch(spec, {}, cfg.amg_impl, cfg.precision, cfg.compile), semantic,
                        cfg.dataset, device, cfg.top_k)
 

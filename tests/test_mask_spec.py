@@ -188,7 +188,9 @@ def test_sam_knobs_are_the_stock_keywords_plus_the_fast_extras():
 
 
 def test_json_takes_no_knobs_and_factories_get_amg_as_given(folder):
-    assert resolve_mask_settings("json:masks", "ssa", {"points_per_side": 8}) == {}
+    assert resolve_mask_settings("json:masks", "ssa", {}) == {}
+    with pytest.raises(SSAError, match="points_per_side: --masks json:masks reads saved masks"):
+        resolve_mask_settings("json:masks", "ssa", {"points_per_side": 8})
     assert resolve_mask_settings("py:m.py:f", "ssa", {"anything": 1}) == {"anything": 1}
 
 

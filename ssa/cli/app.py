@@ -39,7 +39,46 @@ def _switches_take_no_value() -> None:
     option.display_type_rich = display_type_rich
 
 
+def _usage_names_plain() -> None:
+    """Typer writes a required argument as `{image}` in the usage line; write it as `IMAGE`, the
+    way click and man pages do (`[IMAGE]` when optional)."""
+    from typer import core
+
+    argument = getattr(core, "TyperArgument", None)
+    if argument is None or not hasattr(argument, "_usage_display_name"):
+        return
+
+    def usage_name(self: Any) -> str:
+        name = (self.metavar or self.name or "").upper()
+        return name if self.required else f"[{name}]"
+
+    argument._usage_display_name = usage_name
+
+
+def _usage_errors_in_one_line() -> None:
+    """A bad value that Typer itself parses (`--limit ten`, a missing required option) is one
+    `Error:` line naming the option and where the help is, as ssa's own refusals are; the exit
+    code stays click's 2."""
+    from typer import rich_utils
+
+    if getattr(rich_utils.rich_format_error, "_ssa", False):
+        return
+
+    def one_line(exc: Any) -> None:
+        if exc.__class__.__name__ == "NoArgsIsHelpError":
+            return
+        ctx = getattr(exc, "ctx", None)
+        where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        message = " ".join(str(exc.format_message()).split()).rstrip(".")
+        console.print(f"[bold red]Error:[/] {message}{where}", highlight=False, soft_wrap=True)
+
+    one_line._ssa = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = one_line
+
+
 _switches_take_no_value()
+_usage_names_plain()
+_usage_errors_in_one_line()
 
 
 def _version(value: bool) -> None:

@@ -36,14 +36,15 @@ def eval_table(report: dict[str, Any], title: str = "Evaluation") -> Table:
     """Per-class IoU/Acc and the overall scores; with a branch, branch | voted | delta columns."""
     branch = report.get("branch")
     table = Table(title=title, show_footer=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("class")
+    # At 80 columns a long class name wraps onto a second line; numbers are never cut.
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("class", overflow="fold")
     if branch:
         for name in ("IoU branch", "IoU voted", "ΔIoU", "Acc branch", "Acc voted", "ΔAcc"):
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", no_wrap=True)
     else:
-        table.add_column("IoU", justify="right")
-        table.add_column("Acc", justify="right")
+        table.add_column("IoU", justify="right", no_wrap=True)
+        table.add_column("Acc", justify="right", no_wrap=True)
     for index, (name, s) in enumerate(report["per_class"].items()):
         if branch:
             b = branch["per_class"][name]
@@ -91,19 +92,21 @@ def print_report(report: dict[str, Any], plan: EvalPlan, console: Console) -> No
     # A branch scored over fewer images has no per-class deltas against the voted column.
     shown = {k: v for k, v in report.items() if k != "branch"} if plan.partial_branch else report
     console.print(eval_table(shown, title))
-    line = (f"[bold]mIoU {_fmt(report['miou'])}[/]  mAcc {_fmt(report['macc'])}  "
-            f"aAcc {_fmt(report['aacc'])}")
+    console.print(f"[bold]mIoU {_fmt(report['miou'])}[/]  mAcc {_fmt(report['macc'])}  "
+                  f"aAcc {_fmt(report['aacc'])}", highlight=False)
+    line = ""  # the branch on a line of its own: the summary fits 80 columns
     if "branch" in report and plan.partial_branch:  # other images: the deltas would mislead
         b = report["branch"]
         scored = len(plan.items) - len(plan.missing_branch)
         of_all = plural(len(plan.items), "image")
-        line += (f"   (branch alone, over the {scored} of {of_all} with a "
-                 f"branch map: mIoU {_fmt(b['miou'])})")
+        line = (f"branch alone, over the {scored} of {of_all} with a branch map: "
+                f"mIoU {_fmt(b['miou'])}")
     elif "branch" in report:
         b = report["branch"]
-        line += (f"   (branch alone: mIoU {_fmt(b['miou'])}; voting "
-                 f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU)")
-    console.print(line, highlight=False)
+        line = (f"branch alone: mIoU {_fmt(b['miou'])}; voting "
+                f"{_fmt_delta(delta(report['miou'], b['miou']))} mIoU")
+    if line:
+        console.print(line, highlight=False)
     of_all = plural(len(plan.items), "image")
     if plan.missing:
         console.print(f"[yellow]{len(plan.missing)} of {of_all} had no "

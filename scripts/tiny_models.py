@@ -7,10 +7,13 @@
 
 Writes, with no network:
 - `<out>/sam_vit_b_tiny.pth`: a SAM `state_dict` (what `torch.save(sam.state_dict())` writes, as the
-  official checkpoints are) of an untrained SAM with a 2-block, 32-wide image encoder at the
-  official geometry (1024 px input, window 14, 256 channels), so `--masks sam:vit_b:<file>` loads
-  it through the same code as a real checkpoint (`ssa.masks.sam.load_sam` reads the encoder's
-  size off the file; about 16 MB, the prompt encoder and mask decoder are full size);
+  official checkpoints are; about 2 MB) of an untrained SAM with segment-anything's modules at a
+  small size: a 2-block, 32-wide image encoder on a 256 px input (window 8) and 32 channels
+  through the prompt encoder and mask decoder. `--masks sam:vit_b:<file>` loads it through the
+  same code as a real checkpoint: `ssa.masks.sam.load_sam` reads every size off the file
+  (`infer_encoder_config`), as it does for checkpoints trained at another input size. At the
+  official geometry (1024 px, 256 channels) the mask decoder alone took about 10 s an image on
+  a loaded 2-core CPU; at this size a whole image takes about 2 s;
 - `<out>/segformer/`: a `save_pretrained` Segformer folder (config, safetensors weights, image
   processor at 128 px) with a handful of ADE20K class names, for `--segmentor hf:<folder>`;
 - `<images>/*.png`: three small street-like scenes (sky, buildings, road, a car, a tree) drawn
@@ -18,8 +21,8 @@ Writes, with no network:
 
 Random weights give random classes and masks of low predicted IoU and stability, which SAM's
 default filters remove: `--amg-preset keep-all` keeps every candidate. The script uses ssa's own
-SAM builder (`ssa.masks.build_sam_from_config`, segment-anything's `_build_sam` for this
-geometry), so the file fits the loader by construction. It rewrites only the files named above;
+SAM builder (`ssa.masks.build_sam_from_config`, the one the loader uses for such a file), so
+the file fits the loader by construction. It rewrites only the files named above;
 the same seed gives the same files.
 """
 
@@ -39,14 +42,17 @@ IMAGE_SIZE = (320, 240)  # width, height of each drawn image
 
 
 def save_tiny_sam(path: Path, seed: int = 0) -> Path:
-    """An untrained SAM (encoder: embed 32, depth 2, 2 heads, block 1 global) saved as a
-    `state_dict` at `path`."""
+    """An untrained SAM (encoder: embed 32, depth 2, 2 heads, block 1 global, window 8, 256 px
+    input; 32 channels in the prompt encoder and mask decoder) saved as a `state_dict` at
+    `path`."""
     import torch
 
     from ssa.masks import EncoderConfig, build_sam_from_config
 
     torch.manual_seed(seed)
-    model = build_sam_from_config(EncoderConfig(32, 2, 2, (1,)))
+    model = build_sam_from_config(
+        EncoderConfig(32, 2, 2, (1,), window_size=8, image_size=256, out_chans=32)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
@@ -62,7 +68,9 @@ def save_tiny_segformer(folder: Path, class_names: tuple[str, ...] = CLASS_NAMES
         SegformerForSemanticSegmentation,
         SegformerImageProcessor,
     )
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar for a 250 kB file is noise
     torch.manual_seed(seed)
     config = SegformerConfig(
         num_labels=len(class_names),
@@ -76,7 +84,7 @@ def save_tiny_segformer(folder: Path, class_names: tuple[str, ...] = CLASS_NAMES
     model = SegformerForSemanticSegmentation(config).eval()
     with torch.no_grad():  # sharper random logits spread the labels over several classes
         model.decode_head.classifier.weight.mul_(100.0)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder)  # safetensors weights and config.json
     SegformerImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
     return folder
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssa.datasets import get_dataset
+from ssa.errors import SSAError
 
 
 def describe_masks(cfg: Any, default_preset: str = "default") -> str:
@@ -39,10 +40,16 @@ def describe_run(cfg: Any, world_size: int = 1) -> str:
     """`masks sam:vit_b:ckp/x.pth (fast generator, preset keep-all), segmentor hf:ckp/seg,
     device cpu`: the run's mask source, segmentor (the dataset's default where none is given;
     omitted for configs without one, as the engine's) and device (`cfg.device`, else
-    `cfg.resolved_device()`), with the worker count when there are several."""
+    `cfg.resolved_device()`), with the worker count when there are several. Parts a config
+    lacks are left out (a config with only `resolved_device()` gives `device cpu`)."""
     dataset = get_dataset(getattr(cfg, "dataset", "folder"))
     preset = dataset.default_amg_preset if hasattr(cfg, "dataset") else "default"
-    parts = [f"masks {describe_masks(cfg, preset)}"]
+    parts = []
+    if hasattr(cfg, "masks") and hasattr(cfg, "sam_model"):  # any MaskBranchConfig
+        try:
+            parts.append(f"masks {describe_masks(cfg, preset)}")
+        except SSAError:  # a bad spec: the run's own checks say so, in their words
+            parts.append(f"masks {cfg.masks}")
     if hasattr(cfg, "segmentor"):
         parts.append(f"segmentor {cfg.segmentor or dataset.default_segmentor or '(none)'}")
     device = getattr(cfg, "device", None) or cfg.resolved_device()

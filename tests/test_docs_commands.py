@@ -10,7 +10,7 @@ A file with at least one marker must mark every shell block (bash, sh, shell, co
 unmarked command there fails `test_every_shell_block_is_marked`. Blocks run with `bash -e -o
 pipefail` in the copy's root, one test per block; the blocks of a file share that copy and run
 in the file's order (a block's test runs the earlier ones first when they have not run). `ssa`
-and `python` are this checkout's (`PYTHONPATH`), and the hub is off (`HF_HUB_OFFLINE=1`,
+and `python` are the copy's (`PYTHONPATH`, as an editable install of it), and the hub is off (`HF_HUB_OFFLINE=1`,
 `SSA_OFFLINE=1`): a runnable block never downloads. Real weights and datasets are swapped for
 tiny models and fixtures by `SUBSTITUTIONS` (a block that uses one gets the tiny models under
 `.docs-fixtures/` in its copy, made by `scripts/tiny_models.py`).
@@ -140,10 +140,20 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def _env() -> dict[str, str]:
+def _package_root() -> Path:
+    """The folder holding the `ssa` this test imports (the checkout's, with PYTHONPATH set)."""
+    import ssa
+
+    return Path(ssa.__file__).resolve().parents[1]
+
+
+def _env(first: Path | None = None) -> dict[str, str]:
+    """The environment of a block: `first` (the copy's root: its own `ssa`, as in an editable
+    install of that checkout), then the `ssa` this test imports, on PYTHONPATH; the hub off."""
     env = dict(os.environ)
+    paths = [str(p) for p in (first, _package_root()) if p is not None]
     env.update({
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        "PYTHONPATH": os.pathsep.join([*paths, env.get("PYTHONPATH", "")]),
         "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
         "HF_HUB_OFFLINE": "1",
         "SSA_OFFLINE": "1",
@@ -158,7 +168,7 @@ PRELUDE = 'python() { "$SSA_DOCS_PYTHON" "$@"; }\nssa() { "$SSA_DOCS_PYTHON" -m 
 
 def run_block(text: str, cwd: Path, timeout: float = BLOCK_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", PRELUDE + text], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=timeout,
+                          env=_env(cwd), capture_output=True, text=True, timeout=timeout,
                           check=False)
 
 
@@ -250,11 +260,10 @@ def test_quickstart_gives_a_labelled_run(copies: _Copies, request) -> None:
 
 
 def test_parse_blocks_reads_markers_and_unmarked_blocks() -> None:
-    text = "\n".join([
-        "# Title", "", "<!-- runnable -->", "```bash", "echo one", "echo two", "```", "",
-        "<!-- runnable: skip (needs 8 GPUs) -->", "```sh", "torchrun x", "```", "",
-        "```bash", "echo unmarked", "```", "", "```text", "not shell", "```",
-    ])
+    lines = ["# Title", "", "<!-- runnable -->", "```bash", "echo one", "echo two", "```", "",
+             "<!-- runnable: skip (needs 8 GPUs) -->", "```sh", "torchrun x", "```", "",
+             "```bash", "echo unmarked", "```", "", "```text", "not shell", "```"]
+    text = "\n".join(lines)
     blocks, unmarked = parse_blocks(text, "x.md")
     assert blocks == [Block("x.md", 4, "echo one\necho two", None),
                       Block("x.md", 10, "torchrun x", "needs 8 GPUs")]
@@ -274,8 +283,11 @@ def test_substitute_swaps_real_weights_for_tiny_ones() -> None:
 
 def test_run_block_fails_on_a_failing_line(tmp_path) -> None:
     assert run_block("true\nfalse\ntrue", tmp_path).returncode != 0
-    assert run_block("python -c 'import ssa, sys; print(ssa.__file__)'", tmp_path).stdout.startswith(
-        str(ROOT))
+    where = "cd / && python -c 'import ssa; print(ssa.__file__)'"
+    assert run_block(where, tmp_path).stdout.startswith(str(_package_root()))
+    (tmp_path / "ssa").mkdir()  # a copy's own package comes first
+    (tmp_path / "ssa" / "__init__.py").write_text("")
+    assert run_block(where, tmp_path).stdout.strip() == str(tmp_path / "ssa" / "__init__.py")
 
 
 def test_every_shell_block_is_marked() -> None:

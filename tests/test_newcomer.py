@@ -150,7 +150,7 @@ def test_random_weights_run_names_the_filters_then_keep_all_labels(quick_args, m
     pred_iou_thresh (all 48 candidates) and the filters after it; the preset it names, added
     to the same command, gives a labelled run with all 48 masks."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out, args = quick_args
+    _, args = quick_args
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
@@ -186,7 +186,7 @@ def test_describe_run_names_masks_segmentor_and_device():
 
 def test_the_run_prints_the_description_first(quick_args, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out, args = quick_args
+    _, args = quick_args
     result = invoke(*args, "--amg-preset", "keep-all", "--overwrite")
     assert result.exit_code == 0, result.output
     lines = [" ".join(line.split()) for line in result.output.splitlines() if line.strip()]

@@ -7,7 +7,7 @@ from ssa.errors import SSAError
 __version__ = "0.1.0"
 __all__ = ["SSAError", "SemanticPredictor", "__version__", "predict"]
 
-_LAZY = {"predict": "ssa.run.predictor", "SemanticPredictor": "ssa.run.predictor"}
+_LAZY = {"predict": "ssa.api", "SemanticPredictor": "ssa.run.predictor"}
 
 
 def __getattr__(name: str) -> Any:

@@ -51,6 +51,9 @@ class MaskBranchConfig:
     amg: dict[str, Any] = field(default_factory=dict)
     amg_impl: str = "fast"  # "fast" (ssa.masks.fast_amg) | "stock" (SamAutomaticMaskGenerator)
     masks: str | None = None
+    # The networks of every branch (ssa.precision): fp32 exact; bf16/fp16 autocast / model dtype.
+    precision: Precision = "fp32"
+    compile: bool = False  # torch.compile the mask branch's encoder and decoder
 
 
 @dataclass
@@ -66,7 +69,7 @@ class RunConfig(MaskBranchConfig):
     classes: Path | None = None
     label_map: Path | None = None
     prompts: Path | None = None  # SAM 3: YAML/JSON {class name: phrase or [phrases]}
-    prompt_batch: int | None = None  # SAM 3: phrases per forward pass (None: its default)
+    prompt_batch: PositiveInt | None = None  # SAM 3: phrases per forward pass (None: its default)
     vote: str = "hard"
     min_vote_share: Share = 0.0
     device: str | None = None
@@ -75,12 +78,9 @@ class RunConfig(MaskBranchConfig):
     save_branch: bool = False
     save_vis: bool = False
     overwrite: bool = False  # redo images that are done (their JSON exists and parses)
-    max_pixels: int | None = None  # label larger images downsized to this many pixels
+    max_pixels: PositiveInt | None = None  # label larger images downsized to this many pixels
     evaluate: bool = False  # `--eval`: score the outputs once every image is done
     gt_dir: Path | None = None  # ground truth of `folder` datasets, for `evaluate`
-    # Both branches' networks (ssa.precision): fp32 exact; bf16/fp16 autocast / model dtype.
-    precision: Precision = "fp32"
-    compile: bool = False  # torch.compile the mask branch's encoder and decoder
 
     def resolved_device(self) -> str:
         import torch
@@ -90,6 +90,28 @@ class RunConfig(MaskBranchConfig):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise SSAError(f"--device {self.device}: CUDA is not available here; pass --device cpu")
         return self.device
+
+
+@dataclass
+class EngineConfig(MaskBranchConfig):
+    """Everything `ssa engine` needs. The mask branch's fields are `MaskBranchConfig`'s
+    (amg_preset None: "default"). `models` maps roles (see `ssa.engine.models.ROLES`) to hub
+    ids or folders; missing roles take the (light) defaults. Build it with
+    `ssa.config.validated(EngineConfig, values)` to have every value type-checked."""
+
+    data_dir: Path | None = None
+    out_dir: Path | None = None
+    models: dict[str, str | None] = field(default_factory=dict)
+    light: bool = False
+    top_k: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    save_vis: bool = False
+    device: str | None = None
+    limit: PositiveInt | None = None
+    use_spacy: bool = True
+
+    def resolved_device(self) -> str:
+        return RunConfig(device=self.device).resolved_device()
 
 
 _DICT_FIELDS = ("amg", "segmentor_args")

@@ -8,6 +8,7 @@ full disk, where Pillow's JPEG writer would not notice a short write.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -425,3 +426,76 @@ def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
 
     arr = np.ascontiguousarray(rgb, dtype=np.uint8)
     atomic_write_bytes(path, _pil_bytes(Image.fromarray(arr), format="PNG"))
+
+
+LOCK_ENV = "SSA_HELD_LOCK"  # the real path of a lock this process's launcher holds for it
+
+
+class FolderLock:
+    """One writer per output folder: an exclusive `fcntl.flock` on `lock_file`, held for the
+    life of a run or an export (all its ranks: the launcher holds it and tells its workers
+    through `LOCK_ENV`). The kernel drops the lock with its process, so a `kill -9` never
+    leaves a lock that blocks; while held, the file's text names the holder for the next one's
+    message. The file is removed on release; a process that locked a file removed meanwhile
+    (its inode is no longer at the path) tries again, so two holders never coexist.
+    """
+
+    def __init__(self, lock_file: str | Path, what: str, flag: str) -> None:
+        self.path = Path(os.path.realpath(lock_file))
+        self.what = what
+        self.flag = flag
+        self._fd: int | None = None
+        self._created = False
+
+    def held_by_launcher(self) -> bool:
+        return os.environ.get(LOCK_ENV) == str(self.path)
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    def __enter__(self) -> FolderLock:  # noqa: PYI034 - final class
+        import fcntl
+        import socket
+        import time
+
+        if self.held_by_launcher():
+            return self
+        self._created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise SSAError(
+                    f"{self.flag} {self.path.parent} is in use by {holder or 'another ssa'}; "
+                    f"wait for it to finish, or pass another {self.flag}"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder before us removed it: lock the new file
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        text = f"{self.what} (pid {os.getpid()} on {socket.gethostname()}, since {stamp})"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # still ours: removed before the lock is released
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+            if self._created:  # a folder made for the lock alone goes with it (if still empty)
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()

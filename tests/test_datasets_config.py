@@ -148,21 +148,22 @@ def test_shipped_configs_load(name):
 
 
 def test_run_and_engine_list_without_their_out_dir(tmp_path):
-    from ssa.datasets import list_images
-    from ssa.engine.runner import EngineConfig, list_engine_images
+    from ssa.datasets import list_images, select_images
 
     touch(tmp_path / "x_semantic.png")
     touch(tmp_path / "out" / "x_semantic_semantic.png")
     touch(tmp_path / "out" / ".ssa-tmp-k1ll3d.png")
     cfg = build_config({}, {"data_dir": tmp_path, "out_dir": tmp_path / "out"})
     assert [r.as_posix() for r in list_images(cfg)[1]] == ["x_semantic.png"]
-    engine = EngineConfig(data_dir=tmp_path, out_dir=tmp_path / "out")
-    assert [r.as_posix() for r in list_engine_images(engine)[1]] == ["x_semantic.png"]
+    _, rels = select_images("folder", tmp_path, None, None, tmp_path / "out")  # as the engine
+    assert [r.as_posix() for r in rels] == ["x_semantic.png"]
 
 
 def test_cityscapes_tables_are_the_official_ones():
     """Names, palette and labelId -> trainId against cityscapesScripts' own `labels` table."""
-    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    labels = pytest.importorskip(
+        "cityscapesscripts.helpers.labels",
+        reason="the official Cityscapes tables come with the optional cityscapesscripts")
     from ssa.datasets import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE
 
     train = sorted((lab for lab in labels.labels if 0 <= lab.trainId < 255),

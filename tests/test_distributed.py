@@ -271,7 +271,7 @@ def _ssa(args: list[str], launcher: list[str] | None = None) -> subprocess.Compl
 
 def _files(out: Path) -> dict[str, Path]:
     """The run's outputs (its settings record apart: the gated runs use another segmentor)."""
-    from ssa.plan import RUN_SETTINGS
+    from ssa.run.record import RUN_SETTINGS
 
     return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*"))
             if p.is_file() and p.name != RUN_SETTINGS}

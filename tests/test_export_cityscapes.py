@@ -38,7 +38,9 @@ def city_run(root, tmp_path):
 
 def cityscapes_miou(pred_root, gt_files, export_file):
     """cityscapesscripts' pixel-level evaluation, configured in code (no environment)."""
-    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    ev = pytest.importorskip(
+        "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
+        reason="the official Cityscapes evaluation needs the optional cityscapesscripts")
 
     args = ev.args
     args.predictionPath, args.predictionWalk = str(pred_root), None

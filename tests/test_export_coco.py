@@ -130,7 +130,8 @@ def test_coco_panoptic_decodes_to_the_label_map(which, request):
 def test_coco_panoptic_imported_by_datumaro(run):
     """datumaro's own coco_panoptic importer (skipped where datumaro is not installed: it pins
     older pillow/pyarrow/pandas than this project's environment, see the README)."""
-    dm = pytest.importorskip("datumaro")
+    dm = pytest.importorskip(
+        "datumaro", reason="datumaro's coco_panoptic importer is an optional reader")
     tmp, data, out = run
     folder = tmp / "panoptic_dm"
     result = invoke("export", "--format", "coco-panoptic", "--pred-dir", out, "--out", folder,

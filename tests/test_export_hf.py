@@ -7,7 +7,8 @@ import pytest
 from export_run import CLASSES, RELS, invoke, make_run, run_label_map
 from PIL import Image
 
-datasets = pytest.importorskip("datasets")
+datasets = pytest.importorskip(
+    "datasets", reason="--format hf-dataset is read back with the optional datasets package")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from export_run import CLASSES, RELS, invoke, make_run, run_json
 
 from ssa.io import decode_rle
 
-brush = pytest.importorskip("label_studio_converter.brush")
+brush = pytest.importorskip(
+    "label_studio_converter.brush",
+    reason="the Label Studio export is read back with the optional label-studio-converter")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,9 @@ def test_brush_rle_decodes_to_the_run_masks(exported):
 
 
 def test_config_parses_and_converter_reads_the_tasks(exported):
-    from label_studio_converter.converter import Converter
+    Converter = pytest.importorskip(
+        "label_studio_converter.converter", reason="label-studio-converter's Converter"
+    ).Converter
 
     out, folder = exported
     config = (folder / "label_config.xml").read_text()

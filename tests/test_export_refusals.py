@@ -120,7 +120,8 @@ def test_overwrite_never_deletes_the_run_or_the_images(tmp_path, fmt):
     """Finding 1 of issue 23: an --out that holds the run and the images, with --overwrite,
     deleted them all (label-studio, hf-dataset) or replaced the folder by a file."""
     if fmt == "hf-dataset":
-        pytest.importorskip("datasets", reason="hf-dataset needs the datasets package")
+        pytest.importorskip(
+            "datasets", reason="--format hf-dataset needs the optional datasets package")
     data, out = make_run(tmp_path)
     before = snapshot(tmp_path)
     result = invoke(*EXPORT, fmt, "--pred-dir", out, "--out", tmp_path, "--data-dir", data,
@@ -220,20 +221,21 @@ def test_world_size_two_equals_one_process(run, tmp_path):
     assert json.loads(two.read_text()) == json.loads(one.read_text())
 
 
-def test_engine_run_free_form_names(tmp_path):
-    """An `ssa engine` output (written by EngineRun.write: no class_names, no label PNG): the
-    class list is the sorted set of names; the label map is the masks painted largest first."""
-    from pycocotools.coco import COCO
+def write_engine_run(tmp_path):
+    """An `ssa engine` output folder written by EngineRun.write (no class_names, no label PNG),
+    with the names ["red bus", "cat", "old tree"] dealt to the masks in turn; returns the image
+    folder, the output folder, the names and each image's annotations."""
+    from types import SimpleNamespace
 
-    from ssa.engine.runner import EngineConfig, EngineRun
-    from ssa.export import export
+    from ssa.engine.runner import EngineRun
     from ssa.io import decode_rle
     from ssa.run.outputs import output_paths
 
     data, masks_dir, _, _ = make_inputs(tmp_path)
     out = tmp_path / "engine"
     writer = EngineRun.__new__(EngineRun)  # the real writer, without loading its five models
-    writer.cfg, writer.model_ids = EngineConfig(out_dir=out), {"clip": "tiny"}
+    writer.plan = SimpleNamespace(outputs=SimpleNamespace(save_vis=False, out_dir=out), top_k=3)
+    writer.model_ids = {"clip": "tiny"}
     names = ["red bus", "cat", "old tree"]
     expected = {}
     for rel in RELS:
@@ -244,13 +246,33 @@ def test_engine_run_free_form_names(tmp_path):
         image = np.zeros((*masks.shape[1:], 3), dtype=np.uint8)
         writer.write({"annotations": anns, "masks": masks}, output_paths(out, rel), image)
         expected[rel] = anns
+    return data, out, names, expected
+
+
+def test_engine_run_free_form_names(tmp_path):
+    """An `ssa engine` output (written by EngineRun.write: no class_names, no label PNG): the
+    class list is the sorted set of names (read back by pycocotools)."""
+    from pycocotools.coco import COCO
+
+    from ssa.export import export
+
+    data, out, names, expected = write_engine_run(tmp_path)
     export("coco-instances", out, tmp_path / "i.json", data_dir=data)
     coco = COCO(str(tmp_path / "i.json"))
     assert [c["name"] for c in coco.dataset["categories"]] == sorted(names)
     assert len(coco.getAnnIds()) == sum(len(a) for a in expected.values())
-    export("hf-dataset", out, tmp_path / "hf", data_dir=data)
-    import datasets
 
+
+def test_engine_run_free_form_names_hf_dataset(tmp_path):
+    """The same engine output as an hf-dataset: the label map is the masks painted largest
+    first (smaller masks win), classes the sorted set of names."""
+    datasets = pytest.importorskip(
+        "datasets", reason="--format hf-dataset needs the optional datasets package")
+    from ssa.export import export
+    from ssa.io import decode_rle
+
+    data, out, names, expected = write_engine_run(tmp_path)
+    export("hf-dataset", out, tmp_path / "hf", data_dir=data)
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert ds.features["classes"].feature.names == sorted(names)
     anns = expected[RELS[0]]

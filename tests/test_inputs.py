@@ -213,8 +213,7 @@ def test_config_refuses_bad_values_in_one_line(values: dict, message: str) -> No
 
 
 def test_yaml_words_and_engine_config(tmp_path: Path) -> None:
-    from ssa.config import build_config, load_yaml, validated
-    from ssa.engine.runner import EngineConfig
+    from ssa.config import EngineConfig, build_config, load_yaml, validated
 
     path = tmp_path / "c.yaml"
     path.write_text('overwrite: "false"\nsave-branch: "no"\ntop-k: "3"\n')

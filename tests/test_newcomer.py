@@ -167,20 +167,30 @@ def test_random_weights_run_names_the_filters_then_keep_all_labels(quick_args, m
 # --- 5. the run says what it ran -----------------------------------------------------------
 
 
+def _plan(dataset: str, masks: str, segmentor: str, device: str, **settings):
+    """A `RunPlan` built by hand with the parts `describe_run` reads."""
+    from ssa.plan import Images, MaskBranch, Outputs, RunPlan, SemanticBranch, Voting
+    from ssa.specs.masks import parse_mask_spec
+
+    return RunPlan(images=Images(dataset, Path("d"), None, None, Path("d"), ()),
+                   masks=MaskBranch(parse_mask_spec(masks)), semantic=SemanticBranch(segmentor),
+                   voting=Voting(), outputs=Outputs(Path("o")), device=device, settings=settings)
+
+
 def test_describe_run_names_masks_segmentor_and_device():
-    from ssa.config import RunConfig
     from ssa.run.describe import describe_run
 
-    cfg = RunConfig(dataset="folder", masks="sam:vit_b:ckp/tiny/sam.pth", amg_preset="keep-all",
-                    amg={"points_per_side": 8}, segmentor="hf:ckp/tiny/segformer", device="cpu")
-    assert describe_run(cfg) == (
+    plan = _plan("folder", "sam:vit_b:ckp/tiny/sam.pth", "hf:ckp/tiny/segformer", "cpu",
+                 amg_preset="keep-all", amg={"points_per_side": 8})
+    assert describe_run(plan) == (
         "masks sam:vit_b:ckp/tiny/sam.pth (fast generator, preset keep-all, points_per_side=8), "
         "segmentor hf:ckp/tiny/segformer, device cpu")
-    default = RunConfig(dataset="ade20k", device="cuda:0")  # everything the dataset's default
+    default = _plan("ade20k", "sam:vit_h", "hf:nvidia/segformer-b5-finetuned-ade-640-640",
+                    "cuda", amg_preset=None, amg={})  # the preset: the dataset's
     assert describe_run(default, world_size=4) == (
         "masks sam:vit_h (ckp/sam_vit_h_4b8939.pth, fast generator, preset ssa), segmentor "
         "hf:nvidia/segformer-b5-finetuned-ade-640-640, device cuda (4 workers)")
-    files = RunConfig(dataset="folder", masks="json:masks", segmentor="labels:x", device="cpu")
+    files = _plan("folder", "json:masks", "labels:x", "cpu")
     assert describe_run(files) == "masks json:masks, segmentor labels:x, device cpu"
 
 

@@ -328,11 +328,12 @@ def test_runner_works_from_python_without_rich(hand_made, tmp_path):
         import sys
         from pathlib import Path
         from ssa.config import RunConfig
+        from ssa.plan import plan_run
         from ssa.run.runner import run_rank
         cfg = RunConfig(data_dir=Path({str(data)!r}), out_dir=Path({str(out_py)!r}),
                         masks={str(masks_dir)!r}, segmentor={f"labels:{labels_dir}"!r},
                         classes=Path({str(classes)!r}), device="cpu")
-        summary = run_rank(cfg)
+        summary = run_rank(plan_run(cfg))
         assert summary.done == {len(RELS)} and not summary.failed, summary
         assert "rich" not in sys.modules and "typer" not in sys.modules
         """

@@ -298,6 +298,7 @@ def test_run_refuses_with_one_line(tmp_path, sam_checkpoint, segformer_5, monkey
 def test_precision_reaches_both_branches(tmp_path, sam_checkpoint, segformer_5,
                                          monkeypatch) -> None:
     from ssa.config import build_config
+    from ssa.plan import plan_run
     from ssa.run.labeller import build_labeller
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -305,12 +306,13 @@ def test_precision_reaches_both_branches(tmp_path, sam_checkpoint, segformer_5,
         "dataset": "folder", "data_dir": tmp_path, "out_dir": tmp_path / "out",
         "sam_model": "vit_b", "sam_checkpoint": sam_checkpoint, "segmentor": f"hf:{segformer_5}",
         "device": "cpu", "amg_preset": "default"})
-    labeller = build_labeller(cfg)
+    (tmp_path / "a.png").write_bytes(b"")  # one image to plan (never read)
+    labeller = build_labeller(plan_run(cfg))
     assert labeller.mask_source.generator.autocast_dtype == torch.bfloat16
     assert labeller.segmentor.model.dtype == torch.bfloat16
     cfg = build_config({}, {**{k: getattr(cfg, k) for k in ("dataset", "data_dir", "out_dir",
                                                             "sam_checkpoint", "device")},
                             "segmentor": f"hf:{segformer_5}", "amg_preset": "default"})
-    labeller = build_labeller(cfg)  # fp32: nothing cast
+    labeller = build_labeller(plan_run(cfg))  # fp32: nothing cast
     assert labeller.mask_source.generator.autocast_dtype is None
     assert labeller.segmentor.model.dtype == torch.float32

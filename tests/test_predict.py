@@ -18,6 +18,7 @@ from ssa.cli.commands import app
 from ssa.config import RunConfig
 from ssa.errors import SSAError
 from ssa.io import read_image
+from ssa.plan import plan_predict
 from ssa.run.predictor import GRANULARITIES, SemanticPredictor, build_predictor
 
 NAMES5 = ["sky", "tree", "road", "car", "person"]
@@ -50,7 +51,7 @@ def predictor(sam_checkpoint, segformer_5, image) -> SemanticPredictor:
         dataset="folder", sam_model="vit_b", sam_checkpoint=sam_checkpoint,
         segmentor=f"hf:{segformer_5}", device="cpu", top_k=3,
     )
-    pred = build_predictor(cfg)
+    pred = build_predictor(plan_predict(cfg))
     pred.set_image(image)
     return pred
 

@@ -57,6 +57,7 @@ def test_usage_errors_come_before_any_model_library(hand_made, tmp_path):  # noq
     out = tmp_path / "out"
     (out).mkdir()
     (out / "ssa_run.json").write_text(json.dumps({"settings": {"top_k": 5, "vote": "hard"}}))
+    (out / "x_semantic.json").write_text("{}")  # it holds outputs: settings may not mix
     cases = [
         (["run", "--dataset", "ade20k", "--out-dir", str(out)], "--data-dir is required"),
         (labels_run(data, masks_dir, labels_dir, classes, a_file), "(it is a file)"),
@@ -138,12 +139,13 @@ def test_nothing_to_do_loads_no_model(hand_made, tmp_path, monkeypatch):  # noqa
     assert f"nothing to do: {len(RELS)} of {len(RELS)} images already done" in again.output
     # The library path says so too (ranks under torchrun skip the CLI's shortcut).
     from ssa.config import build_config
+    from ssa.plan import plan_run
     from ssa.run.runner import label_dataset
 
     cfg = build_config({}, {"data_dir": data, "out_dir": out, "masks": str(masks_dir),
                             "segmentor": f"labels:{labels_dir}", "classes": classes,
                             "device": "cpu"})
-    summary = label_dataset(cfg)
+    summary = label_dataset(plan_run(cfg))
     assert summary.skipped == len(RELS) and summary.done == 0
 
 

@@ -115,11 +115,16 @@ def fake_runner(delays: list[float], skipped: int = 1):
 
 
 class Cfg:
-    out_dir = Path("out")
+    """What `run_rank` reads of a plan (`ssa.plan.RunPlan`)."""
+
+    class outputs:
+        out_dir = Path("out")
+
+    device = "cpu"
     evaluate = False
 
-    def resolved_device(self) -> str:
-        return "cpu"
+    def on_device(self, device: str) -> Cfg:
+        return self
 
 
 def test_not_a_terminal_logs_plain_progress_lines(caplog):

@@ -202,7 +202,7 @@ print("HEAVY", sorted(m for m in sys.modules
 
 
 def test_version_and_help():
-    """`--version` prints pyproject's version; `--help` lists the five commands and imports no
+    """`--version` prints pyproject's version; `--help` lists the six commands and imports no
     heavy library (so it is instant)."""
     import re
     import subprocess
@@ -217,7 +217,7 @@ def test_version_and_help():
     out = subprocess.run([sys.executable, "-c", HELP_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     commands = re.findall(r"^│ (\w+) ", out.split("Commands")[1], flags=re.MULTILINE)
-    assert commands == ["run", "eval", "predict", "engine", "export"]
+    assert commands == ["run", "eval", "predict", "engine", "export", "report"]
     assert "EXIT 0" in out and "HEAVY []" in out
 
 

@@ -224,29 +224,32 @@ def test_voting_follows_the_ssa_rule(sam3_folder, stock, policy):
 def test_one_line_refusals(sam3_folder, tmp_path):
     from ssa.config import RunConfig
     from ssa.datasets import get_dataset
-    from ssa.run.labeller import build_segmentor, segmentor_classes
+    from ssa.plan import semantic_branch
+    from ssa.run.labeller import build_segmentor
+
+    def build(cfg):
+        return build_segmentor(semantic_branch(cfg, None), get_dataset(cfg.dataset), "cpu")
 
     spec = f"hf:{sam3_folder}"
     four = tmp_path / "four.txt"
     four.write_text("sky\nroad\ncar\ntree\n")
     cfg = RunConfig(dataset="cityscapes", segmentor=spec, classes=four)
     with pytest.raises(SSAError, match="names 4 classes but --dataset cityscapes has 19") as err:
-        segmentor_classes(cfg, get_dataset("cityscapes"))
+        semantic_branch(cfg, None)
     assert "\n" not in str(err.value)
     with pytest.raises(SSAError, match="needs class names to prompt") as err:
         load_segmentor(spec, classes=[])
     assert "\n" not in str(err.value)
     with pytest.raises(SSAError, match="needs class names to prompt"):
-        build_segmentor(RunConfig(dataset="folder", segmentor=spec), get_dataset("folder"), "cpu")
+        build(RunConfig(dataset="folder", segmentor=spec))
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     with pytest.raises(SSAError, match="holds no class names"):
-        build_segmentor(RunConfig(segmentor=spec, classes=empty), get_dataset("folder"), "cpu")
+        build(RunConfig(segmentor=spec, classes=empty))
     bad = tmp_path / "prompts.yaml"
     bad.write_text("sky: blue sky\nzebra: striped horse\nunicorn: [horn]\n")
     with pytest.raises(SSAError, match=r"names 2 unknown class\(es\) \(zebra, unicorn\)") as err:
-        build_segmentor(RunConfig(segmentor=spec, classes=four, prompts=bad),
-                        get_dataset("folder"), "cpu")  # fmt: skip
+        build(RunConfig(segmentor=spec, classes=four, prompts=bad))
     assert "\n" not in str(err.value)
     with pytest.raises(SSAError, match="--prompts applies to SAM 3"):
         load_segmentor("labels:/nowhere", classes=NAMES, prompts={"sky": ["sky"]})
@@ -259,22 +262,23 @@ def test_one_line_refusals(sam3_folder, tmp_path):
 def test_non_sam3_hf_refuses_prompts(segformer_5, tmp_path):
     from ssa.config import RunConfig
     from ssa.datasets import get_dataset
-    from ssa.run.labeller import segmentor_classes
+    from ssa.plan import semantic_branch
 
     file = tmp_path / "p.yaml"
     file.write_text("sky: sky\n")
     cfg = RunConfig(segmentor=f"hf:{segformer_5}", prompts=file)
     with pytest.raises(SSAError, match="--prompts applies to SAM 3 segmentors"):
-        segmentor_classes(cfg, get_dataset("folder"))
+        semantic_branch(cfg, get_dataset("folder").default_segmentor)
 
 
 def test_dataset_classes_are_prompted(sam3_folder):
     from ssa.config import RunConfig
     from ssa.datasets import CITYSCAPES_CLASSES, get_dataset
+    from ssa.plan import semantic_branch
     from ssa.run.labeller import build_segmentor
 
     cfg = RunConfig(dataset="cityscapes", segmentor=f"hf:{sam3_folder}", prompt_batch=8)
-    seg, names = build_segmentor(cfg, get_dataset("cityscapes"), "cpu")
+    seg, names = build_segmentor(semantic_branch(cfg, None), get_dataset("cityscapes"), "cpu")
     assert names == list(CITYSCAPES_CLASSES) == class_names(seg) == seg.phrases
     assert seg.prompt_batch == 8
 
@@ -372,6 +376,7 @@ def test_predict_with_sam3_classes_and_prompts(sam3_folder, sam_checkpoint, tmp_
     """`ssa predict --segmentor hf:<SAM 3> --classes --prompts`: the CLI's labels are the
     Python predictor's with the same segmentor (its votes are tested in test_predict.py)."""
     from ssa.config import RunConfig
+    from ssa.plan import plan_predict
     from ssa.run.predictor import build_predictor
 
     path = tmp_path / "img.png"
@@ -389,7 +394,7 @@ def test_predict_with_sam3_classes_and_prompts(sam3_folder, sam_checkpoint, tmp_
     got = [m["class_name"] for m in json.loads(out.read_text())["masks"]]
     cfg = RunConfig(sam_model="vit_b", sam_checkpoint=sam_checkpoint, device="cpu",
                     segmentor=f"hf:{sam3_folder}", classes=classes, prompts=prompts)  # fmt: skip
-    predictor = build_predictor(cfg)
+    predictor = build_predictor(plan_predict(cfg))
     assert len(predictor.segmentor.phrases) == 6
     predictor.set_image(np.asarray(Image.open(path).convert("RGB")))
     assert got == [r["class_name"] for r in predictor.predict(points=[(40, 30)], labels=[1])]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from ssa import __version__
+from ssa import __version__, io
 from ssa.errors import SSAError
 
 app = typer.Typer(
@@ -130,6 +130,13 @@ GtDirOpt = Annotated[
         "images' relative paths.",
         rich_help_panel="Evaluation",
     ),
+]
+
+
+ReportOpt = Annotated[
+    bool,
+    typer.Option("--report", help="Then write the HTML report of the out-dir (`ssa report`).",
+                 rich_help_panel="Evaluation"),
 ]
 
 
@@ -290,12 +297,12 @@ def run(
         ),
     ] = None,
     log_every: LogEveryOpt = None,
+    report: ReportOpt = False,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
     from ssa import config as config_mod
-    from ssa.evaluation.evaluate import check_run_eval
     from ssa.keyvalue import parse_key_values
-    from ssa.plan import check_run, nothing_to_do
+    from ssa.plan import nothing_to_do, plan_run
     from ssa.specs.segmentors import parse_segmentor_args
     from ssa.words import plural
 
@@ -336,11 +343,13 @@ def run(
             "compile": compile_,
         }
         cfg = config_mod.build_config(file_values, cli_values)
-        check_run_eval(cfg)
-        check_workers(cfg, world_size)  # with N > 1 it asks torch for the devices
-        # Every check that needs no model, before torch or a model library is imported.
-        check_run(cfg)
-        done = 0 if cfg.evaluate else nothing_to_do(cfg)
+        # Every check that needs no model, once, before torch or a model library is imported.
+        plan = plan_run(cfg, world_size)
+        if report:
+            from ssa.report import check_extra
+
+            check_extra()  # before a long run, not after it
+        done = nothing_to_do(plan)
     except SSAError as exc:
         fail(exc)
         return
@@ -349,51 +358,64 @@ def run(
 
         logging.getLogger("ssa").info(
             "nothing to do: %s of %s already done in %s (--overwrite redoes them)",
-            done, plural(done, "image"), cfg.out_dir,
+            done, plural(done, "image"), plan.outputs.out_dir,
         )
-        return
-    _launch_or_run(cfg, world_size, check_run)
+    code = 0
+    if not done:
+        try:
+            _launch_or_run(plan, world_size)
+        except typer.Exit as exc:  # workers' exit, or failed images: the report shows them
+            if not report or exc.exit_code not in (0, 1):
+                raise
+            code = exc.exit_code
+    if report:
+        from ssa.report import ReportOptions
 
-
-def check_workers(cfg: Any, world_size: int | None) -> None:
-    """`--world-size` against torchrun's environment and this machine (GPUs or cores)."""
-    from ssa import distributed
-
-    info = distributed.rank_info_from_env()
-    if world_size is not None and world_size < 1:
-        raise SSAError(f"--world-size {world_size} must be at least 1")
-    if info is not None and world_size not in (None, info.world_size):
-        raise SSAError(
-            f"--world-size {world_size}, but torchrun started {info.world_size} workers "
-            f"(WORLD_SIZE); leave --world-size out under torchrun"
-        )
-    if info is None and world_size is not None and world_size > 1:
-        distributed.check_world_size(cfg.resolved_device(), world_size)
-
-
-def _launch_or_run(
-    cfg: Any, world_size: int | None, check: Callable[[Any], None], engine: bool = False
-) -> None:
-    """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
-    share (one process, or a rank under torchrun); exit 1 when any image failed."""
-    from ssa import distributed
-
-    info = distributed.rank_info_from_env()
-    try:
-        check_workers(cfg, world_size)
-        if info is None and world_size is not None and world_size > 1:
-            check(cfg)
-            code = distributed.launch(world_size, run_share, (cfg, engine), log=_log_error)
+        try:
+            _write_report(ReportOptions.for_run(cfg))
+        except SSAError as exc:
+            fail(exc)
+        if code:
             raise typer.Exit(code)
-    except SSAError as exc:
-        fail(exc)
-        return
-    code = run_share(cfg, engine)
+
+
+def _write_report(options: Any) -> None:
+    """`--report`: the HTML report of the out-dir (`ssa report`; rank 0 only); prints the
+    file:// URL of its index.html."""
+    from ssa import distributed
+    from ssa.report import build_report
+
+    info = distributed.rank_info_from_env()
+    if info is None or info.is_main:
+        console.print(f"writing the report of {options.pred_dir}", highlight=False)
+        print(build_report(options).index.resolve().as_uri())
+
+
+def _launch_or_run(plan: Any, world_size: int | None, engine: bool = False) -> None:
+    """Start `world_size` workers (`ssa run`/`ssa engine --world-size N`), or run this process's
+    share (one process, or a rank under torchrun); exit 1 when any image failed. The plan was
+    checked once, here: the workers get it as it is."""
+    from ssa import distributed
+
+    info = distributed.rank_info_from_env()
+    if info is None and world_size is not None and world_size > 1:
+        from ssa.run.runner import out_dir_lock
+
+        try:
+            with out_dir_lock(plan.outputs.out_dir, what=getattr(plan, "command", "ssa run")) \
+                    as lock:
+                os.environ[io.LOCK_ENV] = str(lock.path)  # its workers are covered by it
+                code = distributed.launch(world_size, run_share, (plan, engine), log=_log_error)
+        except SSAError as exc:
+            fail(exc)
+            return
+        raise typer.Exit(code)
+    code = run_share(plan, engine)
     if code:
         raise typer.Exit(1 if code == distributed.REPORTED_EXIT else code)
 
 
-def run_share(cfg: Any, engine: bool = False) -> int:
+def run_share(plan: Any, engine: bool = False) -> int:
     """This process's share of the run (the only process, a rank under torchrun, or a worker of
     `distributed.launch`, which pickles this function by name): returns the exit code, 1 when
     rank 0 saw images fail, `distributed.REPORTED_EXIT` after a one-line error."""
@@ -408,7 +430,7 @@ def run_share(cfg: Any, engine: bool = False) -> int:
         from ssa.engine.runner import run_engine as runner
     try:
         info = distributed.rank_info_from_env()
-        summary = run_with_progress(cfg, console, info, runner=runner)
+        summary = run_with_progress(plan, console, info, runner=runner)
     except SSAError as exc:
         _log_error(str(exc))
         return distributed.REPORTED_EXIT
@@ -460,6 +482,7 @@ def eval_(
     workers: Annotated[
         int | None, typer.Option(help="Reading threads (default: 2 per core, at most 16).")
     ] = None,
+    report: ReportOpt = False,
 ) -> None:
     """Score predictions by mIoU (mmsegmentation conventions); branch vs voted when present."""
     from ssa.cli.tables import evaluate_with_progress
@@ -471,6 +494,11 @@ def eval_(
         plan = plan_eval(dataset, data_dir, pred_dir, split, gt_dir, classes,
                          allow_missing=allow_missing)
         evaluate_with_progress(plan, console, json_out, csv_out, workers)
+        if report:
+            from ssa.report import ReportOptions
+
+            _write_report(ReportOptions(pred_dir, dataset=dataset, data_dir=data_dir,
+                                        split=split, gt_dir=gt_dir, classes=classes))
     except SSAError as exc:
         fail(exc)
 
@@ -715,9 +743,9 @@ def engine(
 
     With --world-size N or under torchrun the images are sharded across the workers, as with
     `ssa run`."""
-    from ssa.config import validated
-    from ssa.engine.runner import EngineConfig, check_engine
+    from ssa.config import EngineConfig, validated
     from ssa.keyvalue import parse_key_values
+    from ssa.plan import plan_engine
 
     setup_logging()
     try:
@@ -747,12 +775,11 @@ def engine(
             limit=limit,
             use_spacy=not no_spacy,
         )
-        check_workers(cfg, world_size)
-        check_engine(cfg)  # before torch or a model library is imported
+        plan = plan_engine(cfg, world_size)  # before torch or a model library is imported
     except SSAError as exc:
         fail(exc)
         return
-    _launch_or_run(cfg, world_size, check_engine, engine=True)
+    _launch_or_run(plan, world_size, engine=True)
 
 
 # --- ssa export (issue 13): a finished run's labels in the formats dataset tools import ---
@@ -812,6 +839,11 @@ def export_(
     limit: Annotated[
         int | None, typer.Option(help="Export only the first N images.", rich_help_panel="Data")
     ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Export only the images this file lists, one relative path per line "
+                     "(e.g. the review.txt of `ssa report`).", rich_help_panel="Data"),
+    ] = None,
     allow_missing: Annotated[
         bool,
         typer.Option("--allow-missing",
@@ -832,7 +864,7 @@ def export_(
         cfg = ExportConfig(
             format=format, pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir,
             split=split, classes=classes, things=things, image_root_url=image_root_url,
-            limit=limit, allow_missing=allow_missing, overwrite=overwrite,
+            limit=limit, allow_missing=allow_missing, overwrite=overwrite, images=images,
         )
         if world_size is not None and world_size < 1:
             raise SSAError(f"--world-size {world_size} must be at least 1")
@@ -844,7 +876,12 @@ def export_(
         if info is None and world_size is not None and world_size > 1:
             check_export(cfg, world_size)
             distributed.check_world_size("cpu", world_size)
-            raise typer.Exit(distributed.launch(world_size, export_share, (cfg,), log=_log_error))
+            from ssa.export.runner import export_lock
+
+            with export_lock(cfg) as lock:
+                os.environ[io.LOCK_ENV] = str(lock.path)  # its workers are covered by it
+                code = distributed.launch(world_size, export_share, (cfg,), log=_log_error)
+            raise typer.Exit(code)
     except SSAError as exc:
         fail(exc)
         return

@@ -178,15 +178,15 @@ class _MeterColumn(ProgressColumn):
 
 
 def run_with_progress(
-    cfg: Any,
+    plan: Any,
     console: Console,
     info: RankInfo | None = None,
     runner: Callable[..., RunSummary] | None = None,
     log_every: float | None = None,
 ) -> RunSummary:
-    """`ssa.run.runner.run_rank` (the run, or another `runner` with its signature and a config with
-    `out_dir` and `resolved_device()`, e.g. `ssa.engine.runner.run_engine`) with the progress
-    this rank shows.
+    """`ssa.run.runner.run_rank` of `plan` (a `ssa.plan.RunPlan`, or another `runner` with its
+    signature and plan, e.g. `ssa.engine.runner.run_engine` with an `EnginePlan`) with the
+    progress this rank shows.
 
     Rank 0 on a terminal shows a download bar and an image bar of every rank's images
     (done/total, rate, ETA); off a terminal (nohup, SLURM, CI), and on the other ranks, plain
@@ -200,15 +200,15 @@ def run_with_progress(
     def drive(group: Group, call: Callable[..., RunSummary]) -> RunSummary:
         if not group.info.is_main:
             return _run_with_lines(group, call, every, shared=False)
-        log.info(describe_run(cfg, group.info.world_size))  # before any model loads
+        log.info(describe_run(plan, group.info.world_size))  # before any model loads
         if console.is_terminal:
             summary = _run_with_bar(console, group, call)
         else:
             summary = _run_with_lines(group, call, every, shared=group.info.world_size > 1)
-        log_summary(cfg, summary)
+        log_summary(plan.outputs.out_dir, summary)
         return summary
 
-    def evaluate(cfg: Any, group: Group, summary: RunSummary) -> None:
+    def evaluate(plan: Any, group: Group, summary: RunSummary) -> None:
         from ssa.cli.tables import evaluate_with_progress, print_report
         from ssa.evaluation.evaluate import evaluate_run
 
@@ -221,12 +221,12 @@ def run_with_progress(
                 )
             return
         evaluate_run(
-            cfg, group, summary,
+            plan, group, summary,
             single=lambda plan, out_json: evaluate_with_progress(plan, console, out_json),
             on_report=lambda report, plan: print_report(report, plan, console),
         )
 
-    return run_rank(cfg, info, runner, drive, evaluate)
+    return run_rank(plan, info, runner, drive, evaluate)
 
 
 def _log_failure(result: ImageResult) -> None:
@@ -348,7 +348,7 @@ def no_masks_hint(filters: dict[str, int]) -> str:
     return no_masks_message(filters)
 
 
-def log_summary(cfg: Any, summary: RunSummary) -> None:
+def log_summary(out_dir: Path, summary: RunSummary) -> None:
     """The run's last lines: temporary files removed, counts, rate, failures."""
     if summary.removed_temps:
         log.info("removed %s an interrupted run had left",
@@ -358,7 +358,7 @@ def log_summary(cfg: Any, summary: RunSummary) -> None:
         "done: %s labelled, %s skipped (already done), %s failed of %s; %s; %.1f s (%s) -> %s",
         summary.done, summary.skipped, len(summary.failed), plural(summary.total, "image"),
         plural(summary.num_masks, "mask"), summary.seconds,
-        format_rate(processed, summary.seconds), cfg.out_dir,
+        format_rate(processed, summary.seconds), out_dir,
     )
     if summary.done and not summary.num_masks:
         log.warning(no_masks_hint(summary.filters))
@@ -367,7 +367,7 @@ def log_summary(cfg: Any, summary: RunSummary) -> None:
         more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
         log.error(
             "%s failed: %s%s (see %s; a rerun retries them)", len(summary.failed),
-            names, more, Path(cfg.out_dir or ".") / FAILURES_FILE,
+            names, more, Path(out_dir) / FAILURES_FILE,
         )
 
 

@@ -73,7 +73,10 @@ class EngineLabeller:
         batch_size: int = 16,
         top_k: int = 3,
         use_spacy: bool = True,
+        precision: str = "fp32",
     ) -> None:
+        """precision: the five models' matrix work under `ssa.precision.autocast` (fp32: as
+        they are); scores are compared in float32."""
         if top_k < 1:
             raise SSAError(f"--top-k {top_k} must be at least 1")
         if batch_size < 1:
@@ -82,6 +85,7 @@ class EngineLabeller:
         self.device = torch.device(device)
         self.top_k = top_k
         self.use_spacy = use_spacy
+        self.precision = precision
         self.closeset = [
             CloseSetVoter(role, models[role], device, batch_size=max(1, batch_size // 4))
             for role in ("oneformer_ade", "oneformer_coco")
@@ -143,7 +147,10 @@ class EngineLabeller:
             stack, rles = masks_from_records(records, height, width)
         masks = torch.from_numpy(np.ascontiguousarray(stack)).to(self.device)
         if len(stack):
-            result = self.name_masks(image, masks, self.close_set(image, masks))
+            from ssa.precision import autocast
+
+            with autocast(self.device, self.precision):
+                result = self.name_masks(image, masks, self.close_set(image, masks))
         else:
             result = MaskNames([], [], [], [])
         annotations = []

@@ -9,67 +9,17 @@ resume, clean-up and failure report (`ssa.run.runner.dataset_loop`, `ssa.run.pre
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssa import io
-from ssa.config import MaskBranchConfig, PositiveInt
-from ssa.errors import SSAError
 from ssa.run.outputs import ImageResult
 from ssa.run.runner import RunSummary
 
-
-@dataclass
-class EngineConfig(MaskBranchConfig):
-    """Everything `ssa engine` needs. The mask branch's fields are `MaskBranchConfig`'s
-    (amg_preset None: "default"). `models` maps roles (see `ssa.engine.models.ROLES`) to hub
-    ids or folders; missing roles take the (light) defaults. Build it with
-    `ssa.config.validated(EngineConfig, values)` to have every value type-checked."""
-
-    data_dir: Path | None = None
-    out_dir: Path | None = None
-    models: dict[str, str | None] = field(default_factory=dict)
-    light: bool = False
-    top_k: PositiveInt = 3
-    batch_size: PositiveInt = 16
-    save_vis: bool = False
-    device: str | None = None
-    limit: PositiveInt | None = None
-    use_spacy: bool = True
-
-    def resolved_device(self) -> str:
-        from ssa.config import RunConfig
-
-        return RunConfig(device=self.device).resolved_device()
-
-
-def check_engine(cfg: EngineConfig) -> None:
-    """The checks that need no model (before workers start, so one message, not N)."""
-    from ssa.engine.models import resolve_models
-
-    if cfg.out_dir is None:
-        raise SSAError("--out-dir is required; pass the folder for the outputs")
-    if cfg.top_k < 1:
-        raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
-    if cfg.batch_size < 1:
-        raise SSAError(f"--batch-size {cfg.batch_size} must be at least 1")
-    list_engine_images(cfg)
-    io.check_writable(cfg.out_dir)
-    resolve_models(cfg.models, cfg.light)
-    from ssa.plan import mask_settings
-    from ssa.specs.masks import check_mask_source, spec_from_config
-
-    check_mask_source(spec_from_config(cfg))  # a missing file before the knobs (they import)
-    mask_settings(cfg)
-
-
-def list_engine_images(cfg: EngineConfig) -> tuple[Path, list[Path]]:
-    from ssa.datasets import select_images
-
-    return select_images("folder", cfg.data_dir, None, cfg.limit, cfg.out_dir)
+if TYPE_CHECKING:
+    from ssa.plan import EnginePlan
 
 
 class EngineRun:
@@ -77,20 +27,18 @@ class EngineRun:
     `label(image, rel)` names one image's masks, `write(out, paths, image)` writes them."""
 
     def __init__(
-        self, cfg: EngineConfig, download_progress: Callable[[int, int | None], None] | None = None
+        self, plan: EnginePlan,
+        download_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         from ssa.engine.labeller import EngineLabeller
-        from ssa.engine.models import resolve_models
-        from ssa.run.labeller import build_mask_source, mask_settings
+        from ssa.run.labeller import build_mask_source
 
-        self.cfg = cfg
-        device = cfg.resolved_device()
-        models = resolve_models(cfg.models, cfg.light)
-        mask_settings(cfg)  # the knobs checked before any model loads
-        labeller = EngineLabeller(models, device, cfg.batch_size, cfg.top_k, cfg.use_spacy)
-        self.mask_source = build_mask_source(cfg, device, "default", download_progress)
+        self.plan = plan
+        labeller = EngineLabeller(dict(plan.models), plan.device, plan.batch_size, plan.top_k,
+                                  plan.use_spacy, plan.precision)
+        self.mask_source = build_mask_source(plan.masks, plan.device, download_progress)
         self.labeller = labeller
-        self.model_ids = models
+        self.model_ids = dict(plan.models)
 
     def label(self, image: np.ndarray, rel: Path | None = None) -> dict[str, Any]:
         """The mask source's masks of `image` (`HWC uint8 RGB`), each named."""
@@ -101,14 +49,14 @@ class EngineRun:
         """The overlay first, then the JSON last (it marks the image as done); returns the
         number of masks."""
         annotations = out["annotations"]
-        if self.cfg.save_vis:
+        if self.plan.outputs.save_vis:
             write_engine_overlay(paths["vis"], image, out["masks"], annotations)
         io.write_json(
             paths["semantic"],
             {
                 "image": {"height": image.shape[0], "width": image.shape[1]},
                 "annotations": annotations,
-                "engine": {"top_k": self.cfg.top_k, "models": self.model_ids},
+                "engine": {"top_k": self.plan.top_k, "models": self.model_ids},
             },
         )
         return len(annotations)
@@ -117,7 +65,7 @@ class EngineRun:
         """Label and write one image (`ssa.run.labeller.process_image`)."""
         from ssa.run.labeller import process_image
 
-        return process_image(self, root, rel, Path(self.cfg.out_dir))
+        return process_image(self, root, rel, self.plan.outputs.out_dir)
 
 
 def write_engine_overlay(
@@ -138,30 +86,35 @@ def write_engine_overlay(
 
 
 def run_engine(
-    cfg: EngineConfig,
+    plan: EnginePlan,
     on_start: Callable[[int, int, int], None] | None = None,
     on_image: Callable[[ImageResult], None] | None = None,
     download_progress: Callable[[int, int | None], None] | None = None,
     group: Any = None,
 ) -> RunSummary:
-    """Name the masks of every image that is not done yet; callbacks, sharding over `group`
-    (an `ssa.distributed.Group`, or none for one process) and the returned summary (all ranks)
-    as in `ssa.run.runner.label_dataset`."""
-    from ssa.run.labeller import mask_settings
+    """Name the masks of every image of the plan that is not done yet; callbacks, sharding over
+    `group` (an `ssa.distributed.Group`, or none for one process), the record of the out-dir and
+    the returned summary (all ranks) as in `ssa.run.runner.label_dataset`."""
+    from ssa.run import record
     from ssa.run.prefetch import process_overlapped
     from ssa.run.runner import dataset_loop
     from ssa.specs.masks import prepare_mask_source
 
-    check_engine(cfg)
-    out_dir = Path(cfg.out_dir)
-    root, rels = list_engine_images(cfg)
-    spec, _ = mask_settings(cfg)
+    out_dir = plan.outputs.out_dir
+    root, rels = plan.images.root, list(plan.images.rels)
+    main = group is None or group.info.is_main
+
+    def begin() -> None:  # rank 0, once the models loaded, before any rank writes
+        if main:
+            record.write_record(out_dir, dict(plan.settings), plan.images.data_dir,
+                                dict(plan.listing), None)
 
     def make_worker() -> Any:  # a `ssa.run.runner.Worker`
-        engine = EngineRun(cfg, download_progress)
+        engine = EngineRun(plan, download_progress)
         return lambda mine, on_result: process_overlapped(engine, root, mine, out_dir, on_result)
 
     return dataset_loop(
-        out_dir, rels, make_worker, False, lambda: prepare_mask_source(spec, download_progress),
-        on_start, on_image, group,
+        out_dir, rels, make_worker, None,
+        lambda: prepare_mask_source(plan.masks.spec, download_progress), on_start, on_image,
+        group, begin=begin,
     )

@@ -431,21 +431,20 @@ def check_run_eval(cfg: Any) -> None:
                        f"--data-dir")
 
 
-def plan_run_eval(cfg: Any, allow_missing: bool = False) -> EvalPlan:
-    """The plan that scores a finished `ssa run` (a `RunConfig`): the same images (`--limit`
-    included), its out_dir as the predictions, class names from its JSON for `folder`."""
-    from ssa.datasets import list_images
-
-    _, rels = list_images(cfg)
-    return plan_eval(cfg.dataset, cfg.data_dir, cfg.out_dir, cfg.split, cfg.gt_dir, None, rels,
-                     allow_missing, partial_branch=True)
+def plan_run_eval(plan: Any, allow_missing: bool = False) -> EvalPlan:
+    """The plan that scores a finished `ssa run` (a `ssa.plan.RunPlan`): the same images
+    (`--limit` included), its out_dir as the predictions, class names from its JSON for
+    `folder`."""
+    images = plan.images
+    return plan_eval(images.dataset, images.data_dir, plan.outputs.out_dir, images.split,
+                     plan.gt_dir, None, list(images.rels), allow_missing, partial_branch=True)
 
 
 EVAL_JSON = "eval.json"  # written into the out_dir by `ssa run --eval`
 
 
 def evaluate_run(
-    cfg: Any,
+    run: Any,
     group: Any,
     summary: Any,
     single: Callable[[EvalPlan, Path], dict[str, Any]] | None = None,
@@ -465,12 +464,12 @@ def evaluate_run(
 
     if summary.failed:
         return None
-    out_json = Path(cfg.out_dir or ".") / EVAL_JSON
+    out_json = Path(run.outputs.out_dir) / EVAL_JSON
     main = group.info.is_main
     if not group.info.distributed and single is not None:
-        return single(plan_run_eval(cfg), out_json)
+        return single(plan_run_eval(run), out_json)
     group.barrier()  # every rank's outputs are in place before any rank reads them
-    plan = plan_run_eval(cfg)  # the same on every rank: built from the sorted image list
+    plan = plan_run_eval(run)  # the same on every rank: built from the sorted image list
     counts = score(plan, items=shard(plan.items, group.info.rank, group.info.world_size))
     parts = [counts.voted.mat, torch.tensor([counts.num_images], dtype=torch.int64)]
     if counts.branch is not None:

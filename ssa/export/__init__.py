@@ -25,10 +25,10 @@ __all__ = ["FORMATS", "ExportConfig", "ExportSummary", "check_export", "export"]
 def export(format: str, pred_dir: str | Path, out: str | Path, **options: Any) -> ExportSummary:
     """Export the run in `pred_dir` as `format` to `out`; options are `ExportConfig`'s fields
     (`dataset`, `data_dir`, `split`, `classes`, `things`, `image_root_url`, `limit`,
-    `allow_missing`, `overwrite`). Raises SSAError (one line) on a refusal."""
+    `allow_missing`, `overwrite`, `images`). Raises SSAError (one line) on a refusal."""
     from ssa.export import runner
 
-    paths = {k: Path(v) if k in ("data_dir", "classes", "things") and v is not None else v
+    paths = {k: Path(v) if k in ("data_dir", "classes", "things", "images") and v is not None else v
              for k, v in options.items()}
     cfg = ExportConfig(format=format, pred_dir=Path(pred_dir), out=Path(out), **paths)
     return runner.export(cfg)

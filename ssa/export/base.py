@@ -55,7 +55,8 @@ class ExportConfig:
     folder to write; dataset/data_dir/split: the images the run read (as in `ssa run`), needed
     by formats that name or embed the images; classes: a class-names file (engine runs);
     things: a file of thing class names (coco-panoptic, other than ADE20K / Cityscapes);
-    image_root_url: the URL prefix of the images (label-studio).
+    image_root_url: the URL prefix of the images (label-studio); images: a text file of the
+    images to export, one relative path per line (e.g. `ssa report`'s `review.txt`).
     """
 
     format: str
@@ -70,6 +71,7 @@ class ExportConfig:
     limit: int | None = None
     allow_missing: bool = False
     overwrite: bool = False
+    images: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,8 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
                 raise SSAError(f"--limit {cfg.limit} must be at least 1")
             rels = rels[: cfg.limit]
     candidates = [_item(0, pred_dir, rel, root) for rel in rels]
+    if cfg.images is not None:
+        candidates = select_listed(candidates, Path(cfg.images))
     listed = {c.rel.as_posix() for c in candidates}
     stems = {c.stem_rel.as_posix() for c in candidates}
     failed = [
@@ -279,9 +283,39 @@ def plan_export(cfg: ExportConfig, needs_images: bool = False) -> ExportPlan:
     return ExportPlan(cfg, items, resolve_classes(cfg, items), root, sorted(failed) + missing)
 
 
+def read_image_list(path: Path) -> list[str]:
+    """The relative image paths of an `--images` file: one per line, `/`-separated, blank lines
+    and lines starting with `#` skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SSAError(f"cannot read --images {path} ({exc}); pass a text file, one relative "
+                       f"image path per line") from None
+    names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not names:
+        raise SSAError(f"--images {path} lists no image; one relative image path per line")
+    return names
+
+
+def select_listed(candidates: list[RunItem], path: Path) -> list[RunItem]:
+    """The candidates an `--images` file names (by relative path, with or without the image's
+    extension), in the run's order; a name that is not an image of the run is refused."""
+    wanted = read_image_list(path)
+    names = set(wanted)
+    kept = [c for c in candidates if c.rel.as_posix() in names or c.stem_rel.as_posix() in names]
+    known = {c.rel.as_posix() for c in kept} | {c.stem_rel.as_posix() for c in kept}
+    unknown = [name for name in dict.fromkeys(wanted) if name not in known]
+    if unknown:
+        raise SSAError(
+            f"--images {path} names {plural(len(unknown), 'image')} that the run does not "
+            f"hold: {_name_some(unknown)}; list paths relative to the image folder"
+        )
+    return kept
+
+
 def _inputs(cfg: ExportConfig) -> list[tuple[str, Path]]:
     named = [("--pred-dir", cfg.pred_dir), ("--data-dir", cfg.data_dir),
-             ("--classes", cfg.classes), ("--things", cfg.things)]
+             ("--classes", cfg.classes), ("--things", cfg.things), ("--images", cfg.images)]
     return [(flag, Path(path)) for flag, path in named if path is not None]
 
 

@@ -3,12 +3,15 @@ assemble the result and move it into place (see `ssa.export.base` for atomicity)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssa import io
 from ssa.distributed import Group, shard
 from ssa.errors import SSAError
 from ssa.export.base import (
@@ -79,6 +82,26 @@ def export(
     group = group or Group()
     info = group.info
     exporter, plan = check_export(cfg, info.world_size)
+    lock = export_lock(cfg) if info.is_main else contextlib.nullcontext()
+    with lock:
+        return _export(cfg, exporter, plan, group, on_start, on_image)
+
+
+def export_lock(cfg: ExportConfig) -> io.FolderLock:
+    """One export per `--out` at a time (`ssa.io.FolderLock` on `.ssa-lock-<name>` beside it)."""
+    out = Path(os.path.realpath(cfg.out))
+    return io.FolderLock(out.parent / f".ssa-lock-{out.name}", "ssa export", "--out")
+
+
+def _export(
+    cfg: ExportConfig,
+    exporter: Exporter,
+    plan: ExportPlan,
+    group: Group,
+    on_start: Callable[[int, int], None] | None,
+    on_image: Callable[[RunItem], None] | None,
+) -> ExportSummary:
+    info = group.info
     start = time.perf_counter()
     out = Path(cfg.out)  # its real path, set by the plan's check
     staging = staging_dir(out)

@@ -530,7 +530,7 @@ class _HFPostprocess(FastMaskGenerator):
                                             out=full[:k])[:, 0]
 
 
-def load_hf_prompt_source(name: str, device: str = "cpu") -> HFMaskSource:
+def load_hf_prompt_source(name: str, device: str = "cpu", precision: str = "fp32") -> HFMaskSource:
     """`hf:<name>` for clicks and boxes (`ssa predict`): the same source, prompted through
-    `set_image` and `predict` (one encoder pass per image)."""
-    return load_hf_mask_source(name, device, {})
+    `set_image` and `predict` (one encoder pass per image), in `precision`."""
+    return load_hf_mask_source(name, device, {}, precision)

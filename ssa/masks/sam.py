@@ -404,16 +404,27 @@ class SamMaskSource:
 class SamPromptSource:
     """segment-anything's `SamPredictor` as a `PromptableMaskSource` (clicks and boxes)."""
 
-    def __init__(self, sam) -> None:
+    def __init__(self, sam, precision: str = "fp32", compile: bool = False) -> None:
+        """precision: the encoder and decoder under `ssa.precision.autocast` (fp32: exact);
+        compile: `torch.compile` the image encoder (the cost of a click is the decoder's)."""
+        import torch
         from segment_anything import SamPredictor
 
+        if compile:
+            sam.image_encoder = torch.compile(sam.image_encoder)
         self.predictor = SamPredictor(sam)
+        self.precision = precision
+
+    def _autocast(self):
+        from ssa.precision import autocast
+
+        return autocast(self.predictor.device, self.precision)
 
     def set_image(self, image: np.ndarray) -> None:
         """Run the image encoder once on `image` (`HWC uint8 RGB`)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             self.predictor.set_image(image, image_format="RGB")
 
     def reset_image(self) -> None:
@@ -434,10 +445,12 @@ class SamPromptSource:
 
         from ssa import io
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             masks, ious, _ = self.predictor.predict(
                 point_coords=points, point_labels=labels, box=box, multimask_output=multimask
             )
+        ious = np.asarray(ious, dtype=np.float32)  # scores compared in fp32
+        with torch.inference_mode():
             stack = torch.from_numpy(masks)
             xyxy = batched_mask_to_box(stack)
             # XYWH as SAM's generator writes it (w = x1 - x0 with inclusive x1; zeros when empty).
@@ -471,8 +484,11 @@ def load_sam_prompt_source(
     checkpoint: str | Path | None,
     device: str,
     progress: Callable[[int, int | None], None] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     flag: str = "--sam-checkpoint",
 ) -> SamPromptSource:
-    """`sam:<model>[:<checkpoint>]` for prompts (`ssa predict`)."""
+    """`sam:<model>[:<checkpoint>]` for prompts (`ssa predict`). flag: the option `checkpoint`
+    came from (`CHECKPOINT_FLAGS`), for messages."""
     path = ensure_checkpoint(model_type, checkpoint, progress, flag)
-    return SamPromptSource(load_sam(model_type, path, device, flag))
+    return SamPromptSource(load_sam(model_type, path, device, flag), precision, compile)

@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -21,9 +21,17 @@ import torch
 from ssa import io
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import FatalError, SSAError, first_line
-from ssa.plan import check_voting, mask_settings
-from ssa.run.outputs import ImageResult, annotations_from, output_paths, semantic_document
+from ssa.run.outputs import (
+    ImageResult,
+    annotations_from,
+    output_paths,
+    semantic_document,
+    write_inside,
+)
 from ssa.voting import vote
+
+if TYPE_CHECKING:
+    from ssa.plan import MaskBranch, RunPlan, SemanticBranch
 
 
 class ImageLabeller(Protocol):
@@ -242,144 +250,63 @@ def _resize_result(result: Any, size: tuple[int, int]) -> Any:
     return result_from_records(records, size)
 
 
-def segmentor_classes(cfg: Any, spec: DatasetSpec) -> list[str] | None:
-    """The class names a `labels:` segmentor uses or a SAM 3 `hf:` model prompts: `--classes
-    FILE`, else the dataset's. `--prompts`/`--prompt-batch` are refused for other segmentors."""
-    from ssa.specs.segmentors import parse_spec, read_classes_file
-
-    kind = parse_spec(cfg.segmentor or "").kind
-    sam3 = False
-    if kind == "hf" and (
-        cfg.classes is not None or cfg.prompts is not None or cfg.prompt_batch is not None
-    ):
-        from ssa.segmentors.hf import is_sam3
-
-        sam3 = is_sam3(parse_spec(cfg.segmentor or "").target)
-    if not sam3:
-        for flag, value in (("--prompts", cfg.prompts), ("--prompt-batch", cfg.prompt_batch)):
-            if value is not None:
-                raise SSAError(
-                    f"{flag} applies to SAM 3 segmentors (hf:facebook/sam3); "
-                    f"{cfg.segmentor} is not one"
-                )
-    if cfg.classes is not None:
-        if kind != "labels" and not sam3:
-            raise SSAError(
-                f"--classes applies to labels: segmentors and SAM 3 models; {cfg.segmentor} "
-                f"names its own classes"
-            )
-        names = read_classes_file(cfg.classes)
-        if spec.num_classes is not None and len(names) != spec.num_classes:
-            raise SSAError(
-                f"--classes {cfg.classes} names {len(names)} classes but --dataset {spec.name} has "
-                f"{spec.num_classes}; give one name per dataset class, in its order"
-            )
-        return names
-    if cfg.label_map is not None and kind != "labels":
-        raise SSAError(f"--label-map applies to labels: segmentors only, not {cfg.segmentor}")
-    return list(spec.classes) if spec.classes is not None else None
-
-
-def resolve_classes(cfg: Any, spec: DatasetSpec, segmentor: Any) -> list[str]:
-    """The class names of the run, checking the segmentor's count against the dataset's."""
+def build_segmentor(
+    semantic: SemanticBranch, dataset: DatasetSpec, device: str
+) -> tuple[Any, list[str]]:
+    """The planned segmentor and its class names, refusing one whose class count differs from
+    the dataset's."""
     from ssa.segmentors.base import check_num_classes, class_names
-
-    names = class_names(segmentor)
-    check_num_classes(names, spec.num_classes, cfg.segmentor or "")
-    return list(spec.classes) if spec.classes is not None else names
-
-
-def build_segmentor(cfg: Any, spec: DatasetSpec, device: str) -> tuple[Any, list[str]]:
-    """The run's segmentor (default: the dataset's) and its class names, refusing a segmentor
-    whose class count differs from the dataset's."""
     from ssa.specs.segmentors import load_segmentor, read_label_map_file
 
-    cfg.segmentor = cfg.segmentor or spec.default_segmentor
-    if cfg.segmentor is None:
-        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
-    classes = segmentor_classes(cfg, spec)
+    classes = None if semantic.classes is None else list(semantic.classes)
     label_map = None
-    if cfg.label_map is not None and classes is not None:  # no classes: the loader says so
-        label_map = read_label_map_file(cfg.label_map, classes)
-    prompts, args = None, dict(cfg.segmentor_args)
-    if cfg.prompts is not None:
+    if semantic.label_map is not None and classes is not None:  # no classes: the loader says so
+        label_map = read_label_map_file(semantic.label_map, classes)
+    prompts = None
+    if semantic.prompts is not None and classes is not None:
         from ssa.segmentors.sam3 import read_prompts_file
 
-        if classes is None:
-            raise SSAError(f"--prompts {cfg.prompts} needs class names: pass --classes FILE too")
-        prompts = read_prompts_file(cfg.prompts, classes)
-    if cfg.prompt_batch is not None:
-        args["prompt_batch"] = cfg.prompt_batch
-    precision = getattr(cfg, "precision", "fp32")
-    if precision != "fp32" and "precision" not in args:
-        _check_semantic_precision(cfg.segmentor, precision)
-        args["precision"] = precision
+        prompts = read_prompts_file(semantic.prompts, classes)
     segmentor = load_segmentor(
-        cfg.segmentor, device=device, args=args, classes=classes, label_map=label_map,
-        prompts=prompts,
+        semantic.spec, device=device, args=dict(semantic.args), classes=classes,
+        label_map=label_map, prompts=prompts,
     )
-    return segmentor, resolve_classes(cfg, spec, segmentor)
-
-
-def _check_semantic_precision(segmentor: str, precision: str) -> None:
-    """`--precision` reaches `hf:` segmentors trained on their classes (`HFSegmentor`); refuse it
-    for the others rather than ignore it."""
-    from ssa.specs.segmentors import parse_spec
-
-    parsed = parse_spec(segmentor)
-    ok = parsed.kind == "hf"
-    if ok:
-        from ssa.segmentors.hf import is_sam3
-
-        ok = not is_sam3(parsed.target)
-    if not ok:
-        raise SSAError(
-            f"--precision {precision} applies to hf: segmentors (Segformer, OneFormer, ...); "
-            f"{segmentor} runs in its own precision: pass --precision fp32"
-        )
+    names = class_names(segmentor)
+    check_num_classes(names, dataset.num_classes, semantic.spec)
+    return segmentor, list(dataset.classes) if dataset.classes is not None else names
 
 
 def build_mask_source(
-    cfg: Any,
+    masks: MaskBranch,
     device: str,
-    default_preset: str = "default",
     download_progress: Callable[[int, int | None], None] | None = None,
 ) -> Any:
-    """The run's `MaskSource` (any `MaskBranchConfig`: `ssa run` and `ssa engine`)."""
+    """The planned `MaskSource` (`ssa run` and `ssa engine`)."""
     from ssa.specs.masks import load_mask_source
 
-    spec, settings = mask_settings(cfg, default_preset)
-    return load_mask_source(spec, device, settings, download_progress, impl=cfg.amg_impl,
-                            precision=getattr(cfg, "precision", "fp32"),
-                            compile=getattr(cfg, "compile", False))
+    return load_mask_source(masks.spec, device, dict(masks.settings), download_progress,
+                            impl=masks.impl, precision=masks.precision, compile=masks.compile)
 
 
 def build_labeller(
-    cfg: Any, download_progress: Callable[[int, int | None], None] | None = None
+    plan: RunPlan, download_progress: Callable[[int, int | None], None] | None = None
 ) -> Labeller:
-    """Check the cheap things first (voting, the mask spec and knobs), then load the segmentor
-    (refusing a class-count mismatch) and the mask source."""
-    spec = get_dataset(cfg.dataset)
-    device = cfg.resolved_device()
-    check_voting(cfg)
-    from ssa.precision import check_device
-
-    check_device(getattr(cfg, "precision", "fp32"), getattr(cfg, "compile", False), device)
-    mask_settings(cfg, spec.default_amg_preset)
-    segmentor, names = build_segmentor(cfg, spec, device)
-    masks = build_mask_source(cfg, device, spec.default_amg_preset, download_progress)
+    """Load the planned segmentor (refusing a class-count mismatch), then the mask source."""
+    dataset = get_dataset(plan.images.dataset)
+    segmentor, names = build_segmentor(plan.semantic, dataset, plan.device)
+    masks = build_mask_source(plan.masks, plan.device, download_progress)
     return Labeller(
         masks,
         segmentor,
         names,
-        spec.palette_array(len(names)),
-        device=device,
-        top_k=cfg.top_k,
-        vote_policy=cfg.vote,
-        min_vote_share=float(cfg.min_vote_share),
-        save_branch=cfg.save_branch,
-        save_vis=cfg.save_vis,
-        max_pixels=getattr(cfg, "max_pixels", None),
+        dataset.palette_array(len(names)),
+        device=plan.device,
+        top_k=plan.voting.top_k,
+        vote_policy=plan.voting.policy,
+        min_vote_share=plan.voting.min_share,
+        save_branch=plan.outputs.save_branch,
+        save_vis=plan.outputs.save_vis,
+        max_pixels=plan.outputs.max_pixels,
     )
 
 
@@ -431,7 +358,8 @@ def process_image(labeller: ImageLabeller, root: Path, rel: Path, out_dir: Path)
         out, failed = guarded(rel, start, "label", labeller.label, image, rel)
     if failed is None:
         paths = output_paths(Path(out_dir), rel)
-        num_masks, failed = guarded(rel, start, "write", labeller.write, out, paths, image)
+        num_masks, failed = guarded(rel, start, "write", write_inside, labeller.write,
+                                    Path(out_dir), rel, out, paths, image)
     if failed is not None:
         return failed
     return ImageResult(rel, "done", num_masks=num_masks, seconds=time.perf_counter() - start)

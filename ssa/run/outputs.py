@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ssa import io
+from ssa.errors import SSAError
 
 if TYPE_CHECKING:
     from ssa.voting import VoteResult
@@ -40,10 +41,28 @@ def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
     }
 
 
-def is_done(out_dir: Path, rel: Path) -> bool:
-    """An image is done exactly when its JSON exists and parses (it is written last)."""
+def write_inside(write: Any, out_dir: Path, rel: Path, *args: Any) -> Any:
+    """`write(*args)` for the image at `rel`, refusing (one line, that image's failure) a folder
+    on its way under out_dir that is a symlink: ssa never writes through a planted link into a
+    folder it does not own."""
+    folder = Path(out_dir)
+    for part in rel.parent.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise SSAError(
+                f"{folder} is a symlink inside --out-dir; ssa does not write through links: "
+                f"remove the link (or label that folder into its own --out-dir)"
+            )
+    return write(*args)
+
+
+def is_done(out_dir: Path, rel: Path, since_ns: int | None = None) -> bool:
+    """An image is done exactly when its JSON exists and parses (it is written last); with
+    `since_ns` (an unfinished `--overwrite`, `ssa.run.record`), only a JSON written since then."""
     path = output_paths(out_dir, rel)["semantic"]
     try:
+        if since_ns is not None and path.stat().st_mtime_ns < since_ns:
+            return False
         json.loads(path.read_text())
     except (OSError, ValueError):
         return False

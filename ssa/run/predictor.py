@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssa.errors import SSAError
+
+if TYPE_CHECKING:
+    from ssa.plan import PredictPlan
 
 GRANULARITIES = ("whole", "part", "subpart")
 
@@ -283,60 +286,19 @@ class SemanticPredictor:
 
 
 def build_predictor(
-    cfg: Any, download_progress: Callable[[int, int | None], None] | None = None
+    plan: PredictPlan, download_progress: Callable[[int, int | None], None] | None = None
 ) -> SemanticPredictor:
-    """A SemanticPredictor from a `RunConfig` (masks or sam_model/sam_checkpoint, segmentor,
-    dataset, device, top_k), with the same loaders and class-name rules as `ssa run`."""
+    """A SemanticPredictor from a `ssa.plan.PredictPlan` (`ssa.plan.plan_predict`), with the
+    same loaders and class-name rules as `ssa run`."""
     from ssa.datasets import get_dataset
     from ssa.run.labeller import build_segmentor
-    from ssa.specs.masks import check_mask_source, load_prompt_source, spec_from_config
+    from ssa.specs.masks import load_prompt_source
 
-    spec = get_dataset(cfg.dataset)
-    device = cfg.resolved_device()
-    if cfg.top_k < 1:
-        raise SSAError(f"--top-k {cfg.top_k} must be at least 1")
-    mask_spec = spec_from_config(cfg)
-    check_mask_source(mask_spec)
-    segmentor, names = build_segmentor(cfg, spec, device)
-    masks = load_prompt_source(mask_spec, device, download_progress)
+    dataset = get_dataset(plan.dataset)
+    segmentor, names = build_segmentor(plan.semantic, dataset, plan.device)
+    masks = load_prompt_source(plan.masks.spec, plan.device, download_progress,
+                               plan.masks.precision, plan.masks.compile)
     return SemanticPredictor(
-        masks, segmentor, names, device=device, top_k=cfg.top_k,
-        palette=spec.palette_array(len(names)),
+        masks, segmentor, names, device=plan.device, top_k=plan.top_k,
+        palette=dataset.palette_array(len(names)),
     )
-
-
-def predict(
-    image: str | Path | np.ndarray,
-    points: Any = None,
-    labels: Any = None,
-    box: Any = None,
-    *,
-    masks: str | None = None,
-    sam_model: str = "vit_h",
-    sam_checkpoint: str | Path | None = None,
-    segmentor: str | None = None,
-    dataset: str = "folder",
-    device: str | None = None,
-    top_k: int = 3,
-) -> list[dict[str, Any]]:
-    """One-call form: load the models, label one prompt on one image (a path or `HWC uint8 RGB`).
-
-    Returns the records of `SemanticPredictor.predict`, whole -> subpart. For several prompts on
-    one image, build a `SemanticPredictor` (or `build_predictor`) and call `set_image` once.
-    """
-    from ssa.config import RunConfig
-    from ssa.io import read_image
-
-    array = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
-    cfg = RunConfig(
-        dataset=dataset,
-        masks=masks,
-        sam_model=sam_model,
-        sam_checkpoint=Path(sam_checkpoint) if sam_checkpoint is not None else None,
-        segmentor=segmentor,
-        device=device,
-        top_k=top_k,
-    )
-    predictor = build_predictor(cfg)
-    predictor.set_image(array, Path(image).name if isinstance(image, (str, Path)) else None)
-    return predictor.predict(points=points, labels=labels, box=box)

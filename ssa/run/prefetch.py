@@ -20,7 +20,7 @@ from typing import Any
 
 from ssa.errors import FatalError
 from ssa.run.labeller import ImageLabeller, guarded
-from ssa.run.outputs import ImageResult, output_paths
+from ssa.run.outputs import ImageResult, output_paths, write_inside
 
 # Images read ahead and writes in flight: each holds an image and its masks in memory.
 PREFETCH = 2
@@ -91,7 +91,8 @@ def process_overlapped(
                     on_result(failed)
             else:
                 paths = output_paths(Path(out_dir), rel)
-                future = writer.submit(labeller.write, out, paths, image)
+                future = writer.submit(write_inside, labeller.write, Path(out_dir), rel, out,
+                                       paths, image)
                 filters[rel] = out.get("filters") if isinstance(out, dict) else None
                 future.add_done_callback(notify(rel, start, filters[rel]))
                 pending.append((rel, start, future, None))

@@ -209,7 +209,7 @@ def resolve_mask_settings(
     """The settings a source is built with: for `sam:` every generator keyword (library default,
     then the preset, then `--amg`); for `hf:` the preset's knobs it supports and `--amg` (the
     model's defaults for the rest); for `py:`/plug-ins the `--amg` values as given (the factory
-    checks them); for `json:` none (`--amg` has no effect). Bad keys or values raise SSAError."""
+    checks them); for `json:` none (an `--amg` knob is refused). Bad keys or values raise SSAError."""
     from ssa.masks.knobs import resolve_settings
 
     parsed = _as_spec(spec)
@@ -220,6 +220,11 @@ def resolve_mask_settings(
             raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
         return resolve_amg(preset, dict(overrides or {}), impl)
     if parsed.kind == "json":
+        if overrides:  # saved masks have no knob: a typed one is a mistake, not a no-op
+            raise SSAError(
+                f"--amg {', '.join(sorted(overrides))}: --masks {parsed} reads saved masks, "
+                f"which take no --amg knobs; leave --amg out"
+            )
         return {}
     table = mask_knobs(parsed, impl)
     if table is None:
@@ -314,25 +319,32 @@ def load_prompt_source(
     spec: MaskSpec | str,
     device: str,
     progress: Callable[[int, int | None], None] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Any:
     """Build the `PromptableMaskSource` a spec names (`ssa predict`): `sam:` (SamPredictor),
     `hf:` (`ssa.masks.hf.load_hf_prompt_source`), or a factory whose object has `set_image` and
-    `predict`."""
+    `predict`. precision/compile as for `load_mask_source` (`--compile`: `sam:` only)."""
     from ssa.plugins import call_factory
 
     parsed = _as_spec(spec)
+    if compile and parsed.kind != "sam":
+        raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; leave it off")
     if parsed.kind == "sam":
         from ssa.masks.sam import load_sam_prompt_source
 
         return load_sam_prompt_source(parsed.target, parsed.checkpoint, device, progress,
-                                      parsed.flag)
+                                      precision, compile, parsed.flag)
     if parsed.kind == "json":
         raise SSAError(f"--masks {parsed}: JSON masks cannot answer prompts; use sam: or hf:")
     if parsed.kind == "hf":
         module = hf_module()
         if not hasattr(module, "load_hf_prompt_source"):
             raise SSAError(f"--masks {parsed}: this ssa's hf: source takes no prompts; use sam:")
-        return module.load_hf_prompt_source(parsed.target, device)
+        return module.load_hf_prompt_source(parsed.target, device, precision)
+    if precision != "fp32":
+        raise SSAError(f"--precision {precision} applies to sam: and hf: mask sources, not "
+                       f"{parsed}; pass --precision fp32")
     factory, where = _factory(parsed)
     source = call_factory(factory, where, device, {}, "--amg")
     if not all(callable(getattr(source, m, None)) for m in ("set_image", "predict")):
@@ -341,3 +353,11 @@ def load_prompt_source(
             f"PromptableMaskSource (ssa.masks.base)"
         )
     return source
+
+
+def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[MaskSpec, dict[str, Any]]:
+    """The run's mask spec (`spec_from_config`) and the settings its source is built with
+    (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's knobs."""
+    spec = spec_from_config(cfg)
+    preset = cfg.amg_preset or default_preset
+    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)

@@ -176,6 +176,7 @@ OOM_PLUGIN = textwrap.dedent(
 def test_out_of_memory_image_is_recorded_and_the_next_labelled(tmp_path: Path,
                                                              sam_checkpoint: Path) -> None:
     from ssa.config import RunConfig
+    from ssa.plan import plan_run
     from ssa.run.runner import label_dataset
 
     plugin = tmp_path / "oom.py"
@@ -186,7 +187,7 @@ def test_out_of_memory_image_is_recorded_and_the_next_labelled(tmp_path: Path,
     cfg = RunConfig(dataset="folder", data_dir=data, out_dir=out, device="cuda",
                     sam_model="vit_b", sam_checkpoint=sam_checkpoint, amg_preset="default",
                     amg={**KEEP_ALL, "points_per_side": 2}, segmentor=f"py:{plugin}:make")
-    summary = label_dataset(cfg)
+    summary = label_dataset(plan_run(cfg))
     failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["path"] for f in failures] == ["b.png"]
     assert "CUDA out of memory" in failures[0]["error"]

@@ -1,0 +1,87 @@
+"""`ssa report` (issue 26): a static HTML report of a finished run (`ssa run --report` and
+`ssa eval --report` call the library from `ssa.cli.commands`, which cannot import this module:
+it imports the app from there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ssa.cli.commands import GtDirOpt, app, console, fail
+from ssa.errors import SSAError
+
+if TYPE_CHECKING:  # the report package loads when a report is made, not for `ssa --help`
+    from ssa.report import ReportOptions
+
+
+def make_report(options: ReportOptions) -> Path:
+    """Build the report with a progress bar; print and return the file:// URL of index.html."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ssa.report import build_report, check_extra
+
+    check_extra()
+    with Progress(TextColumn("[bold]report"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("report", total=None)
+        result = build_report(
+            options,
+            on_start=lambda n: progress.update(task, total=n),
+            on_image=lambda: progress.advance(task),
+        )
+    print(result.index.resolve().as_uri())
+    return result.index
+
+
+@app.command("report")
+def report(
+    pred_dir: Annotated[
+        Path,
+        typer.Option(help="The --out-dir of a finished `ssa run`.", rich_help_panel="Data"),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The report folder (default <pred-dir>/report); a new folder, an "
+                     "empty one, or an earlier report.", rich_help_panel="Data"),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="ade20k | cityscapes | foggy_driving | folder, as in `ssa eval` "
+                     "(default: folder, colours from the run's classes).",
+                     rich_help_panel="Data"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="The dataset the run read: shows the images, and with --dataset "
+                     "(or --gt-dir) scores them.", rich_help_panel="Data"),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
+    ] = None,
+    gt_dir: GtDirOpt = None,
+    classes: Annotated[
+        Path | None,
+        typer.Option(help="folder only: class names, one per line, as in `ssa eval`.",
+                     rich_help_panel="Evaluation"),
+    ] = None,
+    review: Annotated[
+        int, typer.Option(help="Images in the review queue (the worst first).")
+    ] = 50,
+    page_size: Annotated[
+        int, typer.Option(help="Thumbnails per gallery page.")
+    ] = 60,
+) -> None:
+    """A static HTML report of a run (opens from file://): run summary, class table and charts,
+    a gallery worst first, a page per image, a review queue; prints the index's file:// URL."""
+    from ssa.report import ReportOptions
+
+    try:
+        make_report(ReportOptions(
+            pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir, split=split,
+            gt_dir=gt_dir, classes=classes, review=review, page_size=page_size,
+        ))
+    except SSAError as exc:
+        fail(exc)

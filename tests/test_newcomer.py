@@ -303,3 +303,14 @@ def test_wrong_model_type_names_the_fix_in_the_flag_given(tmp_path):
                               f"--masks sam:vit_b:{path}")
     with pytest.raises(SSAError, match="pass --sam-model vit_b"):
         load_sam("vit_h", path)
+
+
+def test_unknown_factory_argument_suggests_the_keyword():
+    from ssa.plugins import call_factory
+
+    def make(threshold: float = 0.5, device: str = "cpu"):
+        return threshold
+
+    with pytest.raises(SSAError, match=r"takes no argument 'treshold' \(did you mean "
+                                       r"'threshold'\?\); its keyword arguments: threshold, device"):
+        call_factory(make, "segmentor py:x:make", "cpu", {"treshold": 0.3})

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ssa.errors import SSAError
+from ssa.words import did_you_mean
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -268,7 +269,8 @@ def get_dataset(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise SSAError(
-            f"unknown --dataset {name!r}; choose one of: {', '.join(DATASETS)}"
+            f"unknown --dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: "
+            f"{', '.join(DATASETS)}"
         ) from None
 
 

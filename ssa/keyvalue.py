@@ -13,7 +13,7 @@ from typing import Any
 
 from ssa.errors import SSAError
 from ssa.plugins import IDENTIFIER
-from ssa.words import with_article
+from ssa.words import did_you_mean, with_article
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def check_knobs(
         if key not in knobs:
             source = f" for {where}" if where else ""
             raise SSAError(
-                f"unknown {flag} key {key!r}{source}; valid keys: {', '.join(sorted(knobs))}"
+                f"unknown {flag} key {key!r}{source}{did_you_mean(key, knobs)}; valid keys: "
+                f"{', '.join(sorted(knobs))}"
             )
         out[key] = check_knob(knobs[key], value, flag)
     return out

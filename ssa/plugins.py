@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ssa.errors import SSAError
+from ssa.words import did_you_mean
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -125,8 +126,10 @@ def call_factory(
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             accepted = ", ".join(k for k in params if k != "self") or "none"
+            hint = did_you_mean(unknown[0], [k for k in params if k != "self"])
             raise SSAError(
-                f"{where} takes no argument {unknown[0]!r}; its keyword arguments: {accepted}"
+                f"{where} takes no argument {unknown[0]!r}{hint}; its keyword arguments: "
+                f"{accepted}"
             )
     try:
         return factory(**kwargs)

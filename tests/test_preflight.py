@@ -268,7 +268,8 @@ def test_filter_drop_counts_match_the_stock_generator(sam_checkpoint):
 def test_a_run_without_masks_says_which_filter_removed_them(hand_made, sam_checkpoint,  # noqa: F811
                                                            tmp_path):
     """Random SAM weights and the library's thresholds: no mask survives, and the summary
-    counts the 4 x 4 x 3 candidates and names the filter that removed them."""
+    counts the 4 x 4 x 3 candidates, names the filters that removed them and the preset that
+    keeps them."""
     data, _, labels_dir, classes, _ = hand_made
     result = invoke("run", "--data-dir", data, "--out-dir", tmp_path / "out", "--masks",
                     f"sam:vit_b:{sam_checkpoint}", "--segmentor", f"labels:{labels_dir}",
@@ -277,5 +278,5 @@ def test_a_run_without_masks_says_which_filter_removed_them(hand_made, sam_check
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "0 masks" in said
-    assert "no image got a mask: of 48 candidates the filters removed" in said
-    assert "loosen --amg " in said
+    assert "no image got a mask: of 48 candidates, pred_iou_thresh removed" in said
+    assert "--amg-preset keep-all keeps every candidate" in said

@@ -176,10 +176,11 @@ def test_log_lines_of_a_real_run_through_a_pipe(hand_made, tmp_path):  # noqa: F
 
 def test_no_masks_hint_names_the_filter():
     hint = no_masks_hint({"candidates": 192, "pred_iou_thresh": 150, "stability_score_thresh": 40,
-                          "box_nms_thresh": 2, "crop edge": 0})
-    assert hint == ("no image got a mask: of 192 candidates the filters removed pred_iou_thresh "
-                    "150, stability_score_thresh 40, box_nms_thresh 2; loosen --amg "
-                    "pred_iou_thresh")
+                          "crop edge": 0, "box_nms_thresh": 2})
+    assert hint == ("no image got a mask: of 192 candidates, pred_iou_thresh removed 150, "
+                    "stability_score_thresh 40, box_nms_thresh 2; for random or untrained "
+                    "weights, --amg-preset keep-all keeps every candidate (pred_iou_thresh=0.0, "
+                    "stability_score_thresh=0.0, box_nms_thresh=1.0)")
     assert "check the mask source" in no_masks_hint({})
 
 

@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ssa.distributed import Group, RankInfo
+from ssa.run.describe import describe_run
 from ssa.run.outputs import FAILURES_FILE, ImageResult
 from ssa.run.runner import RunSummary, run_rank
 from ssa.words import plural
@@ -199,6 +200,7 @@ def run_with_progress(
     def drive(group: Group, call: Callable[..., RunSummary]) -> RunSummary:
         if not group.info.is_main:
             return _run_with_lines(group, call, every, shared=False)
+        log.info(describe_run(plan, group.info.world_size))  # before any model loads
         if console.is_terminal:
             summary = _run_with_bar(console, group, call)
         else:
@@ -339,18 +341,11 @@ def _run_with_lines(
 
 
 def no_masks_hint(filters: dict[str, int]) -> str:
-    """Why no image got a mask: the generator's candidates and what each filter removed
-    (`ssa.masks.fast_amg.Stats.dropped`), or a hint when the source does not count them."""
-    candidates = filters.get("candidates", 0)
-    dropped = {k: v for k, v in filters.items() if k != "candidates" and v}
-    if not candidates and not dropped:
-        return ("no image got a mask; check the mask source (random weights?) or loosen its "
-                "filters, e.g. --amg pred_iou_thresh=0 --amg stability_score_thresh=0")
-    parts = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
-    worst = max(dropped, key=dropped.get) if dropped else None
-    fix = f"; loosen --amg {worst}" if worst and worst != "crop edge" else ""
-    return (f"no image got a mask: of {plural(candidates, 'candidate')} the filters removed "
-            f"{parts or 'none'}{fix}")
+    """Why no image got a mask (`ssa.masks.knobs.no_masks_message`: every filter that removed
+    candidates, with counts, and the preset that keeps them)."""
+    from ssa.masks.knobs import no_masks_message
+
+    return no_masks_message(filters)
 
 
 def log_summary(out_dir: Path, summary: RunSummary) -> None:

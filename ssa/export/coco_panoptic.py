@@ -27,6 +27,7 @@ import numpy as np
 
 from ssa.errors import SSAError
 from ssa.export.base import Exporter, ExportPlan, RunImage, read_part, write_json_stream, write_part
+from ssa.words import did_you_mean
 
 RESULT = "result"
 
@@ -65,7 +66,7 @@ def thing_flags(plan: ExportPlan) -> np.ndarray:
         if unknown:
             raise SSAError(
                 f"--things {plan.cfg.things} names {', '.join(map(repr, unknown[:5]))}, not among "
-                f"the run's classes; use the run's class names"
+                f"the run's classes{did_you_mean(unknown[0], names)}; use the run's class names"
             )
         flags[[names.index(t) for t in things]] = True
     elif names == list(ADE20K_CLASSES):

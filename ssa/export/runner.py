@@ -26,6 +26,7 @@ from ssa.export.base import (
     read_run_image,
     staging_dir,
 )
+from ssa.words import did_you_mean
 
 FORMATS = {
     "coco-instances": ("ssa.export.coco_instances", "CocoInstances"),
@@ -49,7 +50,8 @@ def get_exporter(name: str) -> Exporter:
     import importlib
 
     if name not in FORMATS:
-        raise SSAError(f"unknown --format {name!r}; choose one of: {', '.join(FORMATS)}")
+        raise SSAError(f"unknown --format {name!r}{did_you_mean(name, FORMATS)}; choose one of: "
+                       f"{', '.join(FORMATS)}")
     module, cls = FORMATS[name]
     return getattr(importlib.import_module(module), cls)()
 

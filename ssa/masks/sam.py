@@ -23,6 +23,7 @@ from ssa.errors import SSAError
 from ssa.keyvalue import Knob, check_knobs, parse_key_values
 from ssa.masks.base import MaskResult
 from ssa.masks.knobs import resolve_settings
+from ssa.words import did_you_mean
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 CHECKPOINT_FILES = {
@@ -31,6 +32,10 @@ CHECKPOINT_FILES = {
     "vit_b": "sam_vit_b_01ec64.pth",
 }
 DEFAULT_CKP_DIR = Path("ckp")
+
+# The options a checkpoint reaches ssa through: `--masks sam:<model>:<file>` or `--sam-checkpoint`
+# (`--sam-model`); messages name the one the user wrote (`ssa.specs.masks.MaskSpec.flag`).
+CHECKPOINT_FLAGS = ("--masks", "--sam-checkpoint")
 
 # Knobs ssa sets itself: the output format is fixed, point grids are not a command-line value.
 _RESERVED_KNOBS = {"model", "output_mode", "point_grids"}
@@ -104,10 +109,24 @@ def resolve_amg(
     return resolve_settings(table, defaults, preset, overrides, "sam:")
 
 
+def named(model_type: str, checkpoint: str | Path | None, flag: str = "--sam-checkpoint") -> str:
+    """The option as the user wrote it: `--masks sam:vit_b:x.pth` or `--sam-checkpoint x.pth`
+    (`--masks sam:vit_b` / `--sam-model vit_b` without a file)."""
+    if flag == "--masks":
+        return f"--masks sam:{model_type}" + (f":{checkpoint}" if checkpoint is not None else "")
+    return f"--sam-checkpoint {checkpoint}" if checkpoint is not None else f"--sam-model {model_type}"
+
+
+def _give_file(model_type: str, flag: str) -> str:
+    """How to pass a checkpoint file with the option the user is using."""
+    return f"--masks sam:{model_type}:PATH" if flag == "--masks" else "--sam-checkpoint PATH"
+
+
 def default_checkpoint(model_type: str, ckp_dir: Path = DEFAULT_CKP_DIR) -> Path:
     if model_type not in CHECKPOINT_FILES:
         raise SSAError(
-            f"unknown --sam-model {model_type!r}; choose one of: {', '.join(CHECKPOINT_FILES)}"
+            f"unknown --sam-model {model_type!r}{did_you_mean(model_type, CHECKPOINT_FILES)}; "
+            f"choose one of: {', '.join(CHECKPOINT_FILES)}"
         )
     return ckp_dir / CHECKPOINT_FILES[model_type]
 
@@ -116,9 +135,11 @@ def download_checkpoint(
     model_type: str,
     dest: Path,
     progress: Callable[[int, int | None], None] | None = None,
+    flag: str = "--sam-checkpoint",
 ) -> Path:
     """Download the official checkpoint to `dest` with `torch.hub.download_url_to_file` (it
-    writes `<dest>.<uuid>.partial` and moves it in when complete).
+    writes `<dest>.<uuid>.partial` and moves it in when complete). flag: the option the user
+    names checkpoints with (`CHECKPOINT_FLAGS`), for the message.
 
     `progress(bytes_done, None)` is called about twice a second with the bytes received so far.
     Offline or on any failure, raises one SSAError saying which file to put where; no partial
@@ -146,7 +167,7 @@ def download_checkpoint(
     except (OSError, ValueError, RuntimeError) as exc:
         raise SSAError(
             f"SAM checkpoint {dest} is missing and could not be downloaded ({exc}); "
-            f"download {url} and put it at {dest}, or pass --sam-checkpoint PATH"
+            f"download {url} and put it at {dest}, or pass {_give_file(model_type, flag)}"
         ) from None
     finally:
         finished.set()
@@ -158,13 +179,15 @@ def download_checkpoint(
     return dest
 
 
-def check_checkpoint(model_type: str, checkpoint: str | Path | None) -> None:
+def check_checkpoint(
+    model_type: str, checkpoint: str | Path | None, flag: str = "--sam-checkpoint"
+) -> None:
     """`ensure_checkpoint`'s refusals without its download: an explicit file that does not
     exist, or the official file missing while downloads are off."""
     if checkpoint is not None or _downloads_off():
         path = default_checkpoint(model_type) if checkpoint is None else None
         if path is None or not path.is_file():
-            ensure_checkpoint(model_type, checkpoint)
+            ensure_checkpoint(model_type, checkpoint, flag=flag)
 
 
 def _downloads_off() -> bool:
@@ -175,15 +198,21 @@ def ensure_checkpoint(
     model_type: str,
     checkpoint: str | Path | None,
     progress: Callable[[int, int | None], None] | None = None,
+    flag: str = "--sam-checkpoint",
 ) -> Path:
     """The checkpoint path to load: the given one (must exist) or the official file in ckp/,
-    downloaded there on first use."""
+    downloaded there on first use. flag: the option `checkpoint` came from
+    (`CHECKPOINT_FLAGS`); messages name it."""
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            subject = f"--masks sam:{model_type}:{path}: {path}" if flag == "--masks" else \
+                f"--sam-checkpoint {path}"
             raise SSAError(
-                f"--sam-checkpoint {path} does not exist; pass the path of a SAM .pth file "
-                f"(official files: {', '.join(CHECKPOINT_FILES.values())})"
+                f"{subject} {what}; pass the path "
+                f"of a SAM .pth file (official files: {', '.join(CHECKPOINT_FILES.values())}; "
+                f"or a small random one: python scripts/tiny_models.py ckp/tiny)"
             )
         return path
     path = default_checkpoint(model_type)
@@ -194,7 +223,7 @@ def ensure_checkpoint(
             f"SAM checkpoint {path} is missing and downloads are off (offline); download "
             f"{CHECKPOINT_URL + CHECKPOINT_FILES[model_type]} and put it at {path}"
         )
-    return download_checkpoint(model_type, path, progress)
+    return download_checkpoint(model_type, path, progress, flag)
 
 
 def infer_encoder_config(state_dict: dict[str, Any]) -> EncoderConfig:
@@ -272,16 +301,20 @@ def _build_custom_sam(cfg: EncoderConfig):
                pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
-def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
+def load_sam(
+    model_type: str, checkpoint: str | Path, device: str = "cpu", flag: str = "--sam-checkpoint"
+):
     """Load a SAM checkpoint (`weights_only=True`) into a model sized from the file itself.
 
-    A file whose encoder is one of the official sizes but not `model_type` is refused.
+    A file whose encoder is one of the official sizes but not `model_type` is refused. flag:
+    the option the checkpoint came from (`CHECKPOINT_FLAGS`), for messages.
     """
     import torch
 
     if model_type not in SAM_ENCODERS:
         raise SSAError(
-            f"unknown --sam-model {model_type!r}; choose one of: {', '.join(SAM_ENCODERS)}"
+            f"unknown --sam-model {model_type!r}{did_you_mean(model_type, SAM_ENCODERS)}; "
+            f"choose one of: {', '.join(SAM_ENCODERS)}"
         )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -295,9 +328,11 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu"):
     cfg = infer_encoder_config(state)
     for name, official in SAM_ENCODERS.items():
         if name != model_type and (official.embed_dim, official.depth) == (cfg.embed_dim, cfg.depth):
-            raise SSAError(
-                f"--sam-checkpoint {checkpoint} holds a {name} model, not {model_type}; "
+            fix = f"write --masks sam:{name}:{checkpoint}" if flag == "--masks" else \
                 f"pass --sam-model {name}"
+            raise SSAError(
+                f"{named(model_type, checkpoint, flag)} holds a {name} model, not {model_type}; "
+                f"{fix}"
             )
     model = build_sam_from_config(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -333,7 +368,8 @@ class SamMaskSource:
 
             self.generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **settings)
         else:
-            raise SSAError(f"unknown --amg-impl {impl!r}; choose one of: {', '.join(AMG_IMPLS)}")
+            raise SSAError(f"unknown --amg-impl {impl!r}{did_you_mean(impl, AMG_IMPLS)}; "
+                           f"choose one of: {', '.join(AMG_IMPLS)}")
 
     @property
     def stats(self) -> Any:
@@ -435,10 +471,12 @@ def load_sam_source(
     settings: dict[str, Any],
     impl: str = "fast",
     progress: Callable[[int, int | None], None] | None = None,
+    flag: str = "--sam-checkpoint",
 ) -> SamMaskSource:
-    """`sam:<model>[:<checkpoint>]`: the checkpoint found (or downloaded), loaded, and wrapped."""
-    path = ensure_checkpoint(model_type, checkpoint, progress)
-    return SamMaskSource(load_sam(model_type, path, device), impl=impl, **settings)
+    """`sam:<model>[:<checkpoint>]`: the checkpoint found (or downloaded), loaded, and wrapped.
+    flag: the option `checkpoint` came from (`CHECKPOINT_FLAGS`), for messages."""
+    path = ensure_checkpoint(model_type, checkpoint, progress, flag)
+    return SamMaskSource(load_sam(model_type, path, device, flag), impl=impl, **settings)
 
 
 def load_sam_prompt_source(
@@ -448,7 +486,9 @@ def load_sam_prompt_source(
     progress: Callable[[int, int | None], None] | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    flag: str = "--sam-checkpoint",
 ) -> SamPromptSource:
-    """`sam:<model>[:<checkpoint>]` for prompts (`ssa predict`)."""
-    path = ensure_checkpoint(model_type, checkpoint, progress)
-    return SamPromptSource(load_sam(model_type, path, device), precision, compile)
+    """`sam:<model>[:<checkpoint>]` for prompts (`ssa predict`). flag: the option `checkpoint`
+    came from (`CHECKPOINT_FLAGS`), for messages."""
+    path = ensure_checkpoint(model_type, checkpoint, progress, flag)
+    return SamPromptSource(load_sam(model_type, path, device, flag), precision, compile)

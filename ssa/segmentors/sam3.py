@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ssa.errors import SSAError, first_line
+from ssa.words import did_you_mean
 
 SAM3_TYPES = {"sam3", "sam3_video"}
 DEFAULT_PROMPT_BATCH = 16
@@ -71,8 +72,9 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
     unknown = [str(k) for k in data if str(k) not in known]
     if unknown:
         raise SSAError(
-            f"--prompts {path} names {len(unknown)} unknown class(es) ({', '.join(unknown[:5])}); "
-            f"use the run's class names (the dataset's or --classes)"
+            f"--prompts {path} names {len(unknown)} unknown class(es) ({', '.join(unknown[:5])})"
+            f"{did_you_mean(unknown[0], classes)}; use the run's class names (the dataset's or "
+            f"--classes)"
         )
     out: dict[str, list[str]] = {}
     for key, value in data.items():

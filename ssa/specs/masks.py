@@ -21,7 +21,7 @@ records with `HW bool` (or RLE) `segmentation`, which is wrapped (`ssa.masks.bas
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,15 @@ ACCEPTED_FORMS = (
 @dataclass(frozen=True)
 class MaskSpec:
     """A parsed mask spec. kind: one of `KINDS`; target: SAM model type, hub id or folder, JSON
-    folder, module or file, or plug-in name; factory: `py:` only; checkpoint: `sam:` only."""
+    folder, module or file, or plug-in name; factory: `py:` only; checkpoint: `sam:` only; flag: the option the
+    checkpoint came from (`--masks`, or `--sam-checkpoint` where `spec_from_config` took it from
+    there), named in its errors."""
 
     kind: str
     target: str
     factory: str | None = None
     checkpoint: str | None = None
+    flag: str = field(default="--masks", compare=False, repr=False)
 
     def __str__(self) -> str:
         if self.kind == "py":
@@ -133,11 +136,13 @@ def spec_from_config(cfg: Any) -> MaskSpec:
     """
     checkpoint = str(cfg.sam_checkpoint) if cfg.sam_checkpoint is not None else None
     if cfg.masks is None:
-        return parse_mask_spec(f"sam:{cfg.sam_model}" + (f":{checkpoint}" if checkpoint else ""))
+        parsed = parse_mask_spec(f"sam:{cfg.sam_model}" + (f":{checkpoint}" if checkpoint else ""))
+        return MaskSpec("sam", parsed.target, checkpoint=parsed.checkpoint,
+                        flag="--sam-checkpoint")
     parsed = parse_mask_spec(str(cfg.masks))
     if parsed.kind == "sam" and checkpoint is not None:
         if parsed.checkpoint is None:
-            return MaskSpec("sam", parsed.target, checkpoint=checkpoint)
+            return MaskSpec("sam", parsed.target, checkpoint=checkpoint, flag="--sam-checkpoint")
         if Path(parsed.checkpoint) != Path(checkpoint):
             raise SSAError(
                 f"--masks {cfg.masks} and --sam-checkpoint {checkpoint} name two checkpoints; "
@@ -234,7 +239,7 @@ def check_mask_source(spec: MaskSpec | str) -> None:
     if parsed.kind == "sam":
         from ssa.masks.sam import check_checkpoint
 
-        check_checkpoint(parsed.target, parsed.checkpoint)  # downloads come later
+        check_checkpoint(parsed.target, parsed.checkpoint, parsed.flag)  # downloads come later
     elif parsed.kind == "json" and not Path(parsed.target).expanduser().is_dir():
         raise SSAError(
             f"--masks {parsed} is not a folder; pass the folder of <stem>.json files"
@@ -252,7 +257,7 @@ def prepare_mask_source(
     if parsed.kind == "sam":
         from ssa.masks.sam import ensure_checkpoint
 
-        ensure_checkpoint(parsed.target, parsed.checkpoint, progress)
+        ensure_checkpoint(parsed.target, parsed.checkpoint, progress, parsed.flag)
 
 
 def _factory(parsed: MaskSpec) -> tuple[Any, str]:
@@ -292,7 +297,7 @@ def load_mask_source(
             settings.setdefault("precision", precision)
             settings.setdefault("compile", compile)
         return load_sam_source(parsed.target, parsed.checkpoint, device, settings, impl,
-                               progress)
+                               progress, parsed.flag)
     if parsed.kind == "hf":
         if compile:
             raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; "
@@ -329,7 +334,7 @@ def load_prompt_source(
         from ssa.masks.sam import load_sam_prompt_source
 
         return load_sam_prompt_source(parsed.target, parsed.checkpoint, device, progress,
-                                      precision, compile)
+                                      precision, compile, parsed.flag)
     if parsed.kind == "json":
         raise SSAError(f"--masks {parsed}: JSON masks cannot answer prompts; use sam: or hf:")
     if parsed.kind == "hf":

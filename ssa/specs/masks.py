@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ssa.errors import SSAError
-from ssa.plugins import entry_point_names, split_py_target
+from ssa.specs.grammar import Grammar
 
 ENTRY_POINT_GROUP = "ssa.mask_sources"
 KINDS = ("sam", "hf", "json", "py", "plugin")
@@ -59,47 +59,44 @@ class MaskSpec:
         return f"{self.kind}:{self.target}"
 
 
-def _bad(spec: str, why: str) -> SSAError:
-    return SSAError(f"cannot parse --masks {spec!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
+def _hint(spec: str) -> str:
+    bare = spec.partition(":")[2] if ":" in spec else spec
+    if bare in SAM_MODELS or spec in SAM_MODELS:
+        return f" (segment-anything's SAM? write sam:{bare or spec})"
+    if spec.endswith(".pth"):
+        return f" (a SAM checkpoint? write sam:vit_h:{spec})"
+    if spec.endswith(".py") or ".py:" in spec:
+        return f" (a Python factory? write py:{spec})"
+    if "/" in spec:
+        return f" (a hub id or model folder? write hf:{spec}; SA-1B JSON? write json:{spec})"
+    return ""
+
+
+GRAMMAR = Grammar("--masks", KINDS, ACCEPTED_FORMS, ENTRY_POINT_GROUP, _hint)
+_bad = GRAMMAR.bad
 
 
 def plugin_names() -> set[str]:
     """Names registered under the `ssa.mask_sources` entry-point group."""
-    return entry_point_names(ENTRY_POINT_GROUP)
+    return GRAMMAR.plugins()
 
 
 def parse_mask_spec(spec: str, plugins: Iterable[str] | None = None) -> MaskSpec:
-    """Parse a `--masks` string; anything malformed or ambiguous raises SSAError.
-
-    plugins: the registered plug-in names (default: read from the installed entry points).
-    """
-    if not isinstance(spec, (str, Path)) or not str(spec).strip():
-        raise _bad(str(spec), "it is empty")
-    spec = str(spec).strip()
-    kind, sep, rest = spec.partition(":")
-    rest = rest.strip()
-    if not sep or (len(kind) == 1 and kind.isalpha()):  # no prefix, or a Windows drive letter
-        return _parse_bare(spec, plugins)
-    if kind not in KINDS:
-        raise _bad(spec, f"unknown prefix {kind + ':'!r}{_hint(spec)}")
-    if not rest:
-        raise _bad(spec, f"nothing after {kind + ':'!r}")
-    if kind == "sam":
-        model, sep, checkpoint = (part.strip() for part in rest.partition(":"))
+    """Parse a `--masks` string (`ssa.specs.grammar`); anything malformed or ambiguous raises
+    SSAError. plugins: the registered plug-in names (default: the installed entry points)."""
+    parsed = GRAMMAR.split(spec, plugins)
+    if parsed.kind is None:
+        return _parse_bare(parsed.spec, plugins)
+    if parsed.kind == "sam":
+        model, sep, checkpoint = (part.strip() for part in parsed.target.partition(":"))
         if model not in SAM_MODELS:
-            raise _bad(spec, f"unknown SAM model {model!r}; choose one of {', '.join(SAM_MODELS)}")
+            raise _bad(parsed.spec, f"unknown SAM model {model!r}; choose one of "
+                                    f"{', '.join(SAM_MODELS)}")
         if sep and not checkpoint:
-            raise _bad(spec, "nothing after the model's ':'; write sam:<model>:<checkpoint.pth>")
+            raise _bad(parsed.spec, "nothing after the model's ':'; write "
+                                    "sam:<model>:<checkpoint.pth>")
         return MaskSpec("sam", model, checkpoint=checkpoint or None)
-    if kind == "py":
-        module, factory = split_py_target(rest, lambda why: _bad(spec, why))
-        return MaskSpec("py", module, factory)
-    if kind == "plugin":
-        names = plugin_names() if plugins is None else set(plugins)
-        if rest not in names:
-            known = ", ".join(sorted(names)) or "none installed"
-            raise _bad(spec, f"no plug-in named {rest!r} (registered: {known})")
-    return MaskSpec(kind, rest)
+    return MaskSpec(parsed.kind, parsed.target, parsed.factory)
 
 
 def _parse_bare(spec: str, plugins: Iterable[str] | None) -> MaskSpec:
@@ -113,19 +110,6 @@ def _parse_bare(spec: str, plugins: Iterable[str] | None) -> MaskSpec:
     if spec in names:
         return MaskSpec("plugin", spec)
     raise _bad(spec, f"{spec!r} is neither an existing folder nor a plug-in{_hint(spec)}")
-
-
-def _hint(spec: str) -> str:
-    bare = spec.partition(":")[2] if ":" in spec else spec
-    if bare in SAM_MODELS or spec in SAM_MODELS:
-        return f" (segment-anything's SAM? write sam:{bare or spec})"
-    if spec.endswith(".pth"):
-        return f" (a SAM checkpoint? write sam:vit_h:{spec})"
-    if spec.endswith(".py") or ".py:" in spec:
-        return f" (a Python factory? write py:{spec})"
-    if "/" in spec:
-        return f" (a hub id or model folder? write hf:{spec}; SA-1B JSON? write json:{spec})"
-    return ""
 
 
 def spec_from_config(cfg: Any) -> MaskSpec:

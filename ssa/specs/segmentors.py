@@ -27,7 +27,8 @@ from typing import Any
 
 from ssa.errors import SSAError
 from ssa.plugins import call_factory as _call_factory
-from ssa.plugins import entry_point_names, load_entry_point, load_py_factory, split_py_target
+from ssa.plugins import load_entry_point, load_py_factory
+from ssa.specs.grammar import Grammar
 
 ENTRY_POINT_GROUP = "ssa.segmentors"
 
@@ -64,40 +65,30 @@ class SegmentorSpec:
     factory: str | None = None
 
 
-def _bad(spec: str, why: str) -> SSAError:
-    return SSAError(f"cannot parse --segmentor {spec!r}: {why}; accepted forms: {ACCEPTED_FORMS}")
+def _hint(spec: str) -> str:
+    if spec.endswith(".py") or ".py:" in spec:
+        return f" (a Python factory? write py:{spec})"
+    if "/" in spec or Path(spec).exists():
+        return f" (a hub id or model folder? write hf:{spec})"
+    return ""
+
+
+GRAMMAR = Grammar("--segmentor", KINDS, ACCEPTED_FORMS, ENTRY_POINT_GROUP, _hint)
+_bad = GRAMMAR.bad
 
 
 def plugin_names() -> set[str]:
     """Names registered under the `ssa.segmentors` entry-point group."""
-    return entry_point_names(ENTRY_POINT_GROUP)
+    return GRAMMAR.plugins()
 
 
 def parse_spec(spec: str, plugins: Iterable[str] | None = None) -> SegmentorSpec:
-    """Parse a `--segmentor` string; anything malformed or ambiguous raises SSAError.
-
-    plugins: the registered plug-in names (default: read from the installed entry points).
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise _bad(str(spec), "it is empty")
-    spec = spec.strip()  # spaces around the spec and its target are a copy-paste accident
-    kind, sep, rest = spec.partition(":")
-    rest = rest.strip()
-    if not sep or (len(kind) == 1 and kind.isalpha()):  # no prefix, or a Windows drive letter
-        return _parse_name(spec, plugins)
-    if kind not in KINDS:
-        raise _bad(spec, f"unknown prefix {kind + ':'!r}{_hint(spec)}")
-    if not rest:
-        raise _bad(spec, f"nothing after {kind + ':'!r}")
-    if kind == "py":
-        module, factory = split_py_target(rest, lambda why: _bad(spec, why))
-        return SegmentorSpec("py", module, factory)
-    if kind == "plugin":
-        names = plugin_names() if plugins is None else set(plugins)
-        if rest not in names:
-            known = ", ".join(sorted(names)) or "none installed"
-            raise _bad(spec, f"no plug-in named {rest!r} (registered: {known})")
-    return SegmentorSpec(kind, rest)
+    """Parse a `--segmentor` string (`ssa.specs.grammar`); anything malformed or ambiguous
+    raises SSAError. plugins: the registered plug-in names (default: the installed ones)."""
+    parsed = GRAMMAR.split(spec, plugins)
+    if parsed.kind is None:
+        return _parse_name(parsed.spec, plugins)
+    return SegmentorSpec(parsed.kind, parsed.target, parsed.factory)
 
 
 def _parse_name(spec: str, plugins: Iterable[str] | None) -> SegmentorSpec:
@@ -114,14 +105,6 @@ def _parse_name(spec: str, plugins: Iterable[str] | None) -> SegmentorSpec:
     if spec in names:
         return SegmentorSpec("plugin", spec)
     raise _bad(spec, f"{spec!r} is not a known short name or plug-in{_hint(spec)}")
-
-
-def _hint(spec: str) -> str:
-    if spec.endswith(".py") or ".py:" in spec:
-        return f" (a Python factory? write py:{spec})"
-    if "/" in spec or Path(spec).exists():
-        return f" (a hub id or model folder? write hf:{spec})"
-    return ""
 
 
 def parse_segmentor_args(items: Iterable[str]) -> dict[str, Any]:

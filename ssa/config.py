@@ -86,11 +86,13 @@ class RunConfig(MaskBranchConfig):
     report: bool = False  # `--report`: the HTML report of the out-dir once done
 
     def resolved_device(self) -> str:
+        if self.device is not None and not self.device.startswith("cuda"):
+            return self.device  # nothing to ask torch (a CPU run plans without importing it)
         import torch
 
         if self.device is None:
             return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise SSAError(f"--device {self.device}: CUDA is not available here; pass --device cpu")
         return self.device
 

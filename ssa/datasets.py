@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -272,10 +271,6 @@ def get_dataset(name: str) -> DatasetSpec:
             f"unknown --dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: "
             f"{', '.join(DATASETS)}"
         ) from None
-
-
-def list_images(cfg: Any) -> tuple[Path, list[Path]]:
-    return select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.out_dir)
 
 
 def select_images(

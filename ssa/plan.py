@@ -30,8 +30,9 @@ from ssa.datasets import get_dataset
 from ssa.errors import SSAError
 
 if TYPE_CHECKING:
-    from ssa.config import RunConfig
+    from ssa.config import EngineConfig, MaskBranchConfig, RunConfig
     from ssa.specs.masks import MaskSpec
+    from ssa.specs.segmentors import SegmentorSpec
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class RunPlan:
         return replace(self, device=device)
 
 
-def check_voting(cfg: Any) -> None:
+def check_voting(cfg: RunConfig) -> None:
     """Refuse a bad policy before anything is loaded."""
     if cfg.vote not in VOTE_POLICIES:
         raise SSAError(f"unknown --vote {cfg.vote!r}; choose one of: {', '.join(VOTE_POLICIES)}")
@@ -131,75 +132,27 @@ def check_voting(cfg: Any) -> None:
         raise SSAError(f"--min-vote-share {share!r} must be a number in [0, 1] (0 = off)")
 
 
-def check_run(cfg: Any) -> None:
-    """The checks that need no model (before workers start, so one message, not N): outputs,
-    images, the mask spec's files, the recorded settings; the mask source's knobs first when
-    `--amg` sets some, else last."""
-    from ssa.datasets import list_images
-    from ssa.run.record import check_inputs, real
-    from ssa.specs.masks import check_mask_source, mask_settings, spec_from_config
-
-    check_voting(cfg)
-    preset = get_dataset(cfg.dataset).default_amg_preset
-    if cfg.amg:  # knobs the user typed are checked first (for sam: it reads the library)
-        mask_settings(cfg, preset)
-    if cfg.out_dir is None:
-        raise SSAError("--out-dir is required; pass the folder for the outputs")
-    list_images(cfg)
-    check_inputs(cfg.out_dir, run_inputs(cfg))
-    cfg.out_dir = real(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
-    io.check_writable(cfg.out_dir)  # a file, a read-only or full out-dir: one line
-    check_mask_source(spec_from_config(cfg))
-    check_settings(cfg)
-    if not cfg.amg:
-        mask_settings(cfg, preset)
-
-
-def run_settings(cfg: Any) -> dict[str, Any]:
+def run_settings(cfg: RunConfig, spec: MaskSpec, segmentor: str) -> dict[str, Any]:
     """The settings of `cfg` that decide what its outputs hold (`ssa.run.record.SETTING_KEYS`),
-    JSON-ready, paths real and absolute; `masks` is the full spec string (`sam:vit_h`, ...)."""
+    JSON-ready, paths real and absolute; `masks` is the full spec, `segmentor` the resolved
+    one."""
     from ssa.run.record import SETTING_KEYS, settings_of
-    from ssa.specs.masks import spec_from_config
 
     values = {key: getattr(cfg, key, None) for key in SETTING_KEYS}
-    values["masks"] = str(spec_from_config(cfg))
-    values["segmentor"] = cfg.segmentor or get_dataset(cfg.dataset).default_segmentor
-    return settings_of(values)
+    return settings_of({**values, "masks": str(spec), "segmentor": segmentor})
 
 
-def image_prints(cfg: Any) -> dict[str, Any]:
-    """The fingerprint of the full image listing (`--limit` aside: a limited run resumes)."""
-    from ssa.datasets import select_images
-    from ssa.run.record import fingerprint
-
-    root, rels = select_images(cfg.dataset, cfg.data_dir, cfg.split, None, cfg.out_dir)
-    return fingerprint(root, rels)
-
-
-def check_settings(cfg: Any) -> None:
-    """Refuse an out-dir that is not ssa's, or whose record says a run with other settings or
-    other images wrote it (`ssa.run.record.check_record`)."""
-    from ssa.run.record import check_record
-
-    check_record(Path(cfg.out_dir), run_settings(cfg), Path(cfg.data_dir), image_prints(cfg),
-                 bool(getattr(cfg, "overwrite", False)))
-
-
-def run_inputs(cfg: Any) -> list[tuple[str, Path | None]]:
+def run_inputs(
+    cfg: RunConfig, spec: MaskSpec, seg: SegmentorSpec | None
+) -> list[tuple[str, Path | None]]:
     """The folders and files a run reads, by flag (an out-dir must keep clear of them)."""
-    from ssa.specs.masks import spec_from_config
-    from ssa.specs.segmentors import parse_spec
-
     inputs: list[tuple[str, Path | None]] = [("--data-dir", cfg.data_dir)]
     for key in ("gt_dir", "classes", "label_map", "prompts"):
         inputs.append(("--" + key.replace("_", "-"), getattr(cfg, key, None)))
-    spec = spec_from_config(cfg)
     if spec.kind == "json":
         inputs.append(("--masks", Path(spec.target)))
-    if getattr(cfg, "segmentor", None):
-        seg = parse_spec(cfg.segmentor)
-        if seg.kind == "labels":
-            inputs.append(("--segmentor", Path(seg.target)))
+    if seg is not None and seg.kind == "labels":
+        inputs.append(("--segmentor", Path(seg.target)))
     return inputs
 
 
@@ -245,19 +198,22 @@ def resolve_device(device: str | None) -> str:
     return RunConfig(device=device).resolved_device()
 
 
-def mask_branch(cfg: Any, default_preset: str) -> MaskBranch:
-    """`--masks` (or `--sam-model`/`--sam-checkpoint`), `--amg-preset`, `--amg`, `--amg-impl`,
-    `--precision`, `--compile`, resolved once (any `MaskBranchConfig`: run, engine)."""
+def mask_branch(cfg: MaskBranchConfig, spec: MaskSpec, preset: str) -> MaskBranch:
+    """The mask branch of a parsed `--masks` spec (`spec_from_config`, once per command):
+    `--amg-preset` (else `preset`), `--amg` checked against the source's knobs, `--amg-impl`,
+    `--precision`, `--compile` (any `MaskBranchConfig`: run, engine)."""
     from ssa.precision import check_name
-    from ssa.specs.masks import mask_settings
+    from ssa.specs.masks import resolve_mask_settings
 
     precision = getattr(cfg, "precision", "fp32")
     check_name(precision)
-    spec, settings = mask_settings(cfg, default_preset)
+    settings = resolve_mask_settings(spec, cfg.amg_preset or preset, cfg.amg, cfg.amg_impl)
     return MaskBranch(spec, settings, cfg.amg_impl, precision, bool(getattr(cfg, "compile", False)))
 
 
-def semantic_branch(cfg: Any, default: str | None) -> SemanticBranch:
+def semantic_branch(
+    cfg: RunConfig, default: str | None, parsed: SegmentorSpec | None = None
+) -> SemanticBranch:
     """`--segmentor` (else the dataset's `default`), `--segmentor-arg`, `--classes`,
     `--label-map`, `--prompts`, `--prompt-batch` and `--precision`, checked against each other
     and the files read (class names, id map, phrases) before any model loads."""
@@ -267,7 +223,8 @@ def semantic_branch(cfg: Any, default: str | None) -> SemanticBranch:
     if segmentor is None:
         raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
     dataset = get_dataset(cfg.dataset)
-    kind = parse_spec(segmentor).kind
+    parsed = parsed or parse_spec(segmentor)
+    kind = parsed.kind
     sam3 = False
     if kind == "hf" and (
         cfg.classes is not None or cfg.prompts is not None or cfg.prompt_batch is not None
@@ -275,7 +232,7 @@ def semantic_branch(cfg: Any, default: str | None) -> SemanticBranch:
     ):
         from ssa.segmentors.hf import is_sam3
 
-        sam3 = is_sam3(parse_spec(segmentor).target)
+        sam3 = is_sam3(parsed.target)
     if not sam3:
         for flag, value in (("--prompts", cfg.prompts), ("--prompt-batch", cfg.prompt_batch)):
             if value is not None:
@@ -326,36 +283,57 @@ def semantic_branch(cfg: Any, default: str | None) -> SemanticBranch:
 
 
 def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
-    """The `RunPlan` of `cfg` with every check that needs no model (see the module docstring);
-    `cfg.out_dir` becomes its real path. The Python API's entry:
-    `ssa.run.runner.run_rank(plan_run(RunConfig(...)))`."""
-    from ssa.datasets import list_images
+    """The `RunPlan` of `cfg` with every check that needs no model (see the module docstring),
+    each option read once: the mask spec is parsed here and handed on. The Python API's entry:
+    `ssa.run.runner.run_rank(plan_run(RunConfig(...)))`. Order: what the user typed first
+    (voting, `--amg` knobs), then paths, the out-dir and its record, the spec's files, the
+    knobs of a preset (for `sam:` they read the library), the semantic branch, the device."""
+    from ssa.datasets import select_images
     from ssa.evaluation.evaluate import check_run_eval
     from ssa.precision import check_device
+    from ssa.run.record import check_inputs, check_record, fingerprint, real
+    from ssa.specs.masks import check_mask_source, spec_from_config
+    from ssa.specs.segmentors import parse_spec
 
     check_run_eval(cfg)
     if world_size is not None and world_size < 1:
         raise SSAError(f"--world-size {world_size} must be at least 1")
-    check_run(cfg)
+    check_voting(cfg)
     dataset = get_dataset(cfg.dataset)
-    semantic = semantic_branch(cfg, dataset.default_segmentor)
-    masks = mask_branch(cfg, dataset.default_amg_preset)
-    root, rels = list_images(cfg)
-    device = resolve_device(cfg.device)
+    spec = spec_from_config(cfg)  # --masks, --sam-model, --sam-checkpoint: read here, once
+    masks = mask_branch(cfg, spec, dataset.default_amg_preset) if cfg.amg else None
+    if cfg.out_dir is None:
+        raise SSAError("--out-dir is required; pass the folder for the outputs")
+    full_root, full = select_images(cfg.dataset, cfg.data_dir, cfg.split, None, cfg.out_dir)
+    rels = full[: cfg.limit] if cfg.limit is not None else full
+    segmentor = cfg.segmentor or dataset.default_segmentor
+    seg = parse_spec(segmentor) if segmentor else None  # --segmentor: read here, once
+    check_inputs(cfg.out_dir, run_inputs(cfg, spec, seg))
+    out_dir = real(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
+    io.check_writable(out_dir)  # a file, a read-only or full out-dir: one line
+    check_mask_source(spec)
+    if segmentor is None or seg is None:
+        raise SSAError("--dataset folder needs --segmentor (e.g. --segmentor hf:<hub id or folder>)")
+    settings = run_settings(cfg, spec, segmentor)
+    listing = fingerprint(full_root, full)  # the whole listing: a --limit run resumes
+    check_record(out_dir, settings, Path(cfg.data_dir), listing, cfg.overwrite)
+    if masks is None:
+        masks = mask_branch(cfg, spec, dataset.default_amg_preset)
+    semantic = semantic_branch(cfg, dataset.default_segmentor, seg)
+    device = resolve_device(cfg.device)  # --device, once
     if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
         check_device(masks.precision, masks.compile, device)
-    check_workers(device, world_size)
+    check_workers(device, world_size)  # --world-size against torchrun and this machine
     return RunPlan(
-        images=Images(cfg.dataset, Path(cfg.data_dir), cfg.split, cfg.limit, Path(root),
+        images=Images(cfg.dataset, Path(cfg.data_dir), cfg.split, cfg.limit, Path(full_root),
                       tuple(rels)),
         masks=masks,
         semantic=semantic,
         voting=Voting(cfg.vote, float(cfg.min_vote_share), cfg.top_k),
-        outputs=Outputs(Path(cfg.out_dir), cfg.save_branch, cfg.save_vis, cfg.overwrite,
-                        cfg.max_pixels),
+        outputs=Outputs(out_dir, cfg.save_branch, cfg.save_vis, cfg.overwrite, cfg.max_pixels),
         device=device,
-        settings=run_settings(cfg),
-        listing=image_prints(cfg),
+        settings=settings,
+        listing=listing,
         world_size=world_size,
         evaluate=cfg.evaluate,
         gt_dir=cfg.gt_dir,
@@ -391,7 +369,7 @@ class EnginePlan:
 ENGINE_SETTING_KEYS = ("masks", "amg_preset", "amg", "amg_impl", "models", "top_k")
 
 
-def plan_engine(cfg: Any, world_size: int | None = None) -> EnginePlan:
+def plan_engine(cfg: EngineConfig, world_size: int | None = None) -> EnginePlan:
     """The `EnginePlan` of an `ssa.engine.runner.EngineConfig`, every check before any model:
     the out-dir and its record, the images, the models' folders, the mask spec and knobs."""
     from ssa.datasets import select_images
@@ -414,7 +392,7 @@ def plan_engine(cfg: Any, world_size: int | None = None) -> EnginePlan:
     io.check_writable(cfg.out_dir)
     models = resolve_models(cfg.models, cfg.light)
     check_mask_source(spec)  # a missing file before the knobs (they import)
-    masks = mask_branch(cfg, "default")
+    masks = mask_branch(cfg, spec, "default")
     values = {"masks": str(spec), "amg_preset": cfg.amg_preset, "amg": cfg.amg,
               "amg_impl": cfg.amg_impl, "models": models, "top_k": cfg.top_k}
     settings = {k: v for k, v in settings_of(values).items() if k in ENGINE_SETTING_KEYS}
@@ -455,7 +433,7 @@ class PredictPlan:
     top_k: int = 3
 
 
-def plan_predict(cfg: Any) -> PredictPlan:
+def plan_predict(cfg: RunConfig) -> PredictPlan:
     """The `PredictPlan` of a `RunConfig` (masks or sam_model/sam_checkpoint, segmentor,
     dataset, device, top_k, precision, compile), checked as `ssa run` checks them."""
     from ssa.precision import check_device, check_name
@@ -483,10 +461,9 @@ def run_defaults(
     record = read_record(Path(pred_dir)) if Path(pred_dir).is_dir() else None
     if record is None:
         return dataset or "folder", data_dir, split
-    if dataset is None:
-        dataset = record.get("dataset") or "folder"
-        if split is None:
-            split = record.get("split")
+    recorded = record.get("dataset") or "folder"
+    if dataset is not None and dataset != recorded:
+        return dataset, data_dir, split  # another layout: the run's folder would not fit it
     if data_dir is None and record.get("data_dir"):
         data_dir = Path(record["data_dir"])
-    return dataset, data_dir, split
+    return recorded, data_dir, split if split is not None else record.get("split")

@@ -148,13 +148,14 @@ def test_shipped_configs_load(name):
 
 
 def test_run_and_engine_list_without_their_out_dir(tmp_path):
-    from ssa.datasets import list_images, select_images
+    from ssa.datasets import select_images
 
     touch(tmp_path / "x_semantic.png")
     touch(tmp_path / "out" / "x_semantic_semantic.png")
     touch(tmp_path / "out" / ".ssa-tmp-k1ll3d.png")
     cfg = build_config({}, {"data_dir": tmp_path, "out_dir": tmp_path / "out"})
-    assert [r.as_posix() for r in list_images(cfg)[1]] == ["x_semantic.png"]
+    _, rels = select_images(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.out_dir)
+    assert [r.as_posix() for r in rels] == ["x_semantic.png"]
     _, rels = select_images("folder", tmp_path, None, None, tmp_path / "out")  # as the engine
     assert [r.as_posix() for r in rels] == ["x_semantic.png"]
 

@@ -20,7 +20,8 @@ def run(tmp_path_factory):
 
 
 def refused(result, *phrases):
-    assert result.exit_code == 1, result.output
+    """A refusal while planning the export: one line, exit code 2 (usage)."""
+    assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "Error:" in text, text
     for phrase in phrases:
@@ -81,8 +82,15 @@ def test_panoptic_needs_things(run, tmp_path):
 
 
 def test_needs_data_dir_and_unknown_format(run, tmp_path):
+    import shutil
+
     _tmp, _data, out = run
-    refused(invoke(*EXPORT, "label-studio", "--pred-dir", out, "--out", tmp_path / "l"),
+    # the run's record names its images: no --data-dir needed
+    assert invoke(*EXPORT, "label-studio", "--pred-dir", out, "--out", tmp_path / "l").exit_code == 0
+    bare = tmp_path / "bare_run"  # outputs without ssa's record: --data-dir is needed
+    shutil.copytree(out, bare)
+    (bare / "ssa_run.json").unlink()
+    refused(invoke(*EXPORT, "label-studio", "--pred-dir", bare, "--out", tmp_path / "l2"),
             "--format label-studio needs --data-dir")
     refused(invoke(*EXPORT, "yolo", "--pred-dir", out, "--out", tmp_path / "l"),
             "unknown --format 'yolo'", "coco-instances")

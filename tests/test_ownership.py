@@ -31,7 +31,8 @@ def run_args(data, out, masks_dir, labels_dir, classes, *extra):
             f"labels:{labels_dir}", "--classes", classes, "--device", "cpu", *extra]
 
 
-def one_line(result, code=1):
+def one_line(result, code=2):
+    """One `Error:` line: code 2 for a refusal while planning, 1 for the lock (at run time)."""
     assert result.exit_code == code, result.output
     text = " ".join(result.output.split())
     assert text.startswith("Error:") and "Traceback" not in text, text
@@ -48,7 +49,7 @@ def test_a_second_run_on_a_locked_out_dir_exits_at_once(inputs):
     out = tmp / "out"
     with io.FolderLock(out / LOCK_FILE, "ssa run", "--out-dir"):
         start = time.perf_counter()
-        text = one_line(invoke(*run_args(data, out, masks_dir, labels_dir, classes)))
+        text = one_line(invoke(*run_args(data, out, masks_dir, labels_dir, classes)), 1)
         assert time.perf_counter() - start < 5
     assert f"--out-dir {out} is in use by ssa run (pid {os.getpid()}" in text
     assert not list(out.rglob("*_semantic.json"))
@@ -69,7 +70,7 @@ def test_a_killed_holder_never_leaves_a_lock_that_blocks(inputs):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert "is in use by ssa run" in one_line(
-            invoke(*run_args(data, out, masks_dir, labels_dir, classes)))
+            invoke(*run_args(data, out, masks_dir, labels_dir, classes)), 1)
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
     finally:
@@ -85,7 +86,7 @@ def test_an_export_holds_its_out_too(inputs):
     target = tmp / "i.json"
     with io.FolderLock(tmp / ".ssa-lock-i.json", "ssa export", "--out"):
         text = one_line(invoke("export", "--format", "coco-instances", "--pred-dir", out,
-                               "--out", target, "--data-dir", data))
+                               "--out", target, "--data-dir", data), 1)
     assert "is in use by ssa export" in text and not target.exists()
 
 
@@ -206,5 +207,5 @@ def test_bad_values_are_refused_before_any_model_and_once(inputs):
     assert "--max-pixels 0" in text and time.perf_counter() - start < 5
     proc = subprocess.run([sys.executable, "-m", "ssa", *map(str, args), "--world-size", "2"],
                           check=False, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("--max-pixels 0") == 1, proc.stdout + proc.stderr

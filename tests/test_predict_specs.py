@@ -117,5 +117,5 @@ def test_predict_top_k_zero_refused_like_run_and_engine(tmp_path, image):
                     ["run", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")],
                     ["engine", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]):
         result = CliRunner().invoke(app, [*command, "--top-k", "0"])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert "--top-k 0" in result.output and "int >= 1" in result.output, result.output

@@ -79,7 +79,7 @@ def test_usage_errors_come_before_any_model_library(hand_made, tmp_path):  # noq
     got = json.loads(proc.stdout.splitlines()[-1])
     assert got["heavy"] == []  # torch, transformers, segment-anything: none imported
     for (code, seconds, message), (_, expected) in zip(got["runs"], cases):
-        assert code == 1 and expected in message, message
+        assert code == 2 and expected in message, message
         assert len(message.splitlines()) == 1, message
         assert seconds < 2.0, (seconds, message)  # well under a second on a quiet machine
 
@@ -108,7 +108,7 @@ def test_other_settings_refused_unless_overwrite(hand_made, tmp_path):  # noqa: 
     assert recorded["masks"] == f"json:{masks_dir}"
     other = invoke(*labels_run(data, masks_dir, labels_dir, classes, out, "--top-k", "2",
                                "--min-vote-share", "0.5"))
-    assert other.exit_code == 1
+    assert other.exit_code == 2
     line = other.output.strip()
     assert "top_k 3 -> 2" in line and "min_vote_share 0.0 -> 0.5" in line and "--overwrite" in line
     assert len(line.splitlines()) == 1

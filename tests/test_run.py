@@ -134,8 +134,9 @@ def test_config_file_and_flag_override(tmp_path, sam_checkpoint, segformer_5):
     assert not (tmp_path / "wrong").exists()
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
+def one_line_error(result, code: int = 2) -> str:
+    """One `Error:` line; code 2 for a usage error (found while planning), 1 at run time."""
+    assert result.exit_code == code, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert lines and lines[-1].startswith("Error:"), result.output
     return lines[-1]
@@ -147,7 +148,7 @@ def test_label_count_mismatch_refused_before_reading(tmp_path, sam_checkpoint, s
     (root / "a_leftImg8bit.png").write_bytes(b"not an image")  # never read
     result = invoke(*run_args(tmp_path / "city", tmp_path / "out", sam_checkpoint, segformer_5),
                     "--dataset", "cityscapes")  # fmt: skip
-    line = one_line_error(result)
+    line = one_line_error(result, 1)  # the segmentor loaded: a runtime failure
     assert "5 classes" in line and "19" in line and str(segformer_5) in line
     assert not (tmp_path / "out").exists()
 
@@ -185,7 +186,7 @@ def test_segmentor_that_cannot_load(tmp_path):
     result = invoke("run", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "o",
                     "--masks", f"json:{tmp_path / 'masks'}",
                     "--segmentor", f"hf:{tmp_path / 'nothing'}")  # fmt: skip
-    line = one_line_error(result)
+    line = one_line_error(result, 1)  # loading it is a runtime failure
     assert "nothing" in line
 
 

@@ -3,7 +3,7 @@
 progress and logging (`progress`) and rich tables (`tables`). Nothing below this package imports
 typer or rich."""
 
-import ssa.cli.report  # noqa: F401  (registers `ssa report` on the app)
+import ssa.cli.report  # noqa: F401  (registers `ssa report`, after the commands it imports)
 from ssa.cli.commands import app
 
 __all__ = ["app"]

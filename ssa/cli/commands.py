@@ -102,8 +102,9 @@ def eval_(
         help="Reading threads (default: 2 per core, at most 16).")] = None,
     report: o.Report = False,
 ) -> None:
-    """Score a run by mIoU (mmsegmentation conventions; branch vs voted when the run saved its
-    branch). --dataset, --data-dir and --split default to the run's own (its ssa_run.json)."""
+    """Score a run by mIoU (mmsegmentation conventions); branch vs voted when it saved both.
+
+    --dataset, --data-dir and --split default to the run's own (its ssa_run.json)."""
     from ssa.cli.tables import evaluate_with_progress
     from ssa.evaluation.evaluate import plan_eval
     from ssa.plan import run_defaults
@@ -177,8 +178,9 @@ def predict(
     save_vis: Annotated[Path | None, typer.Option(
         "--save-vis", help="Write an overlay JPEG here.")] = None,
 ) -> None:
-    """Click or box -> the model's three masks (whole, part, subpart), each with a semantic
-    label; any promptable mask source (sam:, hf:)."""
+    """Click or box -> SAM's three masks (whole, part, subpart), each labelled.
+
+    Any promptable mask source (sam:, hf:) and any segmentor of `ssa run`."""
     from ssa.config import RunConfig, validated
     from ssa.io import read_image, write_json
     from ssa.plan import plan_predict
@@ -258,8 +260,9 @@ def engine(
     save_vis: o.SaveVis = None, device: o.Device = None, world_size: o.WorldSize = None,
     precision: o.Precision = None, compile_: o.Compile = None, log_every: o.LogEvery = None,
 ) -> None:
-    """Name every mask of a folder of images with free-form words (the SSA engine); sharded
-    over --world-size N workers or torchrun's, as `ssa run` is."""
+    """Name every mask of a folder of images with free-form words (the SSA engine).
+
+    Sharded over --world-size N workers or torchrun's, as `ssa run` is."""
     from ssa.config import EngineConfig, validated
     from ssa.keyvalue import parse_key_values
     from ssa.plan import plan_engine
@@ -315,6 +318,7 @@ def export_(
         "out.", rich_help_panel="Scale")] = None,
 ) -> None:
     """Write a run's labels as COCO, COCO panoptic, Cityscapes, Label Studio or a HF dataset.
+
     --dataset, --data-dir and --split default to the run's own (its ssa_run.json)."""
     from ssa.cli.launch import export_share
     from ssa.export.base import ExportConfig

@@ -5,13 +5,16 @@ and find these functions by name)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ssa import io
 from ssa.cli.app import console, fail, log_error, setup_logging
 from ssa.errors import SSAError
+
+if TYPE_CHECKING:
+    from ssa.export.base import ExportConfig
 
 
 def launch_or_run(plan: Any, world_size: int | None, engine: bool = False) -> None:
@@ -60,7 +63,7 @@ def run_share(plan: Any, engine: bool = False) -> int:
     return 1 if summary.failed and (info is None or info.is_main) else 0
 
 
-def export_share(cfg: Any) -> int:
+def export_share(cfg: ExportConfig) -> int:
     """This process's share of `ssa export` (the only process, a rank under torchrun, or a
     worker of `distributed.launch`): 0, or `distributed.REPORTED_EXIT` after a one-line error."""
     from ssa import distributed
@@ -74,7 +77,7 @@ def export_share(cfg: Any) -> int:
     return 0
 
 
-def launch_export(cfg: Any, world_size: int) -> None:
+def launch_export(cfg: ExportConfig, world_size: int) -> None:
     """`ssa export --world-size N`: N workers, the `--out` lock held for them."""
     from ssa import distributed
     from ssa.export.runner import export_lock

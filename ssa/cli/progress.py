@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -28,6 +28,9 @@ from ssa.run.describe import describe_run
 from ssa.run.outputs import FAILURES_FILE, ImageResult
 from ssa.run.runner import RunSummary, run_rank
 from ssa.words import plural
+
+if TYPE_CHECKING:
+    from ssa.export.base import ExportConfig
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +374,7 @@ def log_summary(out_dir: Path, summary: RunSummary) -> None:
         )
 
 
-def export_with_progress(cfg: Any, console: Console, info: RankInfo | None = None) -> Any:
+def export_with_progress(cfg: ExportConfig, console: Console, info: RankInfo | None = None) -> Any:
     """`ssa.export.runner.export` for one rank (or the only process): rank 0 shows a bar of
     every rank's images (done/total, images/s, ETA) and the summary; other ranks are quiet."""
     from ssa.export.runner import export

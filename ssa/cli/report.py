@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+import ssa.cli.commands  # noqa: F401  (their commands are listed first)
 from ssa.cli import options as o
 from ssa.cli.app import app, console, fail
 from ssa.errors import SSAError
@@ -75,8 +76,10 @@ def report(
         int, typer.Option(help="Thumbnails per gallery page.")
     ] = 60,
 ) -> None:
-    """A static HTML report of a run (opens from file://): run summary, class table and charts,
-    a gallery worst first, a page per image, a review queue; prints the index's file:// URL."""
+    """A static HTML report of a run, to open from file:// (prints its URL).
+
+    The run at a glance, class table and charts, a gallery worst first, a page per image and a
+    review queue."""
     from ssa.report import ReportOptions
 
     try:

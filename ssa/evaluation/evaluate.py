@@ -22,13 +22,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssa.datasets import DatasetSpec, get_dataset
 from ssa.errors import SSAError
 from ssa.io import read_label_map
+
+if TYPE_CHECKING:
+    from ssa.config import RunConfig
 
 MAX_NAMED = 5  # how many missing files an error message names
 
@@ -419,7 +422,7 @@ def write_csv(path: Path, report: dict[str, Any]) -> None:
     write_text(Path(path), buffer.getvalue())
 
 
-def check_run_eval(cfg: Any) -> None:
+def check_run_eval(cfg: RunConfig) -> None:
     """Fail before a long `ssa run --eval` when scoring could not happen afterwards."""
     if not cfg.evaluate:
         return

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from ssa.report.run_files import (
     read_eval_json,
     read_settings,
 )
+
+if TYPE_CHECKING:
+    from ssa.config import RunConfig
 
 DEFAULT_REVIEW = 50
 DEFAULT_PAGE_SIZE = 60
@@ -65,7 +68,7 @@ class ReportOptions:
     page_size: int = DEFAULT_PAGE_SIZE
 
     @classmethod
-    def for_run(cls, cfg: Any) -> ReportOptions:
+    def for_run(cls, cfg: RunConfig) -> ReportOptions:
         """`ssa run --report`: the run's out-dir, its images (`--limit` included), scored
         when the run is (`--eval`), with its ground truth."""
         return cls(pred_dir=Path(cfg.out_dir), dataset=cfg.dataset, data_dir=cfg.data_dir,

@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssa.errors import SSAError
 from ssa.specs.grammar import Grammar
+
+if TYPE_CHECKING:
+    from ssa.config import MaskBranchConfig
 
 ENTRY_POINT_GROUP = "ssa.mask_sources"
 KINDS = ("sam", "hf", "json", "py", "plugin")
@@ -112,7 +115,7 @@ def _parse_bare(spec: str, plugins: Iterable[str] | None) -> MaskSpec:
     raise _bad(spec, f"{spec!r} is neither an existing folder nor a plug-in{_hint(spec)}")
 
 
-def spec_from_config(cfg: Any) -> MaskSpec:
+def spec_from_config(cfg: MaskBranchConfig) -> MaskSpec:
     """The mask spec of a run: `cfg.masks` when set, else `sam:<sam_model>[:<sam_checkpoint>]`.
 
     cfg: anything with `masks`, `sam_model` and `sam_checkpoint` (`ssa.config.MaskBranchConfig`).
@@ -339,7 +342,7 @@ def load_prompt_source(
     return source
 
 
-def mask_settings(cfg: Any, default_preset: str = "default") -> tuple[MaskSpec, dict[str, Any]]:
+def mask_settings(cfg: MaskBranchConfig, default_preset: str = "default") -> tuple[MaskSpec, dict[str, Any]]:
     """The run's mask spec (`spec_from_config`) and the settings its source is built with
     (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's knobs."""
     spec = spec_from_config(cfg)

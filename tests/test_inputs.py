@@ -273,7 +273,7 @@ def test_binary_classes_label_map_and_config_files(tmp_path: Path) -> None:
         read_classes_file(tmp_path / "nul.txt")
     with pytest.raises(SSAError, match="--label-map .*cannot read it"):
         read_label_map_file(binary, ["sky"])
-    with pytest.raises(SSAError, match="--config .* is not valid YAML"):
+    with pytest.raises(SSAError, match="--config .* is not UTF-8 text"):
         load_yaml(binary)
 
 

@@ -17,8 +17,8 @@ from ssa.errors import SSAError
 
 # --- finding 6: YAML aliases, duplicate keys, size cap -----------------------------------------
 
-BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+BOMB = "amg:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
     f"*{chr(97 + i)}]\n"
     for i in range(8)
@@ -30,7 +30,7 @@ def test_config_alias_bomb_is_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
-    with pytest.raises(SSAError, match=r"--config .*bomb.yaml uses the YAML alias \*a \(line 2\)"):
+    with pytest.raises(SSAError, match=r"--config .*bomb.yaml uses the YAML alias \*a \(line 3\)"):
         load_yaml(path)
     path.write_text("amg: &knobs {points_per_side: 8}\nsegmentor_args: *knobs\n")
     with pytest.raises(SSAError, match=r"alias \*knobs"):
@@ -52,10 +52,8 @@ def test_config_duplicate_key_is_named(tmp_path: Path) -> None:
 
 def test_config_size_cap(tmp_path: Path) -> None:
     from ssa.config import load_yaml
-    from ssa.io import MAX_USER_FILE_BYTES
-
     path = tmp_path / "big.yaml"
-    path.write_text("# " + "x" * MAX_USER_FILE_BYTES + "\ntop_k: 2\n")
+    path.write_text("# " + "x" * (4 << 20) + "\ntop_k: 2\n")
     with pytest.raises(SSAError, match=r"--config .*big.yaml is 4.0 MiB, over the 4 MiB limit"):
         load_yaml(path)
 

@@ -210,21 +210,27 @@ def check_rle(rle: Any, where: str, fix: str | None = None) -> None:
 _RUN_WIDE = {
     errno.ENOSPC: ("the disk is full", "free space"),
     errno.EDQUOT: ("the disk quota is used up", "free space"),
-    errno.EROFS: ("the file system is read-only", "pass an --out-dir you can write"),
+    errno.EROFS: ("the file system is read-only", "pass an {flag} you can write"),
 }
 
 
-def write_error(path: str | Path, exc: OSError) -> SSAError:
+def write_error(path: str | Path, exc: OSError, flag: str = "--out-dir") -> SSAError:
     """One line for a failed write of `path`: a FatalError when no later write can succeed
-    (full disk, quota, read-only file system), else an SSAError (that image's failure)."""
+    (full disk, quota, read-only file system), else an SSAError (that image's failure).
+    flag: the option that named the folder (`--out-dir` of a run, `--out` of an export). The
+    error keeps the OSError as `os_error`, for callers that word it their own way."""
     reason = exc.strerror or str(exc)
     if exc.errno in _RUN_WIDE:
         what, fix = _RUN_WIDE[exc.errno]
-        return FatalError(
-            f"cannot write {path}: {what} ({reason}); {fix}, then rerun the same command "
-            f"(finished images are kept)"
+        kept = " (finished images are kept)" if flag == "--out-dir" else ""
+        err: SSAError = FatalError(
+            f"cannot write {path}: {what} ({reason}); {fix.format(flag=flag)}, then rerun the "
+            f"same command{kept}"
         )
-    return SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+    else:
+        err = SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+    err.os_error = exc  # type: ignore[attr-defined]
+    return err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -322,7 +328,7 @@ def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
             probe.unlink(missing_ok=True)
         except OSError:
             pass
-        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc)}") from None
+        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc, flag)}") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:

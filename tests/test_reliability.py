@@ -6,12 +6,13 @@ test_distributed.py; memory by pixels (13) in test_memory.py and scripts/benchma
 from __future__ import annotations
 
 import json
-import math
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from export_run import invoke
+from export_run import invoke, make_run, things_file
 
 from ssa.errors import SSAError
 
@@ -77,3 +78,92 @@ def test_prompts_file_gets_the_same_loader(tmp_path: Path) -> None:
     path.write_text('{"sky": "blue sky", "sky": "sky"}')  # JSON too
     with pytest.raises(SSAError, match="key 'sky' twice"):
         read_prompts_file(path, ["sky", "tree"])
+
+
+# --- finding 8: export write failures are one line ---------------------------------------------
+
+FORMATS = ["coco-instances", "coco-panoptic", "label-studio", "hf-dataset", "hf-parquet"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reliability_run")
+    data, out = make_run(tmp)
+    return tmp, data, out
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A real 1 MiB tmpfs at tmp_path/disk (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): " + made.stderr.decode()[:80])
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _export_args(fmt: str, data: Path, out: Path, target: Path, tmp: Path) -> list:
+    name = "hf-dataset" if fmt == "hf-parquet" else fmt
+    args = ["export", "--format", name, "--pred-dir", out, "--out", target, "--data-dir", data]
+    if fmt == "coco-panoptic":
+        args += ["--things", things_file(tmp)]
+    return args
+
+
+def _target(disk: Path, fmt: str) -> Path:
+    return disk / "exports" / {"coco-instances": "i.json", "hf-parquet": "d.parquet"}.get(fmt, "x")
+
+
+def _one_line(result) -> str:
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and result.output.count("Error:") == 1, result.output
+    return text
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_to_a_read_only_folder(small_run, disk, fmt):
+    if fmt.startswith("hf"):
+        pytest.importorskip("datasets", reason="hf-dataset needs the datasets package")
+    tmp, data, out = small_run
+    (disk / "exports").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    text = _one_line(invoke(*_export_args(fmt, data, out, _target(disk, fmt), tmp)))
+    assert "read-only" in text and "--out" in text, text
+
+
+def _fill(disk: Path, free: int) -> None:
+    """Fill the tmpfs until `free` bytes (about) are left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if free:
+        os.truncate(disk / "filler", max(0, os.path.getsize(disk / "filler") - free))
+
+
+@pytest.mark.parametrize("free", [0, 12 << 10, 40 << 10], ids=["full", "12k", "40k"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_on_a_full_disk(small_run, disk, fmt, free):
+    if fmt.startswith("hf"):
+        pytest.importorskip("datasets", reason="hf-dataset needs the datasets package")
+    tmp, data, out = small_run
+    (disk / "exports").mkdir()
+    _fill(disk, free)
+    target = _target(disk, fmt)
+    result = invoke(*_export_args(fmt, data, out, target, tmp))
+    if result.exit_code == 0:  # it fitted: then it is whole
+        assert target.exists()
+        return
+    text = _one_line(result)
+    assert "disk is full" in text and "--out" in text, text
+    assert not target.exists()
+    assert sorted(p.name for p in (disk / "exports").iterdir()) == []  # no staging left

@@ -324,6 +324,8 @@ def check_out(cfg: ExportConfig) -> None:
                 f"--out {given} is inside {flag} {path}; write the export to a path outside "
                 f"the run and the dataset"
             )
+    # A read-only folder or a full disk is one line before any file is read.
+    io.check_writable(out.parent, "--out")
     if os.path.lexists(out):
         if not cfg.overwrite:
             raise SSAError(

@@ -349,8 +349,22 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data: Any, where: str | Path) -> str:
+    """`data` as strict JSON (`allow_nan=False`): NaN and infinity, which Python writes as bare
+    `NaN`/`Infinity` and strict readers (browsers, Go, Rust, jq) refuse, are one SSAError line
+    naming `where` instead of a file no one else can read."""
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError as exc:
+        raise SSAError(
+            f"cannot write {where} as JSON ({exc}): a value is NaN or infinity; the scores "
+            f"that reach it must be finite numbers"
+        ) from None
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
+    """`data` as strict JSON (see `json_text`), written atomically."""
+    atomic_write_bytes(path, json_text(data, path).encode("utf-8"))
 
 
 def _pil_bytes(image: Any, **save: Any) -> bytes:

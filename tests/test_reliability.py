@@ -167,3 +167,90 @@ def test_export_on_a_full_disk(small_run, disk, fmt, free):
     assert "disk is full" in text and "--out" in text, text
     assert not target.exists()
     assert sorted(p.name for p in (disk / "exports").iterdir()) == []  # no staging left
+
+
+# --- finding 9: NaN and infinity fail that image; JSON is strict -------------------------------
+
+NAN_PLUGIN = '''
+import numpy as np
+
+class Seg:
+    classes = ["sky", "tree", "road", "car", "person"]
+
+    def __call__(self, image, *, path=None):
+        scores = np.zeros((5, 8, 8), np.float32)
+        scores[1] = 1.0
+        if path.name == "a.png":
+            scores[2, 3, 3] = np.nan
+        elif path.name == "b.jpg":
+            scores[0, 0, 0] = np.inf
+        return scores
+
+def make():
+    return Seg()
+'''
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise ValueError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_or_inf_scores_fail_that_image(tmp_path: Path) -> None:
+    from export_run import make_inputs
+
+    data, masks_dir, _labels, _classes = make_inputs(tmp_path)
+    plugin = tmp_path / "nanseg.py"
+    plugin.write_text(NAN_PLUGIN)
+    # The third image's mask file carries a NaN score of its own (a mask source's field).
+    masks_json = masks_dir / "sub" / "c.json"
+    doc = json.loads(masks_json.read_text())
+    doc["annotations"][0]["predicted_iou"] = float("nan")
+    masks_json.write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    result = invoke("run", "--data-dir", data, "--out-dir", out, "--masks", masks_dir,
+                    "--segmentor", f"py:{plugin}:make", "--device", "cpu")
+    assert result.exit_code == 1, result.output  # images failed; the run went on
+    assert "Traceback" not in result.output, result.output
+    failures = {r["path"]: r for r in map(json.loads, (out / "failures.jsonl").read_text()
+                                          .splitlines())}
+    assert sorted(failures) == ["a.png", "sub/b.jpg", "sub/c.png"]
+    assert "1 NaN or infinite scores of 320" in failures["a.png"]["error"]
+    assert failures["a.png"]["stage"] == "label"
+    assert "1 NaN or infinite scores of 320" in failures["sub/b.jpg"]["error"]
+    assert failures["sub/c.png"]["stage"] == "write"
+    assert "NaN or infinity" in failures["sub/c.png"]["error"]
+    assert not list(out.rglob("*_semantic.json"))  # no file with NaN in it
+
+
+def test_every_json_writer_is_strict(tmp_path: Path) -> None:
+    from ssa import io
+    from ssa.export.base import write_json_stream, write_part
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(SSAError, match="a.json as JSON .*NaN or infinity"):
+            io.write_json(tmp_path / "a.json", {"score": bad})
+        with pytest.raises(SSAError, match="NaN or infinity"):
+            write_part(tmp_path, 0, [{"score": bad}])
+        with pytest.raises(SSAError, match="NaN or infinity"):
+            write_json_stream(tmp_path / "s.json", {"info": {"x": bad}}, {"a": lambda: []})
+        with pytest.raises(SSAError, match="NaN or infinity"):
+            write_json_stream(tmp_path / "s.json", None, {"a": lambda: [{"x": bad}]})
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_nan_labels_from_a_segmentor_are_refused() -> None:
+    import torch
+
+    from ssa.segmentors.base import BranchOutput
+
+    labels = torch.zeros(4, 5)
+    labels[1, 1] = float("nan")
+    with pytest.raises(SSAError, match="1 NaN or infinite labels of 20"):
+        BranchOutput.from_raw(labels, 3, (4, 5))
+    scores = torch.zeros(3, 2, 2)
+    scores[0, 0, 0] = -float("inf")
+    with pytest.raises(SSAError, match="1 NaN or infinite scores of 12"):
+        BranchOutput.from_raw(scores, 3, (4, 5))

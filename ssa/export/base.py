@@ -417,7 +417,8 @@ def part_path(staging: Path, index: int) -> Path:
 
 def write_part(staging: Path, index: int, records: list[Any]) -> None:
     """One image's part: one JSON document per line, written atomically."""
-    io.write_text(part_path(staging, index), "".join(json.dumps(r) + "\n" for r in records))
+    path = part_path(staging, index)
+    io.write_text(path, "".join(io.json_text(r, path) + "\n" for r in records))
 
 
 def read_part(staging: Path, index: int) -> Iterator[Any]:
@@ -428,7 +429,8 @@ def read_part(staging: Path, index: int) -> Iterator[Any]:
 
 def _write_items(f: Any, items: Any) -> None:
     """The items of a JSON array, one per line, one in memory at a time (no brackets)."""
-    f.writelines((",\n" if n else "\n") + json.dumps(item) for n, item in enumerate(items))
+    name = getattr(f, "name", "the export")
+    f.writelines((",\n" if n else "\n") + io.json_text(item, name) for n, item in enumerate(items))
 
 
 def write_json_stream(
@@ -448,7 +450,7 @@ def write_json_stream(
             f.write("{")
             first = True
             for key, value in head.items():
-                f.write(("" if first else ", ") + json.dumps(key) + ": " + json.dumps(value))
+                f.write(("" if first else ", ") + json.dumps(key) + ": " + io.json_text(value, path))
                 first = False
             for key, items in arrays.items():
                 f.write(("" if first else ", ") + json.dumps(key) + ": [")

@@ -73,7 +73,7 @@ def write_parquet(ds: Any, path: Path, plan: ExportPlan) -> None:
 
     table = ds.data.table
     metadata = dict(table.schema.metadata or {})
-    metadata[OWNER_KEY.encode()] = json.dumps(owner_record(plan)).encode()
+    metadata[OWNER_KEY.encode()] = json.dumps(owner_record(plan), allow_nan=False).encode()
     schema = table.schema.with_metadata(metadata)
     with pq.ParquetWriter(str(path), schema) as writer:
         for batch in table.to_batches(max_chunksize=100):

@@ -162,7 +162,7 @@ def record_failure(out_dir: Path, result: ImageResult) -> None:
     import errno
     import os
 
-    line = (json.dumps(failure_record(result)) + "\n").encode()
+    line = (json.dumps(failure_record(result), allow_nan=False) + "\n").encode()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(out_dir / FAILURES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -200,4 +200,4 @@ def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
         path.unlink(missing_ok=True)
         return
     records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
-    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # one line on OSError
+    io.write_text(path, "".join(io.json_text(r, path) + "\n" for r in records))  # one line on OSError

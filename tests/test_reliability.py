@@ -254,3 +254,64 @@ def test_nan_labels_from_a_segmentor_are_refused() -> None:
     scores[0, 0, 0] = -float("inf")
     with pytest.raises(SSAError, match="1 NaN or infinite scores of 12"):
         BranchOutput.from_raw(scores, 3, (4, 5))
+
+
+# --- finding 10: extreme aspect ratios with sam: fail that image in one line -------------------
+
+SEG_PLUGIN = '''
+import numpy as np
+
+class Seg:
+    classes = ["a", "b"]
+
+    def __call__(self, image):
+        return np.zeros((2, 4, 4), np.float32)
+
+def make():
+    return Seg()
+'''
+
+
+@pytest.mark.parametrize("impl", ["fast", "stock"])
+def test_sam_on_a_1x20000_strip_is_one_line(tmp_path: Path, sam_checkpoint: Path, impl) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(rng.integers(0, 255, (1, 20000, 3), dtype=np.uint8)).save(data / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (20000, 1, 3), dtype=np.uint8)).save(data / "tall.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(data / "ok.png")
+    plugin = tmp_path / "seg.py"
+    plugin.write_text(SEG_PLUGIN)
+    out = tmp_path / "out"
+    result = invoke("run", "--data-dir", data, "--out-dir", out, "--masks",
+                    f"sam:vit_b:{sam_checkpoint}", "--segmentor", f"py:{plugin}:make",
+                    "--device", "cpu", "--amg", "points_per_side=4", "--amg-impl", impl)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["path"] for f in failures] == ["tall.png", "wide.png"]
+    for f in failures:
+        assert "too elongated for SAM" in f["error"] and "2048:1" in f["error"], f
+    assert (out / "ok_semantic.json").is_file()  # the run went on
+
+
+def test_sam_shape_check_matches_segment_anything() -> None:
+    """The check refuses exactly the sizes whose resize segment-anything cannot do."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from ssa.masks.sam import check_sam_shape
+
+    transform = ResizeLongestSide(1024)
+    for size in [(1, 2048), (1, 2049), (1, 20000), (2, 4096), (2, 4097), (5, 3), (700, 1)]:
+        try:
+            transform.apply_image(np.zeros((*size, 3), dtype=np.uint8))
+            works = True
+        except ValueError:
+            works = False
+        if works:
+            check_sam_shape(size, 1024)
+        else:
+            with pytest.raises(SSAError, match="too elongated"):
+                check_sam_shape(size, 1024)

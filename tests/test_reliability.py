@@ -98,7 +98,7 @@ def disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
+                          capture_output=True, check=False)
     if made.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root): " + made.stderr.decode()[:80])
     yield mount
@@ -235,9 +235,9 @@ def test_every_json_writer_is_strict(tmp_path: Path) -> None:
         with pytest.raises(SSAError, match="NaN or infinity"):
             write_part(tmp_path, 0, [{"score": bad}])
         with pytest.raises(SSAError, match="NaN or infinity"):
-            write_json_stream(tmp_path / "s.json", {"info": {"x": bad}}, {"a": lambda: []})
+            write_json_stream(tmp_path / "s.json", {"info": {"x": bad}}, {"a": list})
         with pytest.raises(SSAError, match="NaN or infinity"):
-            write_json_stream(tmp_path / "s.json", None, {"a": lambda: [{"x": bad}]})
+            write_json_stream(tmp_path / "s.json", None, {"a": lambda b=bad: [{"x": b}]})
     assert not (tmp_path / "a.json").exists()
 
 

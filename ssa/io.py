@@ -206,6 +206,90 @@ def check_rle(rle: Any, where: str, fix: str | None = None) -> None:
             f"{pixels}; {fix or 'pass masks encoded for this size'}"
         )
 
+def canonical_rle(runs: np.ndarray, size: Sequence[int]) -> dict[str, Any]:
+    """The COCO RLE (`counts` str) that pycocotools' `encode` gives for the mask whose run
+    lengths (zeros first) are `runs`, without decoding it: zero-length runs inside are merged
+    away, so any valid RLE of a mask becomes that mask's one encoding (in O(runs))."""
+    from pycocotools import mask as mask_utils
+
+    runs = np.asarray(runs, dtype=np.int64)
+    values = np.arange(runs.size) % 2  # 0, 1, 0, ...: zeros first
+    keep = runs > 0
+    if runs.size:
+        keep[0] = True  # the leading zeros run stays, even when empty
+    runs, values = runs[keep], values[keep]
+    if runs.size:
+        starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+        runs, values = np.add.reduceat(runs, starts), values[starts]
+        if values[0] == 1:  # the mask starts with ones: an empty zeros run first
+            runs = np.concatenate([[0], runs])
+    height, width = int(size[0]), int(size[1])
+    rle = mask_utils.frPyObjects({"counts": runs.tolist(), "size": [height, width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+class RleStack:
+    """N masks of one `(H, W)` image kept as COCO RLE and decoded one at a time: memory grows
+    with the image's pixels, not with masks x pixels (a 30 MP photo's 192 masks are 5.8 GB as a
+    bool stack). Stands in for a `MaskResult.masks` tensor where a source reads masks as RLE
+    (`ssa.masks.JsonMasks`): `ssa.voting.vote` votes and paints mask by mask on it, and
+    iterating gives `(H, W) bool` numpy masks one at a time.
+
+    rles: COCO RLEs of `size` `[H, W]`, checked (`check_rle`); `to`/`cpu` return the stack
+    itself (it lives on the CPU); `numpy()` builds the whole `(N, H, W) bool` stack, for
+    callers that need it (the engine), at N x H x W bytes.
+    """
+
+    def __init__(self, rles: Sequence[dict[str, Any]], size: Sequence[int]) -> None:
+        self.rles = list(rles)
+        self.size = (int(size[0]), int(size[1]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.rles), *self.size)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def to(self, device: Any = None) -> RleStack:
+        return self
+
+    def cpu(self) -> RleStack:
+        return self
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return decode_rle(self.rles[index])
+
+    def __iter__(self) -> Any:
+        return (decode_rle(rle) for rle in self.rles)
+
+    def numpy(self) -> np.ndarray:
+        out = np.zeros((len(self.rles), *self.size), dtype=bool)
+        for k, rle in enumerate(self.rles):
+            out[k] = decode_rle(rle)
+        return out
+
+    def runs(self, index: int) -> np.ndarray:
+        """`(n,) int64` run lengths of mask `index`, zeros first, column-major."""
+        counts = self.rles[index]["counts"]
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        if isinstance(counts, str):
+            return rle_runs(counts, f"mask {index}")
+        return np.asarray(counts, dtype=np.int64)
+
+    def indices(self, index: int) -> np.ndarray:
+        """The pixels of mask `index` as indices into the column-major flattened image
+        (`x * H + y`, ascending; int32 below 2^31 pixels, else int64): mask area x 4 bytes."""
+        runs = self.runs(index)
+        ends = np.cumsum(runs)
+        starts, lengths = (ends - runs)[1::2], runs[1::2]  # the runs of ones
+        dtype = np.int32 if self.size[0] * self.size[1] < 1 << 31 else np.int64
+        total = int(lengths.sum())
+        offsets = (starts - (np.cumsum(lengths) - lengths)).astype(dtype)
+        return np.arange(total, dtype=dtype) + np.repeat(offsets, lengths)
+
+
 # Errors after which every later write fails too: the run stops with one line (a rerun resumes).
 _RUN_WIDE = {
     errno.ENOSPC: ("the disk is full", "free space"),
@@ -398,32 +482,54 @@ def write_overlay(
     image: np.ndarray,
     label_map: np.ndarray,
     palette: np.ndarray,
-    masks: Sequence[np.ndarray] = (),
+    masks: Any = (),
     names: Sequence[str | None] = (),
     alpha: float = 0.5,
 ) -> None:
-    """A JPEG of the label map blended over the image, masks outlined and named at their centres."""
+    """A JPEG of the label map blended over the image, masks outlined and named at their centres.
+
+    masks: `(H, W) bool` masks, iterated once (a stack, or an `RleStack` decoding one at a
+    time). Memory grows with the image's pixels: the blend runs in bands of rows and each
+    mask's outline and centre are found with two copies of one mask, so N masks never make
+    N x H x W (a 30 MP photo's float32 blend alone was 360 MB, made three times over).
+    """
     from PIL import Image, ImageDraw
 
     colours = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
     colours[: len(palette)] = palette
-    valid = label_map != 255
-    blend = image.astype(np.float32)
-    blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[label_map[valid]]
-    out = blend.astype(np.uint8)
-    for mask in masks:
-        edge = mask & ~(
-            np.pad(mask, 1)[2:, 1:-1] & np.pad(mask, 1)[:-2, 1:-1]
-            & np.pad(mask, 1)[1:-1, 2:] & np.pad(mask, 1)[1:-1, :-2]
-        )
-        out[edge] = 255
+    out = np.empty_like(image, dtype=np.uint8)
+    height, width = label_map.shape
+    band = max(1, (1 << 20) // max(1, width))  # rows per band: about 12 MB of float32
+    for r0 in range(0, height, band):
+        rows = slice(r0, r0 + band)
+        labels = label_map[rows]
+        valid = (labels != 255) & (labels < len(colours))
+        blend = image[rows].astype(np.float32)
+        blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[labels[valid]]
+        out[rows] = blend.astype(np.uint8)
+    centres = []
+    ys, xs = np.arange(height), np.arange(width)
+    for mask, name in zip(masks, [*names, *[None] * max(0, len(masks) - len(names))]):
+        mask = np.asarray(mask, dtype=bool)
+        inner = mask.copy()  # pixels whose 4 neighbours are all in the mask (outside: not)
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        inner[0] = inner[-1] = False
+        inner[:, 0] = inner[:, -1] = False
+        np.logical_and(mask, ~inner, out=inner)
+        out[inner] = 255
+        area = int(np.count_nonzero(mask))
+        if name is not None and area:
+            # The mean pixel position, from row and column counts (no index arrays).
+            y = float(mask.sum(axis=1) @ ys) / area
+            x = float(mask.sum(axis=0) @ xs) / area
+            centres.append((x, y, name))
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
-    for mask, name in zip(masks, names):
-        if name is None or not mask.any():
-            continue
-        ys, xs = np.nonzero(mask)
-        draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
+    for x, y, name in centres:
+        draw.text((x, y), name, fill=(255, 255, 255), anchor="mm")
     atomic_write_bytes(path, _pil_bytes(pil, format="JPEG", quality=90))
 
 

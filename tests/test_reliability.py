@@ -315,3 +315,159 @@ def test_sam_shape_check_matches_segment_anything() -> None:
         else:
             with pytest.raises(SSAError, match="too elongated"):
                 check_sam_shape(size, 1024)
+
+
+# --- finding 13: memory grows with pixels, not masks x pixels ----------------------------------
+
+
+def test_rle_votes_equal_the_dense_stack() -> None:
+    """`vote` on an `io.RleStack` (mask by mask) gives exactly what the `(N, H, W)` stack gives
+    (the reference: the stack path, itself tested against brute force), ties in area, untrusted
+    masks (`min_vote_share`), labels without votes and >255 classes included."""
+    import torch
+
+    from ssa import io, voting
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        height, width = (int(v) for v in rng.integers(5, 40, 2))
+        n = int(rng.integers(0, 12))
+        num_classes = 300 if trial % 10 == 0 else int(rng.integers(1, 6))
+        masks = rng.random((n, height, width)) < rng.random((n, 1, 1))
+        none = io.no_label_value(num_classes)
+        raw = rng.integers(0, num_classes + 1, (height, width))
+        raw[raw == num_classes] = none
+        labels = torch.from_numpy(raw.astype(np.uint8 if num_classes <= 255 else np.int32))
+        stack = io.RleStack(io.encode_rle(masks), (height, width))
+        areas = torch.from_numpy(masks.reshape(n, height * width).sum(1)) if trial % 3 else (
+            torch.from_numpy(rng.integers(0, 3, n)))
+        for share in (0.0, 0.6):
+            want = voting.vote(torch.from_numpy(masks), labels, num_classes, 3, areas=areas,
+                               min_vote_share=share)
+            got = voting.vote(stack, labels, num_classes, 3, areas=areas, min_vote_share=share)
+            for name in ("classes", "counts", "proposals", "shares", "label_map"):
+                a, b = getattr(want, name), getattr(got, name)
+                assert a.dtype == b.dtype and torch.equal(a, b), (trial, name)
+            if share:
+                assert torch.equal(want.trusted, got.trusted)
+
+
+def test_json_masks_records_as_before(tmp_path: Path) -> None:
+    """The RLE, area and bbox of `json:` masks are what decoding and re-encoding gave
+    (pycocotools' encoding, `mask_bbox`), also from uncompressed and non-canonical counts."""
+    from ssa import io
+    from ssa.masks.base import mask_bbox
+    from ssa.masks.sa1b import JsonMasks
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 9, 7)) < 0.4
+    masks[0] = False
+    masks[1] = True
+    rles = io.encode_rle(masks)
+    anns = [{"segmentation": rle, "id": k} for k, rle in enumerate(rles)]
+    runs = io.rle_runs(rles[2]["counts"], "x").tolist()
+    anns[2]["segmentation"] = {"size": [9, 7], "counts": runs[:2] + [0, 0] + runs[2:]}
+    (tmp_path / "im.json").write_text(json.dumps({"annotations": anns}))
+    result = JsonMasks(tmp_path).generate(np.zeros((9, 7, 3), np.uint8), path=Path("im.png"))
+    for record, mask, rle in zip(result.records, masks, rles):
+        assert record["segmentation"] == rle
+        assert record["area"] == int(mask.sum()) and record["bbox"] == mask_bbox(mask)
+    assert np.array_equal(result.masks.numpy(), masks)
+    assert all(np.array_equal(a, b) for a, b in zip(result.masks, masks))
+
+
+def _traced_run_peak(tmp_path: Path, n: int, height: int, width: int) -> int:
+    """Peak bytes numpy (and Python) hold during `ssa run` on one image with `n` `json:` masks,
+    `labels:` and every output, after a warm-up run (imports done)."""
+    import tracemalloc
+
+    from export_run import blob_masks
+    from PIL import Image
+
+    from ssa import io
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / f"n{n}"
+    data, masks_dir, labels_dir = root / "images", root / "masks", root / "labels"
+    for folder in (data, masks_dir, labels_dir):
+        folder.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(data / "a.png")
+    Image.fromarray(rng.integers(0, 5, (height, width)).astype(np.uint8)).save(labels_dir / "a.png")
+    masks = blob_masks(rng, height, width, n)
+    (masks_dir / "a.json").write_text(json.dumps(
+        {"annotations": [{"segmentation": r} for r in io.encode_rle(masks)]}))
+    del masks
+    classes = root / "classes.txt"
+    classes.write_text("a\nb\nc\nd\ne\n")
+    args = ["run", "--data-dir", data, "--out-dir", root / "out", "--masks", masks_dir,
+            "--segmentor", f"labels:{labels_dir}", "--classes", classes, "--device", "cpu",
+            "--save-branch", "--save-vis", "--overwrite"]
+    assert invoke(*args).exit_code == 0
+    tracemalloc.start()
+    try:
+        result = invoke(*args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 0, result.output
+    return peak
+
+
+def test_run_memory_does_not_grow_with_masks_x_pixels(tmp_path: Path) -> None:
+    """`ssa run` with `json:` masks and `labels:`, every output written: before, the masks were
+    decoded into an (N, H, W) stack (twice: the planes and their stack; 18.2 GB for 192 masks
+    of a 30 MP photo), so 120 more masks of 120,000 pixels cost 28.8 MB more. Now the peak
+    grows with the masks' records only."""
+    height, width = 300, 400
+    few, many = (_traced_run_peak(tmp_path, n, height, width) for n in (40, 160))
+    extra = (160 - 40) * height * width  # what 120 more masks weigh as a bool stack: 14.4 MB
+    assert many - few < extra / 4, (
+        f"peak {few / 1e6:.1f} MB with 40 masks, {many / 1e6:.1f} MB with 160"
+    )
+
+
+def _overlay_reference(image, label_map, palette, masks, names, alpha=0.5):
+    """write_overlay as it was (whole-image float32 blend, padded copies per mask)."""
+    from PIL import Image, ImageDraw
+
+    colours = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
+    colours[: len(palette)] = palette
+    valid = label_map != 255
+    blend = image.astype(np.float32)
+    blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[label_map[valid]]
+    out = blend.astype(np.uint8)
+    for mask in masks:
+        p = np.pad(mask, 1)
+        out[mask & ~(p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2])] = 255
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    for mask, name in zip(masks, names):
+        if name is None or not mask.any():
+            continue
+        ys, xs = np.nonzero(mask)
+        draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
+    return np.asarray(pil)
+
+
+def test_overlay_in_bands_equals_the_whole_image_blend(tmp_path: Path, monkeypatch) -> None:
+    from ssa import io
+
+    captured = {}
+    monkeypatch.setattr(io, "atomic_write_bytes", lambda path, data: None)
+    real = io._pil_bytes
+    monkeypatch.setattr(io, "_pil_bytes", lambda pil, **kw: captured.setdefault(
+        "image", np.asarray(pil)) is None or real(pil, **kw))
+    rng = np.random.default_rng(3)
+    for height, width in [(1, 9), (7, 1), (37, 53), (300, 7)]:
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        labels = rng.integers(0, 6, (height, width)).astype(np.uint8)
+        labels[labels == 5] = 255
+        palette = rng.integers(0, 255, (5, 3), dtype=np.uint8)
+        masks = rng.random((4, height, width)) < 0.5
+        masks[0] = False
+        names = ["a", None, "c", "d"]
+        captured.clear()
+        io.write_overlay(tmp_path / "v.jpg", image, labels, palette,
+                         io.RleStack(io.encode_rle(masks), (height, width)), names)
+        want = _overlay_reference(image, labels, palette, masks, names)
+        assert np.array_equal(captured["image"], want), (height, width)

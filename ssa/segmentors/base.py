@@ -236,9 +236,13 @@ class BranchOutput:
                 _check_finite(tensor, "labels")
             if tensor.is_floating_point() or tensor.dtype == torch.bool:
                 tensor = tensor.long()
-            valid = (tensor >= 0) & (tensor < num_classes)
             none = no_label_value(num_classes)
-            labels = torch.where(valid, tensor, torch.full_like(tensor, none)).to(dtype)
+            labels = torch.empty(size, dtype=dtype, device=tensor.device)
+            step = max(1, _BAND_ELEMENTS // max(1, size[1]))
+            for r0 in range(0, size[0], step):  # bands: no int64 copy of a whole map
+                band = tensor[r0 : r0 + step].long()  # `none` fits any band dtype then
+                valid = (band >= 0) & (band < num_classes)
+                labels[r0 : r0 + step] = torch.where(valid, band, none).to(dtype)
             return cls(scores=None, labels=labels, kind=kind)
         raise SSAError(
             f"segmentor returned an array of shape {tuple(tensor.shape)}; "

@@ -102,9 +102,9 @@ def field_names() -> list[str]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a config file: a mapping of RunConfig fields (dashes or underscores).
 
-    Read by `ssa.io.read_user_yaml`: a file over its size cap, a YAML alias or a key given
+    Read by `ssa.userfiles.read_user_yaml`: a file over its size cap, a YAML alias or a key given
     twice is refused with one line naming the key."""
-    from ssa.io import read_user_yaml
+    from ssa.userfiles import read_user_yaml
 
     path = Path(path)
     if not path.is_file():

@@ -55,7 +55,7 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
 
     Every key must be one of `classes`; every phrase a non-empty string.
     """
-    from ssa.io import read_user_yaml
+    from ssa.userfiles import read_user_yaml
 
     path = Path(path)
     data = read_user_yaml(path, "--prompts")  # YAML reads JSON too; aliases, twice-given keys refused

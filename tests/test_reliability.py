@@ -453,10 +453,13 @@ def test_overlay_in_bands_equals_the_whole_image_blend(tmp_path: Path, monkeypat
     from ssa import io
 
     captured = {}
+
+    def grab(pil, **save):  # the overlay's pixels, before JPEG's losses
+        captured["image"] = np.asarray(pil)
+        return b""
+
+    monkeypatch.setattr(io, "_pil_bytes", grab)
     monkeypatch.setattr(io, "atomic_write_bytes", lambda path, data: None)
-    real = io._pil_bytes
-    monkeypatch.setattr(io, "_pil_bytes", lambda pil, **kw: captured.setdefault(
-        "image", np.asarray(pil)) is None or real(pil, **kw))
     rng = np.random.default_rng(3)
     for height, width in [(1, 9), (7, 1), (37, 53), (300, 7)]:
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)

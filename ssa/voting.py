@@ -474,7 +474,9 @@ def vote(
 ) -> VoteResult:
     """Vote on one image with a policy (see the module docstring).
 
-    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices (any integer dtype);
+    masks: `(N, H, W) bool`, or an `ssa.io.RleStack` (hard voting then runs mask by mask on
+    the CPU, memory by pixels: `_vote_rle`; soft voting decodes it whole);
+    labels: `(H, W)` the branch's class indices (any integer dtype);
     scores: the branch's `(C, H, W)` scores or a `ScoreBands` (e.g. the `BranchOutput`),
     needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
     """

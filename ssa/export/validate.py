@@ -83,9 +83,13 @@ def _first_error(path: Path, exc: ValidationError) -> SSAError:
     # A union (RLE counts: str | list) reports one error per branch; the loc names the branch.
     loc = tuple(p for p in loc if not (isinstance(p, str) and p in ("str", "list[int]")
                                        or str(p).startswith(("list[", "constrained-str"))))
+    message = err["msg"]
+    if "counts" in loc:  # both branches of the union failed: say what either needs
+        loc = loc[: loc.index("counts") + 1]
+        message = "RLE counts must be a string or a list of integers >= 0"
     value = err.get("input")
     shown = repr(value) if len(repr(value)) <= 60 else type(value).__name__
-    return SSAError(f"{_where(path, loc)} is {shown}: {err['msg']}; {FIX}")
+    return SSAError(f"{_where(path, loc)} is {shown}: {message}; {FIX}")
 
 
 def _check_bbox(bbox: tuple[float, ...], height: int, width: int) -> bool:

@@ -511,21 +511,27 @@ def write_overlay(
     ys, xs = np.arange(height), np.arange(width)
     for mask, name in zip(masks, [*names, *[None] * max(0, len(masks) - len(names))]):
         mask = np.asarray(mask, dtype=bool)
-        inner = mask.copy()  # pixels whose 4 neighbours are all in the mask (outside: not)
-        inner[1:] &= mask[:-1]
-        inner[:-1] &= mask[1:]
-        inner[:, 1:] &= mask[:, :-1]
-        inner[:, :-1] &= mask[:, 1:]
+        # Work in the mask's own memory order (pycocotools decodes column-major): the 4-pixel
+        # neighbourhood is the same on the transpose, and a transposing copy costs more than
+        # the rest together.
+        flipped = not mask.flags.c_contiguous and mask.T.flags.c_contiguous
+        plane = mask.T if flipped else mask
+        inner = plane.copy()  # pixels whose 4 neighbours are all in the mask (outside: not)
+        inner[1:] &= plane[:-1]
+        inner[:-1] &= plane[1:]
+        inner[:, 1:] &= plane[:, :-1]
+        inner[:, :-1] &= plane[:, 1:]
         inner[0] = inner[-1] = False
         inner[:, 0] = inner[:, -1] = False
-        np.logical_and(mask, ~inner, out=inner)
-        out[inner] = 255
-        area = int(np.count_nonzero(mask))
+        np.logical_and(plane, ~inner, out=inner)
+        first, second = np.nonzero(inner)  # the outline: few pixels
+        out[(second, first) if flipped else (first, second)] = 255
+        area = int(np.count_nonzero(plane))
         if name is not None and area:
             # The mean pixel position, from row and column counts (no index arrays).
-            y = float(mask.sum(axis=1) @ ys) / area
-            x = float(mask.sum(axis=0) @ xs) / area
-            centres.append((x, y, name))
+            per_row = plane.sum(axis=0 if flipped else 1)
+            per_col = plane.sum(axis=1 if flipped else 0)
+            centres.append((float(per_col @ xs) / area, float(per_row @ ys) / area, name))
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
     for x, y, name in centres:

@@ -469,8 +469,9 @@ def test_overlay_in_bands_equals_the_whole_image_blend(tmp_path: Path, monkeypat
         masks = rng.random((4, height, width)) < 0.5
         masks[0] = False
         names = ["a", None, "c", "d"]
-        captured.clear()
-        io.write_overlay(tmp_path / "v.jpg", image, labels, palette,
-                         io.RleStack(io.encode_rle(masks), (height, width)), names)
         want = _overlay_reference(image, labels, palette, masks, names)
-        assert np.array_equal(captured["image"], want), (height, width)
+        # Masks decoded one at a time (column-major, as pycocotools gives them) or a stack.
+        for given in (io.RleStack(io.encode_rle(masks), (height, width)), masks):
+            captured.clear()
+            io.write_overlay(tmp_path / "v.jpg", image, labels, palette, given, names)
+            assert np.array_equal(captured["image"], want), (height, width, type(given))

@@ -475,3 +475,25 @@ def test_overlay_in_bands_equals_the_whole_image_blend(tmp_path: Path, monkeypat
             captured.clear()
             io.write_overlay(tmp_path / "v.jpg", image, labels, palette, given, names)
             assert np.array_equal(captured["image"], want), (height, width, type(given))
+
+
+def test_an_empty_masks_undefined_stability_is_null(tmp_path: Path) -> None:
+    """SAM's stability of a mask without pixels is 0/0 (kept with stability_score_thresh=0):
+    written as null, not NaN, and the image is labelled (a NaN elsewhere fails it, above)."""
+    from export_run import make_inputs
+
+    data, masks_dir, labels_dir, classes = make_inputs(tmp_path)
+    path = masks_dir / "a.json"
+    doc = json.loads(path.read_text())
+    h, w = doc["annotations"][0]["segmentation"]["size"]
+    from ssa import io
+
+    empty = io.encode_rle(np.zeros((1, h, w), dtype=bool))[0]
+    doc["annotations"].append({"segmentation": empty, "area": 0, "stability_score": float("nan")})
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    result = invoke("run", "--data-dir", data, "--out-dir", out, "--masks", masks_dir,
+                    "--segmentor", f"labels:{labels_dir}", "--classes", classes, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    written = _strict((out / "a_semantic.json").read_text())
+    assert written["annotations"][-1]["stability_score"] is None

@@ -85,7 +85,13 @@ def annotations_from(
     result: VoteResult,
     names: list[str],
 ) -> list[dict[str, Any]]:
-    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`."""
+    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`.
+
+    An empty mask's scores that are 0/0 (SAM's `stability_score` with no pixel at either
+    threshold, kept when `stability_score_thresh` is 0) are written as null: JSON has no NaN,
+    and any other NaN or infinity fails the image when its JSON is written (`io.json_text`)."""
+    import math
+
     from ssa.voting import NO_CLASS
 
     classes = result.classes.tolist()
@@ -93,6 +99,9 @@ def annotations_from(
     out = []
     for record, rle, cls, props in zip(records, rles, classes, proposals):
         ann = {k: jsonable(v) for k, v in record.items() if k != "segmentation"}
+        if ann.get("area") == 0:
+            ann = {k: None if isinstance(v, float) and math.isnan(v) else v
+                   for k, v in ann.items()}
         ann["segmentation"] = rle
         ann["class_name"] = names[cls] if cls != NO_CLASS else None
         ann["class_proposals"] = [names[p] for p in props if p != NO_CLASS]

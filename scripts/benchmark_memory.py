@@ -2,6 +2,9 @@
 
     PYTHONPATH=. python scripts/benchmark_memory.py [--mp 1 6 24] [--masks 8] [--work-dir DIR]
     PYTHONPATH=/work/main python scripts/benchmark_memory.py --mp 1 6   # another checkout
+    # issue 23: no model at all (`labels:` branch), masks x pixels, every output written
+    PYTHONPATH=. python scripts/benchmark_memory.py --branch labels --mp 30 --masks 48 192 \
+        --votes hard --save-branch --save-vis
 
 Each (size, policy) runs `python -m ssa run` on one image in a fresh subprocess and reads that
 process's peak resident set size from `os.wait4` (the kernel's `ru_maxrss`, the figure
@@ -10,9 +13,10 @@ baseline: interpreter, torch, transformers and the models loaded.
 
 No pretrained weights are needed: a tiny random Segformer with 150 classes (ADE20K-sized head,
 512x512 training crop) is saved with `save_pretrained` in `--work-dir`; masks come from
-SA-1B-style JSON (`--masks`): `--masks` ellipses at full resolution, so SAM's own memory (its
-masks are N x H x W bytes whatever the segmentor) is not what is measured. Images are 3:2,
-smooth random colours, JPEG.
+SA-1B-style JSON (`--masks`, one or more counts): ellipses at full resolution, so SAM's own
+memory is not what is measured. Images are 3:2, smooth random colours, JPEG. `--branch labels`
+replaces the Segformer by precomputed branch labels (`labels:`, a class-index PNG per image, 150
+classes): no model is loaded, so the figure is ssa's own memory for the image and its masks.
 """
 
 from __future__ import annotations
@@ -83,12 +87,26 @@ def make_case(root: Path, width: int, height: int, num_masks: int, seed: int = 0
     return root
 
 
-def measure(case: Path, segformer: Path, vote: str, out: Path) -> dict:
+def make_labels(case: Path, width: int, height: int, seed: int = 1) -> tuple[Path, Path]:
+    """`case/labels/img.png` (blocks of the 150 classes) and `case/classes.txt`."""
+    from PIL import Image
+
+    labels, classes = case / "labels", case / "classes.txt"
+    if not (labels / "img.png").exists():
+        labels.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        blocks = rng.integers(0, NUM_CLASSES, (24, 36)).astype(np.uint8)
+        Image.fromarray(blocks).resize((width, height), Image.NEAREST).save(labels / "img.png")
+        classes.write_text("".join(f"class{i}\n" for i in range(NUM_CLASSES)))
+    return labels, classes
+
+
+def measure(case: Path, segmentor: list[str], vote: str, out: Path, extra: list[str]) -> dict:
     """Run `ssa run` once in a fresh process; its peak RSS (MiB), wall time and exit code."""
     command = [
         sys.executable, "-m", "ssa", "run", "--dataset", "folder",
         "--data-dir", str(case / "images"), "--out-dir", str(out), "--masks", str(case / "masks"),
-        "--segmentor", f"hf:{segformer}", "--vote", vote, "--device", "cpu", "--overwrite",
+        *segmentor, "--vote", vote, "--device", "cpu", "--overwrite", *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
@@ -113,7 +131,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mp", type=float, nargs="+", default=[1, 6, 24])
     parser.add_argument("--votes", nargs="+", default=["hard", "soft"])
-    parser.add_argument("--masks", type=int, default=8)
+    parser.add_argument("--masks", type=int, nargs="+", default=[8])
+    parser.add_argument("--branch", choices=["segformer", "labels"], default="segformer")
+    parser.add_argument("--save-branch", action="store_true")
+    parser.add_argument("--save-vis", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/ssa_benchmark_memory"))
     args = parser.parse_args()
     import ssa
@@ -123,21 +144,32 @@ def main() -> None:
             str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep)
         )
     work = args.work_dir
-    segformer = make_segformer(work / "segformer150")
+    extra = [flag for flag, on in (("--save-branch", args.save_branch),
+                                   ("--save-vis", args.save_vis)) if on]
+    segformer = make_segformer(work / "segformer150") if args.branch == "segformer" else None
     print(f"ssa from {Path(ssa.__file__).parent}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {args.masks} masks, {NUM_CLASSES} classes, crop {CROP}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; branch {args.branch}, "
+          f"{NUM_CLASSES} classes, crop {CROP}; {' '.join(extra) or 'no extra outputs'}")
     sizes = [(64, 48)] + [
         (round(math.sqrt(mp * 1e6 * 1.5)), round(math.sqrt(mp * 1e6 / 1.5))) for mp in args.mp
     ]
-    print("| image | MP | vote | peak RSS (MiB) | s | exit |")
-    print("|---|---|---|---|---|---|")
+    print("| image | MP | masks | vote | peak RSS (MiB) | s | exit |")
+    print("|---|---|---|---|---|---|---|")
     for width, height in sizes:
-        case = make_case(work / f"case_{width}x{height}_{args.masks}", width, height, args.masks)
-        for vote in args.votes:
-            row = measure(case, segformer, vote, work / f"out_{width}x{height}_{vote}")
-            status = "failed: " + " ".join(row["tail"]) if row["failed"] else row["exit"]
-            print(f"| {width}x{height} | {width * height / 1e6:.2f} | {vote} | "
-                  f"{row['peak_rss_mib']:.0f} | {row['seconds']} | {status} |", flush=True)
+        for num_masks in args.masks:
+            case = make_case(work / f"case_{width}x{height}_{num_masks}", width, height,
+                             num_masks)
+            if segformer is not None:
+                segmentor = ["--segmentor", f"hf:{segformer}"]
+            else:
+                labels, classes = make_labels(case, width, height)
+                segmentor = ["--segmentor", f"labels:{labels}", "--classes", str(classes)]
+            for vote in args.votes:
+                out = work / f"out_{width}x{height}_{num_masks}_{vote}"
+                row = measure(case, segmentor, vote, out, extra)
+                status = "failed: " + " ".join(row["tail"]) if row["failed"] else row["exit"]
+                print(f"| {width}x{height} | {width * height / 1e6:.2f} | {num_masks} | {vote} | "
+                      f"{row['peak_rss_mib']:.0f} | {row['seconds']} | {status} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, Field
 
-from ssa.errors import SSAError, first_line
+from ssa.errors import SSAError
 from ssa.precision import Precision
 
 C = TypeVar("C")
@@ -127,17 +127,18 @@ def field_names() -> list[str]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file: a mapping of RunConfig fields (dashes or underscores)."""
-    import yaml
+    """Read a config file: a mapping of RunConfig fields (dashes or underscores).
+
+    Read by `ssa.userfiles.read_user_yaml`: a file over its size cap, a YAML alias or a key given
+    twice is refused with one line naming the key."""
+    from ssa.userfiles import read_user_yaml
 
     path = Path(path)
     if not path.is_file():
         raise SSAError(f"--config {path} does not exist; pass a YAML file such as configs/ade20k.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = first_line(exc)
-        raise SSAError(f"--config {path} is not valid YAML ({first}); fix the file") from None
+    data = read_user_yaml(path, "--config")
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise SSAError(f"--config {path} must hold a mapping of option: value; fix the file")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}

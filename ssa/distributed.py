@@ -272,29 +272,103 @@ def check_world_size(device: str, workers: int) -> None:
 
 # Exit code of a worker that has printed its own one-line error (the launcher adds nothing).
 REPORTED_EXIT = 3
-_WATCH_S = 0.5  # how often a worker checks that its launcher is alive
+_WATCH_S = 0.05  # how often a worker checks that its launcher is alive
+LOGS_PREFIX = "ssa-elastic-"  # the launcher's temporary folder: ssa-elastic-<launcher pid>-<random>
 
 
-def _watch_parent(launcher_pid: int) -> None:
-    """End this worker (SIGKILL) soon after its launcher dies: a worker left alone would write
-    on unsupervised. A SIGKILLed launcher cannot stop its workers, so each watches it."""
+def _watch_parent(launcher_pid: int, logs_dir: str) -> None:
+    """End this worker (SIGKILL) within `_WATCH_S` of its launcher's death, removing the
+    launcher's temporary folder first: a worker left alone would write on unsupervised, and a
+    SIGKILLed launcher can neither stop its workers nor remove its folder."""
+    import shutil
     import threading
 
     def watch() -> None:
         while os.getppid() == launcher_pid:
             time.sleep(_WATCH_S)
+        shutil.rmtree(logs_dir, ignore_errors=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="ssa-parent-watch", daemon=True).start()
 
 
-def _worker_entry(launcher_pid: int, fn: Callable[..., int], args: tuple) -> int:
+def _worker_entry(launcher_pid: int, logs_dir: str, fn: Callable[..., int], args: tuple) -> int:
     """What torch's elastic agent runs in each worker (module level, so it pickles by name)."""
-    _watch_parent(launcher_pid)
+    # SIGINT (Ctrl-C reaches the whole process group; the agent forwards it) ends a worker at
+    # once, as SIGTERM does, instead of unwinding a KeyboardInterrupt through torch for a second
+    # or more: outputs are written atomically, so a worker loses only its in-flight image.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _watch_parent(launcher_pid, logs_dir)
     code = fn(*args)
     if code == REPORTED_EXIT:  # exit, not return: the agent then stops the other workers
         raise SystemExit(code)
     return code
+
+
+# A separate small process removes the launcher's folder when the launcher dies, whatever kills
+# it (SIGKILL included): the launcher cannot, and its workers die at once (torch sets their
+# parent-death signal) without running Python.
+_JANITOR = """
+import os, shutil, sys, time
+launcher, folder = int(sys.argv[1]), sys.argv[2]
+while os.getppid() == launcher:
+    time.sleep(0.05)
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def _start_janitor(folder: str) -> Any:
+    """The process that removes `folder` once this process is gone (own session: a Ctrl-C or a
+    kill of the launcher's process group does not reach it); None where it cannot start."""
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-S", "-c", _JANITOR, str(os.getpid()), folder],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:  # the next launch removes the folder (`remove_stale_logs`)
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_logs(tmp_dir: str | None = None) -> int:
+    """Remove the temporary folders (`ssa-elastic-<pid>-*`) of launchers that are gone (killed
+    with SIGKILL, their workers too), this user's only; returns how many."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    removed = 0
+    root = Path(tmp_dir or tempfile.gettempdir())
+    try:
+        entries = list(root.glob(LOGS_PREFIX + "*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry.name[len(LOGS_PREFIX):].split("-", 1)[0]
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not pid.isdigit() or info.st_uid != os.getuid() or entry.is_symlink():
+            continue
+        if not entry.is_dir() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def _describe(failure: Any) -> str:
@@ -332,7 +406,10 @@ def launch(
     place in the environment torchrun defines (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT), and torch supervises them: when one dies the others are stopped (each loses
     only its in-flight image; a rerun completes the set), and SIGTERM/SIGINT to the launcher
-    stops them all. A SIGKILLed launcher cannot, so each worker ends itself soon after.
+    stops them all. A SIGKILLed launcher cannot, so each worker ends itself at once (torch's
+    parent-death signal, else `_watch_parent`). The agent's temporary folder
+    (`ssa-elastic-<pid>-*`) is removed on every exit: by this function, by a janitor process
+    when this one is SIGKILLed, else by the next launch.
     Returns the command's exit code: rank 0's return value, 1 when a worker died (`log` says
     which), 128 + signal when the launcher was stopped by one.
     """
@@ -345,8 +422,11 @@ def launch(
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # The agent's per-run folder (workers' error files) goes when the run ends, not into /tmp
-    # for good as torchrun's does.
-    logs = tempfile.TemporaryDirectory(prefix="ssa-elastic-")
+    # for good as torchrun's does: on any exit of this process (finally below), with the
+    # workers when this process is SIGKILLed (`_watch_parent`), else at the next launch.
+    remove_stale_logs()
+    logs = tempfile.TemporaryDirectory(prefix=f"{LOGS_PREFIX}{os.getpid()}-")
+    janitor = _start_janitor(logs.name)
     config = LaunchConfig(
         logs_specs=DefaultLogsSpecs(log_dir=logs.name),
         min_nodes=1,
@@ -370,7 +450,7 @@ def launch(
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        returns = elastic_launch(config, _worker_entry)(os.getpid(), fn, args)
+        returns = elastic_launch(config, _worker_entry)(os.getpid(), logs.name, fn, args)
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items())
         unreported = [(rank, f) for rank, f in failures if f.exitcode != REPORTED_EXIT]
@@ -391,6 +471,9 @@ def launch(
         for logger, level in zip(loggers, saved_levels):
             logger.setLevel(level)
         logs.cleanup()
+        if janitor is not None:
+            janitor.kill()
+            janitor.wait()
         if saved_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     return int(returns.get(0) or 0)

@@ -116,94 +116,206 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _compressed_counts(counts: str, where: str) -> list[int]:
-    """The run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`, in Python).
+# Characters per count of a compressed RLE: 6 hold 30 bits (runs below 2^29 pixels), where
+# pycocotools' `rleFrString` still computes exactly (its shifts are 32-bit ints).
+_MAX_COUNT_CHARS = 6
 
-    Each count is 5-bit groups in characters 48..111, bit 0x20 meaning "more follows" and 0x10 of
-    the last group the sign; from the third count on, a count is stored as its difference from
-    the count two before it.
+
+def rle_runs(counts: str, where: str, fix: str = "fix the file") -> np.ndarray:
+    """`(n,) int64`: the run lengths of a compressed COCO RLE string, as pycocotools'
+    `rleFrString` decodes it, vectorised (a 30 MP mask's string in microseconds).
+
+    Each count is 5-bit groups in characters 48..111, bit 0x20 meaning "more follows" and 0x10
+    of the last group the sign; from the third count on, a count is stored as its difference
+    from the count two before it. A count longer than `_MAX_COUNT_CHARS` characters is refused.
     """
-    out: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            if p >= n:
-                raise SSAError(f"{where}: RLE counts string ends inside a number; fix the file")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise SSAError(f"{where}: RLE counts holds {counts[p]!r}, not a COCO RLE character")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
+    try:
+        codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        raise SSAError(f"{where}: RLE counts are not ASCII; {fix}") from None
+    if codes.size == 0:
+        return codes
+    bad = (codes < 0) | (codes >= 64)
+    if bad.any():
+        char = counts[int(np.argmax(bad))]
+        raise SSAError(f"{where}: RLE counts holds {char!r}, not a COCO RLE character; {fix}")
+    last = (codes & 0x20) == 0  # a count ends at this character
+    if not last[-1]:
+        raise SSAError(f"{where}: RLE counts string ends inside a number; {fix}")
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    group = np.cumsum(np.concatenate([[0], last[:-1]]))
+    position = np.arange(codes.size) - starts[group]
+    if int(position.max()) >= _MAX_COUNT_CHARS:
+        raise SSAError(f"{where}: RLE counts hold a run of 2^29 pixels or more; {fix}")
+    x = np.add.reduceat((codes & 0x1F) << (5 * position), starts)  # disjoint bits: a sum is OR
+    ends = np.flatnonzero(last)
+    negative = (codes[ends] & 0x10) != 0
+    x[negative] |= np.left_shift(np.int64(-1), 5 * (position[ends[negative]] + 1))
+    out = x.copy()
+    out[1::2] = np.cumsum(x[1::2])  # count i >= 3 adds count i - 2: cumulative sums by parity
+    out[2::2] = np.cumsum(x[2::2])
     return out
 
 
-def check_rle(rle: Any, where: str) -> None:
+def check_rle(rle: Any, where: str, fix: str | None = None) -> None:
     """Refuse a COCO RLE that would not decode into exactly its `size`: `size` must be two
     non-negative integers `[H, W]`, `counts` (a list of ints or a compressed str/bytes) must hold
     non-negative runs summing to H x W. pycocotools decodes a short RLE into uninitialised memory
     (a different mask on every run), so every RLE read from a user's file goes through here.
 
-    where: what names the RLE in the message, e.g. "masks file a.json: annotation 3".
+    where: what names the RLE in the message, e.g. "masks file a.json: annotation 3"; fix: the
+    message's advice (default: fix the file / pass masks encoded for this size).
     """
+    how = fix or "fix the file"
     if not isinstance(rle, dict):
-        raise SSAError(f"{where}: segmentation is {type(rle).__name__}, not a COCO RLE dict")
+        raise SSAError(f"{where}: segmentation is {type(rle).__name__}, not a COCO RLE dict; {how}")
     size = rle.get("size")
     if (
         not isinstance(size, (list, tuple)) or len(size) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
     ):
-        raise SSAError(f"{where}: RLE size {size!r} is not [height, width] as two integers >= 0")
+        raise SSAError(
+            f"{where}: RLE size {size!r} is not [height, width] as two integers >= 0; {how}"
+        )
     counts = rle.get("counts")
     if isinstance(counts, bytes):
         try:
             counts = counts.decode("ascii")
         except UnicodeDecodeError:
-            raise SSAError(f"{where}: RLE counts are not ASCII; fix the file") from None
+            raise SSAError(f"{where}: RLE counts are not ASCII; {how}") from None
     if isinstance(counts, str):
-        runs = _compressed_counts(counts, where)
+        runs = rle_runs(counts, where, how)
     elif isinstance(counts, list) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in counts
     ):
-        runs = counts
+        if any(abs(v) >= 1 << 62 for v in counts):
+            raise SSAError(f"{where}: RLE counts hold a run beyond 2^62 pixels; {how}")
+        runs = np.asarray(counts, dtype=np.int64)
     else:
-        raise SSAError(f"{where}: RLE counts must be a string or a list of integers")
-    if any(v < 0 for v in runs):
-        raise SSAError(f"{where}: RLE counts hold a negative run; fix the file")
-    total, pixels = sum(runs), size[0] * size[1]
+        raise SSAError(f"{where}: RLE counts must be a string or a list of integers; {how}")
+    if runs.size and int(runs.min()) < 0:
+        raise SSAError(f"{where}: RLE counts hold a negative run; {how}")
+    pixels = size[0] * size[1]
+    if pixels >= 1 << 32:  # pycocotools counts in 32 bits
+        raise SSAError(f"{where}: RLE size {size[0]}x{size[1]} is over 2^32 pixels; {how}")
+    # Runs of at most `pixels` < 2^32 each cannot overflow an int64 sum; others add in Python.
+    big = runs.size and int(runs.max()) > pixels
+    total = sum(runs.tolist()) if big else int(runs.sum())
     if total != pixels:
         raise SSAError(
             f"{where}: RLE counts cover {total} pixels but its size {size[0]}x{size[1]} has "
-            f"{pixels}; pass masks encoded for this size"
+            f"{pixels}; {fix or 'pass masks encoded for this size'}"
         )
+
+def canonical_rle(runs: np.ndarray, size: Sequence[int]) -> dict[str, Any]:
+    """The COCO RLE (`counts` str) that pycocotools' `encode` gives for the mask whose run
+    lengths (zeros first) are `runs`, without decoding it: zero-length runs inside are merged
+    away, so any valid RLE of a mask becomes that mask's one encoding (in O(runs))."""
+    from pycocotools import mask as mask_utils
+
+    runs = np.asarray(runs, dtype=np.int64)
+    values = np.arange(runs.size) % 2  # 0, 1, 0, ...: zeros first
+    keep = runs > 0
+    if runs.size:
+        keep[0] = True  # the leading zeros run stays, even when empty
+    runs, values = runs[keep], values[keep]
+    if runs.size:
+        starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+        runs, values = np.add.reduceat(runs, starts), values[starts]
+        if values[0] == 1:  # the mask starts with ones: an empty zeros run first
+            runs = np.concatenate([[0], runs])
+    height, width = int(size[0]), int(size[1])
+    rle = mask_utils.frPyObjects({"counts": runs.tolist(), "size": [height, width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+class RleStack:
+    """N masks of one `(H, W)` image kept as COCO RLE and decoded one at a time: memory grows
+    with the image's pixels, not with masks x pixels (a 30 MP photo's 192 masks are 5.8 GB as a
+    bool stack). Stands in for a `MaskResult.masks` tensor where a source reads masks as RLE
+    (`ssa.masks.JsonMasks`): `ssa.voting.vote` votes and paints mask by mask on it, and
+    iterating gives `(H, W) bool` numpy masks one at a time.
+
+    rles: COCO RLEs of `size` `[H, W]`, checked (`check_rle`); `to`/`cpu` return the stack
+    itself (it lives on the CPU); `numpy()` builds the whole `(N, H, W) bool` stack, for
+    callers that need it (the engine), at N x H x W bytes.
+    """
+
+    def __init__(self, rles: Sequence[dict[str, Any]], size: Sequence[int]) -> None:
+        self.rles = list(rles)
+        self.size = (int(size[0]), int(size[1]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.rles), *self.size)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def to(self, device: Any = None) -> RleStack:
+        return self
+
+    def cpu(self) -> RleStack:
+        return self
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return decode_rle(self.rles[index])
+
+    def __iter__(self) -> Any:
+        return (decode_rle(rle) for rle in self.rles)
+
+    def numpy(self) -> np.ndarray:
+        out = np.zeros((len(self.rles), *self.size), dtype=bool)
+        for k, rle in enumerate(self.rles):
+            out[k] = decode_rle(rle)
+        return out
+
+    def runs(self, index: int) -> np.ndarray:
+        """`(n,) int64` run lengths of mask `index`, zeros first, column-major."""
+        counts = self.rles[index]["counts"]
+        if isinstance(counts, bytes):
+            counts = counts.decode("ascii")
+        if isinstance(counts, str):
+            return rle_runs(counts, f"mask {index}")
+        return np.asarray(counts, dtype=np.int64)
+
+    def indices(self, index: int) -> np.ndarray:
+        """The pixels of mask `index` as indices into the column-major flattened image
+        (`x * H + y`, ascending; int32 below 2^31 pixels, else int64): mask area x 4 bytes."""
+        runs = self.runs(index)
+        ends = np.cumsum(runs)
+        starts, lengths = (ends - runs)[1::2], runs[1::2]  # the runs of ones
+        dtype = np.int32 if self.size[0] * self.size[1] < 1 << 31 else np.int64
+        total = int(lengths.sum())
+        offsets = (starts - (np.cumsum(lengths) - lengths)).astype(dtype)
+        return np.arange(total, dtype=dtype) + np.repeat(offsets, lengths)
+
 
 # Errors after which every later write fails too: the run stops with one line (a rerun resumes).
 _RUN_WIDE = {
     errno.ENOSPC: ("the disk is full", "free space"),
     errno.EDQUOT: ("the disk quota is used up", "free space"),
-    errno.EROFS: ("the file system is read-only", "pass an --out-dir you can write"),
+    errno.EROFS: ("the file system is read-only", "pass an {flag} you can write"),
 }
 
 
-def write_error(path: str | Path, exc: OSError) -> SSAError:
+def write_error(path: str | Path, exc: OSError, flag: str = "--out-dir") -> SSAError:
     """One line for a failed write of `path`: a FatalError when no later write can succeed
-    (full disk, quota, read-only file system), else an SSAError (that image's failure)."""
+    (full disk, quota, read-only file system), else an SSAError (that image's failure).
+    flag: the option that named the folder (`--out-dir` of a run, `--out` of an export). The
+    error keeps the OSError as `os_error`, for callers that word it their own way."""
     reason = exc.strerror or str(exc)
     if exc.errno in _RUN_WIDE:
         what, fix = _RUN_WIDE[exc.errno]
-        return FatalError(
-            f"cannot write {path}: {what} ({reason}); {fix}, then rerun the same command "
-            f"(finished images are kept)"
+        kept = " (finished images are kept)" if flag == "--out-dir" else ""
+        err: SSAError = FatalError(
+            f"cannot write {path}: {what} ({reason}); {fix.format(flag=flag)}, then rerun the "
+            f"same command{kept}"
         )
-    return SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+    else:
+        err = SSAError(f"cannot write {path} ({reason}); check the folder's permissions and space")
+    err.os_error = exc  # type: ignore[attr-defined]
+    return err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -301,7 +413,7 @@ def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
             probe.unlink(missing_ok=True)
         except OSError:
             pass
-        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc)}") from None
+        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc, flag)}") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:
@@ -322,8 +434,22 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data: Any, where: str | Path) -> str:
+    """`data` as strict JSON (`allow_nan=False`): NaN and infinity, which Python writes as bare
+    `NaN`/`Infinity` and strict readers (browsers, Go, Rust, jq) refuse, are one SSAError line
+    naming `where` instead of a file no one else can read."""
+    try:
+        return json.dumps(data, allow_nan=False)
+    except ValueError as exc:
+        raise SSAError(
+            f"cannot write {where} as JSON ({exc}): a value is NaN or infinity; the scores "
+            f"that reach it must be finite numbers"
+        ) from None
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
+    """`data` as strict JSON (see `json_text`), written atomically."""
+    atomic_write_bytes(path, json_text(data, path).encode("utf-8"))
 
 
 def _pil_bytes(image: Any, **save: Any) -> bytes:
@@ -357,32 +483,60 @@ def write_overlay(
     image: np.ndarray,
     label_map: np.ndarray,
     palette: np.ndarray,
-    masks: Sequence[np.ndarray] = (),
+    masks: Any = (),
     names: Sequence[str | None] = (),
     alpha: float = 0.5,
 ) -> None:
-    """A JPEG of the label map blended over the image, masks outlined and named at their centres."""
+    """A JPEG of the label map blended over the image, masks outlined and named at their centres.
+
+    masks: `(H, W) bool` masks, iterated once (a stack, or an `RleStack` decoding one at a
+    time). Memory grows with the image's pixels: the blend runs in bands of rows and each
+    mask's outline and centre are found with two copies of one mask, so N masks never make
+    N x H x W (a 30 MP photo's float32 blend alone was 360 MB, made three times over).
+    """
     from PIL import Image, ImageDraw
 
     colours = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
     colours[: len(palette)] = palette
-    valid = label_map != 255
-    blend = image.astype(np.float32)
-    blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[label_map[valid]]
-    out = blend.astype(np.uint8)
-    for mask in masks:
-        edge = mask & ~(
-            np.pad(mask, 1)[2:, 1:-1] & np.pad(mask, 1)[:-2, 1:-1]
-            & np.pad(mask, 1)[1:-1, 2:] & np.pad(mask, 1)[1:-1, :-2]
-        )
-        out[edge] = 255
+    out = np.empty_like(image, dtype=np.uint8)
+    height, width = label_map.shape
+    band = max(1, (1 << 20) // max(1, width))  # rows per band: about 12 MB of float32
+    for r0 in range(0, height, band):
+        rows = slice(r0, r0 + band)
+        labels = label_map[rows]
+        valid = (labels != 255) & (labels < len(colours))
+        blend = image[rows].astype(np.float32)
+        blend[valid] = (1 - alpha) * blend[valid] + alpha * colours[labels[valid]]
+        out[rows] = blend.astype(np.uint8)
+    centres = []
+    ys, xs = np.arange(height), np.arange(width)
+    for mask, name in zip(masks, [*names, *[None] * max(0, len(masks) - len(names))]):
+        mask = np.asarray(mask, dtype=bool)
+        # Work in the mask's own memory order (pycocotools decodes column-major): the 4-pixel
+        # neighbourhood is the same on the transpose, and a transposing copy costs more than
+        # the rest together.
+        flipped = not mask.flags.c_contiguous and mask.T.flags.c_contiguous
+        plane = mask.T if flipped else mask
+        inner = plane.copy()  # pixels whose 4 neighbours are all in the mask (outside: not)
+        inner[1:] &= plane[:-1]
+        inner[:-1] &= plane[1:]
+        inner[:, 1:] &= plane[:, :-1]
+        inner[:, :-1] &= plane[:, 1:]
+        inner[0] = inner[-1] = False
+        inner[:, 0] = inner[:, -1] = False
+        np.logical_and(plane, ~inner, out=inner)
+        first, second = np.nonzero(inner)  # the outline: few pixels
+        out[(second, first) if flipped else (first, second)] = 255
+        area = int(np.count_nonzero(plane))
+        if name is not None and area:
+            # The mean pixel position, from row and column counts (no index arrays).
+            per_row = plane.sum(axis=0 if flipped else 1)
+            per_col = plane.sum(axis=1 if flipped else 0)
+            centres.append((float(per_col @ xs) / area, float(per_row @ ys) / area, name))
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
-    for mask, name in zip(masks, names):
-        if name is None or not mask.any():
-            continue
-        ys, xs = np.nonzero(mask)
-        draw.text((float(xs.mean()), float(ys.mean())), name, fill=(255, 255, 255), anchor="mm")
+    for x, y, name in centres:
+        draw.text((x, y), name, fill=(255, 255, 255), anchor="mm")
     atomic_write_bytes(path, _pil_bytes(pil, format="JPEG", quality=90))
 
 

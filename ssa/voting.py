@@ -25,11 +25,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from ssa.config import VOTE_POLICIES as POLICIES
+
+if TYPE_CHECKING:
+    from ssa.io import RleStack
 
 NO_CLASS = -1
 _BRANCH = -2
@@ -471,16 +474,25 @@ def vote(
 ) -> VoteResult:
     """Vote on one image with a policy (see the module docstring).
 
-    masks: `(N, H, W) bool`; labels: `(H, W)` the branch's class indices (any integer dtype);
+    masks: `(N, H, W) bool`, or an `ssa.io.RleStack` (hard voting then runs mask by mask on
+    the CPU, memory by pixels: `_vote_rle`; soft voting decodes it whole);
+    labels: `(H, W)` the branch's class indices (any integer dtype);
     scores: the branch's `(C, H, W)` scores or a `ScoreBands` (e.g. the `BranchOutput`),
     needed by `policy="soft"`; min_vote_share in [0, 1], 0 = off.
     """
     from ssa.errors import SSAError
+    from ssa.io import RleStack
 
     if policy not in POLICIES:
         raise SSAError(f"unknown voting policy {policy!r}; choose one of: {', '.join(POLICIES)}")
     if not 0.0 <= min_vote_share <= 1.0:
         raise SSAError(f"--min-vote-share {min_vote_share} must lie in [0, 1]")
+    if isinstance(masks, RleStack):
+        if policy == "hard":
+            return _vote_rle(masks, labels, num_classes, top_k, areas, min_vote_share)
+        # Soft votes sum probabilities band by band of rows, which RLE (column-major) cannot
+        # give mask by mask: these masks are decoded whole (N x H x W bytes).
+        masks = torch.from_numpy(masks.numpy()).to(labels.device)
     if policy == "soft":
         if scores is None:
             raise SSAError(
@@ -500,4 +512,54 @@ def vote(
         classes = torch.where(trusted, classes, torch.full_like(classes, NO_CLASS))
     keep = None if trusted is None else ~trusted
     label_map = paint(masks, classes, labels, areas, keep_branch=keep)
+    return VoteResult(classes, counts, proposals, shares, label_map, trusted)
+
+
+def _vote_rle(
+    masks: RleStack,
+    labels: torch.Tensor,
+    num_classes: int,
+    top_k: int,
+    areas: torch.Tensor | None,
+    min_vote_share: float,
+) -> VoteResult:
+    """Hard voting (`vote`, the same result) on masks kept as RLE, one mask at a time: each
+    mask's pixels as column-major indices (`RleStack.indices`, area x 4 bytes), their branch
+    labels counted (`np.bincount`), then painted largest first into one column-major copy of
+    the labels. Memory: the labels twice and one mask's indices, whatever N; time grows with
+    the masks' summed area."""
+    import numpy as np
+
+    num_masks = len(masks)
+    base = labels.cpu()
+    labels_t = np.ascontiguousarray(base.numpy().T).reshape(-1)  # RLE's pixel order
+    counts_np = np.zeros((num_masks, num_classes), dtype=np.float32)
+    for k in range(num_masks):
+        votes = labels_t[masks.indices(k)]
+        if votes.dtype.kind == "i":
+            votes = votes[votes >= 0]
+        found = np.bincount(votes, minlength=num_classes)[:num_classes]
+        counts_np[k] = found
+    counts = torch.from_numpy(counts_np)
+    classes, proposals, shares = rank_votes(counts, top_k)
+    trusted = None
+    if min_vote_share > 0:
+        trusted = (shares[:, 0] >= min_vote_share) | (classes < 0)
+        classes = torch.where(trusted, classes, torch.full_like(classes, NO_CLASS))
+    dtype = _map_dtype(base, classes)
+    out_t = labels_t.astype(torch.empty(0, dtype=dtype).numpy().dtype)
+    if num_masks:
+        if areas is None:
+            areas = torch.tensor([int(masks.runs(k)[1::2].sum()) for k in range(num_masks)])
+        order = torch.sort(areas.cpu(), descending=True, stable=True).indices.tolist()
+        cls = classes.tolist()
+        keep = [False] * num_masks if trusted is None else (~trusted).tolist()
+        for k in order:  # largest first: a later (smaller) mask wins
+            if keep[k]:  # an untrusted mask paints the branch's own labels over larger ones
+                index = masks.indices(k)
+                out_t[index] = labels_t[index]
+            elif cls[k] >= 0:
+                out_t[masks.indices(k)] = cls[k]
+    height, width = masks.size
+    label_map = torch.from_numpy(np.ascontiguousarray(out_t.reshape(width, height).T))
     return VoteResult(classes, counts, proposals, shares, label_map, trusted)

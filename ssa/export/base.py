@@ -37,6 +37,7 @@ import numpy as np
 
 from ssa import io
 from ssa.errors import SSAError
+from ssa.export.validate import CheckedDocument, read_document
 from ssa.words import plural
 
 JSON_SUFFIX = "_semantic.json"
@@ -128,6 +129,24 @@ class RunImage:
             return np.zeros((0, self.height, self.width), dtype=bool)
         return np.stack([io.decode_rle(a["segmentation"]) for a in self.annotations])
 
+    def areas(self) -> np.ndarray:
+        """`(N,) int64`: each annotation's `area`, or its RLE's pixel count where it has none
+        (the order masks are painted in, largest first)."""
+        from pycocotools import mask as mask_utils
+
+        out = []
+        for a in self.annotations:
+            if a.get("area") is not None:
+                out.append(int(a["area"]))
+            else:
+                rle = dict(a["segmentation"])
+                if isinstance(rle["counts"], list):
+                    rle = mask_utils.frPyObjects(rle, *rle["size"])
+                else:
+                    rle["counts"] = rle["counts"].encode("ascii")
+                out.append(int(mask_utils.area(rle)))
+        return np.asarray(out, dtype=np.int64)
+
     def label_map(self) -> np.ndarray:
         """`(H, W) int64` class indices, `io.no_label_value(C)` = no label: the run's
         `<stem>_semantic.png`, else (engine runs) the masks painted largest first with their
@@ -147,7 +166,7 @@ class RunImage:
         base = torch.full((self.height, self.width), io.no_label_value(self.num_classes))
         if not self.annotations:
             return base.numpy().astype(np.int64)
-        areas = torch.tensor([int(a.get("area", 0)) for a in self.annotations])
+        areas = torch.from_numpy(self.areas())
         return paint(torch.from_numpy(self.masks()), torch.from_numpy(self.class_ids), base,
                      areas=areas).numpy().astype(np.int64)
 
@@ -175,14 +194,11 @@ def _item(index: int, pred_dir: Path, rel: Path, root: Path | None) -> RunItem:
                    None if root is None else root / rel)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise SSAError(f"cannot read {path} ({exc}); rerun `ssa run` on that image") from None
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise SSAError(f"{path} has no 'annotations' list; it is not an `ssa run` output")
-    return data
+def read_json(path: Path) -> CheckedDocument:
+    """One of the run's JSONs, every field checked before any of it is used
+    (`ssa.export.validate.read_document`: one SSAError line naming the file, the annotation
+    and the fix)."""
+    return read_document(path)
 
 
 def resolve_classes(cfg: ExportConfig, items: list[RunItem]) -> list[str]:
@@ -194,13 +210,13 @@ def resolve_classes(cfg: ExportConfig, items: list[RunItem]) -> list[str]:
     if cfg.classes is not None:
         names = load_class_names(Path(cfg.classes))
     else:
-        first = read_json(items[0].json).get("class_names")
+        first = read_json(items[0].json).class_names
         if isinstance(first, list) and first and all(isinstance(n, str) for n in first):
             names = list(first)
         else:  # an engine run: free-form names, one pass over the JSONs (names only kept)
             seen: set[str] = set()
             for item in items:
-                seen.update(a["class_name"] for a in read_json(item.json)["annotations"]
+                seen.update(a["class_name"] for a in read_json(item.json).annotations
                             if isinstance(a.get("class_name"), str))
             names = sorted(seen)
     if not names:
@@ -342,6 +358,8 @@ def check_out(cfg: ExportConfig) -> None:
                 f"--out {given} is inside {flag} {path}; write the export to a path outside "
                 f"the run and the dataset"
             )
+    # A read-only folder or a full disk is one line before any file is read.
+    io.check_writable(out.parent, "--out")
     if os.path.lexists(out):
         if not cfg.overwrite:
             raise SSAError(
@@ -397,8 +415,8 @@ def mark_owned(plan: ExportPlan, staged: Path) -> None:
 def read_run_image(plan: ExportPlan, item: RunItem) -> RunImage:
     """One image's JSON, its class names mapped to class indices (a name outside the class
     list is refused, naming the file)."""
-    data = read_json(item.json)
-    if "class_names" in data and plan.cfg.classes is None and data["class_names"] != \
+    doc = read_json(item.json)
+    if doc.class_names is not None and plan.cfg.classes is None and doc.class_names != \
             plan.class_names:
         raise SSAError(
             f"{item.json} has other class_names than the run's first image; export one run "
@@ -406,20 +424,15 @@ def read_run_image(plan: ExportPlan, item: RunItem) -> RunImage:
         )
     index = {name: i for i, name in enumerate(plan.class_names)}
     ids = []
-    for ann in data["annotations"]:
+    for k, ann in enumerate(doc.annotations):
         name = ann.get("class_name")
         if name is not None and name not in index:
             raise SSAError(
-                f"{item.json}: class {name!r} is not in the class list; add it to --classes"
+                f"{item.json}: annotation {k}: class {name!r} is not in the class list; add it "
+                f"to --classes"
             )
         ids.append(-1 if name is None else index[name])
-    size = data.get("image") or {}
-    height, width = size.get("height"), size.get("width")
-    if height is None or width is None:
-        if not data["annotations"]:
-            raise SSAError(f"{item.json} has no image size and no masks; rerun that image")
-        height, width = data["annotations"][0]["segmentation"]["size"]
-    return RunImage(item, int(height), int(width), data["annotations"],
+    return RunImage(item, doc.height, doc.width, doc.annotations,
                     np.asarray(ids, dtype=np.int64), plan.num_classes)
 
 
@@ -438,7 +451,8 @@ def part_path(staging: Path, index: int) -> Path:
 
 def write_part(staging: Path, index: int, records: list[Any]) -> None:
     """One image's part: one JSON document per line, written atomically."""
-    io.write_text(part_path(staging, index), "".join(json.dumps(r) + "\n" for r in records))
+    path = part_path(staging, index)
+    io.write_text(path, "".join(io.json_text(r, path) + "\n" for r in records))
 
 
 def read_part(staging: Path, index: int) -> Iterator[Any]:
@@ -449,7 +463,8 @@ def read_part(staging: Path, index: int) -> Iterator[Any]:
 
 def _write_items(f: Any, items: Any) -> None:
     """The items of a JSON array, one per line, one in memory at a time (no brackets)."""
-    f.writelines((",\n" if n else "\n") + json.dumps(item) for n, item in enumerate(items))
+    name = getattr(f, "name", "the export")
+    f.writelines((",\n" if n else "\n") + io.json_text(item, name) for n, item in enumerate(items))
 
 
 def write_json_stream(
@@ -469,7 +484,7 @@ def write_json_stream(
             f.write("{")
             first = True
             for key, value in head.items():
-                f.write(("" if first else ", ") + json.dumps(key) + ": " + json.dumps(value))
+                f.write(("" if first else ", ") + json.dumps(key) + ": " + io.json_text(value, path))
                 first = False
             for key, items in arrays.items():
                 f.write(("" if first else ", ") + json.dumps(key) + ": [")

@@ -102,7 +102,7 @@ def segments(image: RunImage, things: np.ndarray) -> tuple[np.ndarray, list[dict
     n = len(classes)
     if n:
         order_ids = torch.where(torch.from_numpy(classes) >= 0, torch.arange(n), -1)
-        areas = torch.tensor([int(a.get("area", 0)) for a in image.annotations])
+        areas = torch.from_numpy(image.areas())
         top = paint(torch.from_numpy(image.masks()), order_ids,
                     torch.full(label.shape, -1), areas=areas).numpy()
     else:

@@ -73,7 +73,7 @@ def write_parquet(ds: Any, path: Path, plan: ExportPlan) -> None:
 
     table = ds.data.table
     metadata = dict(table.schema.metadata or {})
-    metadata[OWNER_KEY.encode()] = json.dumps(owner_record(plan)).encode()
+    metadata[OWNER_KEY.encode()] = json.dumps(owner_record(plan), allow_nan=False).encode()
     schema = table.schema.with_metadata(metadata)
     with pq.ParquetWriter(str(path), schema) as writer:
         for batch in table.to_batches(max_chunksize=100):
@@ -98,6 +98,7 @@ class HfDataset(Exporter):
         import uuid
 
         from datasets import Dataset
+        from datasets.exceptions import DatasetGenerationError
         from datasets.utils import logging as ds_logging
 
         bars = ds_logging.is_progress_bar_enabled()
@@ -105,10 +106,19 @@ class HfDataset(Exporter):
         try:
             # A fresh cache in the staging folder; the fingerprint is given because the
             # callbacks in gen_kwargs need not pickle (datasets hashes what it is not given).
-            ds = Dataset.from_generator(
-                rows, features=features(plan.class_names), cache_dir=str(staging / "cache"),
-                gen_kwargs={"plan": plan, "on_image": on_image}, fingerprint=uuid.uuid4().hex,
-            )
+            try:
+                ds = Dataset.from_generator(
+                    rows, features=features(plan.class_names), cache_dir=str(staging / "cache"),
+                    gen_kwargs={"plan": plan, "on_image": on_image},
+                    fingerprint=uuid.uuid4().hex,
+                )
+            except DatasetGenerationError as exc:
+                # datasets wraps what `rows` raised (a refused file, a failed write): unwrap it,
+                # so it is the one line it was, not datasets' traceback.
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, (SSAError, OSError)):
+                    raise cause from None
+                raise
             if Path(plan.cfg.out).suffix == ".parquet":
                 path = staging / "data.parquet"
                 write_parquet(ds, path, plan)

@@ -88,8 +88,8 @@ def task(plan: ExportPlan, image: RunImage) -> dict:
     root = plan.cfg.image_root_url if plan.cfg.image_root_url is not None else DEFAULT_ROOT_URL
     url = root + quote(image.item.rel.as_posix(), safe="/")
     masks = image.masks()
-    order = sorted(range(len(image.annotations)),
-                   key=lambda k: -int(image.annotations[k].get("area", masks[k].sum())))
+    areas = image.areas()
+    order = sorted(range(len(image.annotations)), key=lambda k: -int(areas[k]))
     results, scores = [], []
     for k in order:
         cls = int(image.class_ids[k])

@@ -4,6 +4,7 @@ assemble the result and move it into place (see `ssa.export.base` for atomicity)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -44,6 +45,31 @@ class ExportSummary:
     num_images: int = 0
     skipped: list[str] = field(default_factory=list)  # failed/missing images (--allow-missing)
     seconds: float = 0.0
+
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free space"),
+    errno.EDQUOT: ("the disk quota is used up", "free space"),
+    errno.EROFS: ("the file system is read-only", "pass an --out you can write"),
+    errno.EACCES: ("permission denied", "pass an --out you can write"),
+    errno.EPERM: ("permission denied", "pass an --out you can write"),
+}
+
+
+def write_failure(out: Path, exc: OSError) -> SSAError:
+    """One line for an export that could not be written (a full disk, a read-only folder...):
+    nothing is left at `--out` (the result is moved there only when whole)."""
+    where = exc.filename or out
+    if exc.errno not in _WRITE_ERRORS:  # e.g. an input that went away during the export
+        return SSAError(
+            f"cannot export to --out {out}: {exc.strerror or exc} ({where}); check that path, "
+            f"then rerun the same command (nothing was written to --out)"
+        )
+    what, fix = _WRITE_ERRORS[exc.errno]
+    return SSAError(
+        f"cannot write the export to --out {out}: {what} ({where}); {fix}, then rerun the same "
+        f"command (nothing was written to --out)"
+    )
 
 
 def get_exporter(name: str) -> Exporter:
@@ -127,9 +153,12 @@ def _export(
         if info.is_main:
             mark_owned(plan, staged)
             commit(staged, out)
-    except BaseException:
+    except BaseException as exc:
         if not info.distributed:
             shutil.rmtree(staging, ignore_errors=True)
+        failed = exc if isinstance(exc, OSError) else getattr(exc, "os_error", None)
+        if isinstance(failed, OSError):
+            raise write_failure(out, failed) from None
         raise
     if info.is_main:
         shutil.rmtree(staging, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ssa.errors import SSAError
-from ssa.masks.base import MaskResult, result_from_records
+from ssa.masks.base import MaskResult
 
 
 def read_sa1b_json(path: str | Path) -> list[dict[str, Any]]:
@@ -43,10 +43,13 @@ class JsonMasks:
     """Masks read from SA-1B-style JSON files instead of running a model (`--masks json:DIR`).
 
     `generate(image, path=rel)` reads the image's file and returns its annotations: every field
-    of the file kept, `segmentation` as COCO RLE (re-encoded, `counts` str), `area` (pixel
-    count) and `bbox` (`XYWH`) computed when the file lacks them; masks as a CPU stack.
-    The masks are at the size the file was made for (`masks_at_original_size`: under
-    `--max-pixels` the labeller reads them for the original image and resizes them).
+    of the file kept, `segmentation` as COCO RLE (`counts` str, in pycocotools' one encoding of
+    the mask: `ssa.io.canonical_rle`), `area` (pixel count) and `bbox` (`XYWH`, pycocotools'
+    `toBbox`, as `ssa.masks.base.mask_bbox`) computed when the file lacks them. The masks are
+    an `ssa.io.RleStack`: never decoded all at once, so memory grows with the image's pixels,
+    not with masks x pixels. They are at the size the file was made for
+    (`masks_at_original_size`: under `--max-pixels` the labeller reads them for the original
+    image and resizes them).
     """
 
     masks_at_original_size = True
@@ -57,23 +60,35 @@ class JsonMasks:
             raise SSAError(f"--masks {folder} is not a folder; pass the folder of <stem>.json files")
 
     def generate(self, image: np.ndarray, *, path: Path | None = None) -> MaskResult:
+        from pycocotools import mask as mask_utils
+
         from ssa.companions import find_companion
-        from ssa.io import check_rle
+        from ssa.io import RleStack, canonical_rle, check_rle, rle_runs
 
         file = find_companion(self.folder, path, (".json",), "mask file")
         height, width = image.shape[:2]
         annotations = read_sa1b_json(file)
+        records = []
         for i, ann in enumerate(annotations):
-            check_rle(ann["segmentation"], f"masks file {file}: annotation {i}")
-            size = [int(v) for v in ann["segmentation"]["size"]]
+            where = f"masks file {file}: annotation {i}"
+            seg = ann["segmentation"]
+            check_rle(seg, where)
+            size = [int(v) for v in seg["size"]]
             if size != [height, width]:
                 raise SSAError(
-                    f"masks file {file}: annotation {i} is {size[0]}x{size[1]} but the image is "
+                    f"{where} is {size[0]}x{size[1]} but the image is "
                     f"{height}x{width}; pass masks made for this image at its full resolution"
                 )
-        try:
-            return result_from_records(annotations, (height, width))
-        except SSAError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise SSAError(f"masks file {file}: an annotation has a bad RLE ({exc})") from None
+            counts = seg["counts"]
+            if isinstance(counts, bytes):
+                counts = counts.decode("ascii")
+            runs = rle_runs(counts, where) if isinstance(counts, str) else np.asarray(counts)
+            rle = canonical_rle(runs, size)
+            record = {**ann, "segmentation": rle}
+            if "area" not in record:
+                record["area"] = int(runs[1::2].sum())
+            if "bbox" not in record:
+                coded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+                record["bbox"] = [int(v) for v in mask_utils.toBbox(coded)]
+            records.append(record)
+        return MaskResult(records, RleStack([r["segmentation"] for r in records], (height, width)))

@@ -347,6 +347,35 @@ def load_sam(
 AMG_IMPLS = ("fast", "stock")
 
 
+def check_sam_shape(
+    size: tuple[int, int], target: int, crop_n_layers: int = 0, crop_overlap_ratio: float = 0.0
+) -> None:
+    """Refuse (one SSAError line, that image fails) an image SAM cannot take: SAM resizes the
+    image, and each crop of its crop layers, to `target` pixels on the long side, and a side
+    that rounds to 0 pixels there (an aspect ratio beyond about 2 x target : 1, such as a
+    1x20000 strip) fails inside segment-anything's resize."""
+    from segment_anything.utils.amg import generate_crop_boxes
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    height, width = size
+    boxes, _ = generate_crop_boxes((height, width), crop_n_layers, crop_overlap_ratio)
+    for x0, y0, x1, y1 in boxes:
+        if x1 <= x0 or y1 <= y0:
+            raise SSAError(
+                f"image of {width}x{height} pixels is too small for --amg crop_n_layers "
+                f"{crop_n_layers} (one of its crops is empty); leave crop_n_layers out for it"
+            )
+        h, w = ResizeLongestSide.get_preprocess_shape(y1 - y0, x1 - x0, target)
+        if h < 1 or w < 1:
+            where = "" if (x0, y0, x1, y1) == (0, 0, width, height) else (
+                f" (its {x1 - x0}x{y1 - y0} crop of --amg crop_n_layers)")
+            raise SSAError(
+                f"image of {width}x{height} pixels is too elongated for SAM{where}: its short "
+                f"side becomes 0 pixels at SAM's {target}-pixel input (at most about "
+                f"{2 * target}:1); crop or pad the image, or give its masks with --masks json:"
+            )
+
+
 class SamMaskSource:
     """SAM's automatic mask generator as a `MaskSource`: `generate(image) -> MaskResult`.
 
@@ -391,6 +420,8 @@ class SamMaskSource:
 
         from ssa.masks.base import result_from_records
 
+        check_sam_shape(image.shape[:2], self.generator.predictor.model.image_encoder.img_size,
+                        self.generator.crop_n_layers, self.generator.crop_overlap_ratio)
         with torch.inference_mode():
             if self.impl == "fast":
                 out = self.generator.generate_masks(image)
@@ -424,6 +455,7 @@ class SamPromptSource:
         """Run the image encoder once on `image` (`HWC uint8 RGB`)."""
         import torch
 
+        check_sam_shape(image.shape[:2], self.predictor.model.image_encoder.img_size)
         with torch.inference_mode(), self._autocast():
             self.predictor.set_image(image, image_format="RGB")
 

@@ -189,7 +189,7 @@ class Labeller:
         annotations = annotations_from(out["records"], out["rles"], out["votes"], self.class_names)
         if self.save_vis:
             io.write_overlay(
-                paths["vis"], image, label_map, self.palette, out["masks"].cpu().numpy(),
+                paths["vis"], image, label_map, self.palette, _planes(out["masks"]),
                 [a["class_name"] for a in annotations],
             )
         else:
@@ -200,6 +200,12 @@ class Labeller:
                               original_size=out.get("original_size")),
         )
         return len(annotations)
+
+
+def _planes(masks: Any) -> Any:
+    """Masks to use one at a time: an `io.RleStack` as it is (each decoded when reached, so
+    N x H x W is never held), a tensor stack as numpy."""
+    return masks if isinstance(masks, io.RleStack) else masks.cpu().numpy()
 
 
 def _is_allocation_failure(exc: RuntimeError) -> bool:
@@ -241,7 +247,7 @@ def _resize_result(result: Any, size: tuple[int, int]) -> Any:
     from ssa.masks.base import result_from_records
 
     records = []
-    for record, mask in zip(result.records, result.masks.cpu().numpy()):
+    for record, mask in zip(result.records, _planes(result.masks)):
         small = Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize(
             (size[1], size[0]), Image.NEAREST
         )

@@ -104,7 +104,13 @@ def annotations_from(
     result: VoteResult,
     names: list[str],
 ) -> list[dict[str, Any]]:
-    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`."""
+    """SAM records with COCO RLE `segmentation`, plus `class_name` and `class_proposals`.
+
+    An empty mask's scores that are 0/0 (SAM's `stability_score` with no pixel at either
+    threshold, kept when `stability_score_thresh` is 0) are written as null: JSON has no NaN,
+    and any other NaN or infinity fails the image when its JSON is written (`io.json_text`)."""
+    import math
+
     from ssa.voting import NO_CLASS
 
     classes = result.classes.tolist()
@@ -112,6 +118,9 @@ def annotations_from(
     out = []
     for record, rle, cls, props in zip(records, rles, classes, proposals):
         ann = {k: jsonable(v) for k, v in record.items() if k != "segmentation"}
+        if ann.get("area") == 0:
+            ann = {k: None if isinstance(v, float) and math.isnan(v) else v
+                   for k, v in ann.items()}
         ann["segmentation"] = rle
         ann["class_name"] = names[cls] if cls != NO_CLASS else None
         ann["class_proposals"] = [names[p] for p in props if p != NO_CLASS]
@@ -181,7 +190,7 @@ def record_failure(out_dir: Path, result: ImageResult) -> None:
     import errno
     import os
 
-    line = (json.dumps(failure_record(result)) + "\n").encode()
+    line = (json.dumps(failure_record(result), allow_nan=False) + "\n").encode()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(out_dir / FAILURES_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -219,4 +228,4 @@ def write_failures(out_dir: Path, failed: list[ImageResult]) -> None:
         path.unlink(missing_ok=True)
         return
     records = [failure_record(r) for r in sorted(failed, key=lambda r: r.rel.as_posix())]
-    io.write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # one line on OSError
+    io.write_text(path, "".join(io.json_text(r, path) + "\n" for r in records))  # one line on OSError

@@ -213,6 +213,7 @@ class BranchOutput:
                     f"scores with h, w >= 1"
                 )
             scores = tensor if tensor.dtype == torch.float32 else tensor.float()
+            _check_finite(scores, "scores")
             labels = torch.empty(size, dtype=dtype, device=tensor.device)
             out = cls(scores=scores, labels=labels, kind=kind, threshold=threshold)
             none = no_label_value(num_classes)
@@ -231,11 +232,17 @@ class BranchOutput:
                     f"segmentor returned a {tuple(tensor.shape)} label map for a {size} image; "
                     f"return labels at the image's full resolution (or (C, h, w) scores)"
                 )
+            if tensor.is_floating_point():
+                _check_finite(tensor, "labels")
             if tensor.is_floating_point() or tensor.dtype == torch.bool:
                 tensor = tensor.long()
-            valid = (tensor >= 0) & (tensor < num_classes)
             none = no_label_value(num_classes)
-            labels = torch.where(valid, tensor, torch.full_like(tensor, none)).to(dtype)
+            labels = torch.empty(size, dtype=dtype, device=tensor.device)
+            step = max(1, _BAND_ELEMENTS // max(1, size[1]))
+            for r0 in range(0, size[0], step):  # bands: no int64 copy of a whole map
+                band = tensor[r0 : r0 + step].long()  # `none` fits any band dtype then
+                valid = (band >= 0) & (band < num_classes)
+                labels[r0 : r0 + step] = torch.where(valid, band, none).to(dtype)
             return cls(scores=None, labels=labels, kind=kind)
         raise SSAError(
             f"segmentor returned an array of shape {tuple(tensor.shape)}; "
@@ -301,6 +308,18 @@ class BranchOutput:
         """The whole `(C, H, W) float32` probability map: C x H x W floats, for small images
         and tests only (voting uses `probability_bands`)."""
         return torch.cat([band for _, _, band in self.probability_bands()], dim=1)
+
+
+def _check_finite(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinity from a segmentor (that image fails, the run goes on): argmax
+    would turn NaN into a class silently, and the scores would reach the JSON."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        count, total = int(bad.sum()), values.numel()
+        raise SSAError(
+            f"segmentor returned {count} NaN or infinite {what} of {total}; this image is not "
+            f"labelled: check the model on it (under --precision bf16/fp16, try fp32)"
+        )
 
 
 def _claimed(band: torch.Tensor, threshold: float) -> torch.Tensor:

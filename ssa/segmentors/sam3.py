@@ -56,16 +56,10 @@ def read_prompts_file(path: str | Path, classes: Sequence[str]) -> dict[str, lis
 
     Every key must be one of `classes`; every phrase a non-empty string.
     """
-    import yaml
+    from ssa.userfiles import read_user_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())  # YAML reads JSON too
-    except (OSError, yaml.YAMLError) as exc:
-        first = first_line(exc)
-        raise SSAError(
-            f"--prompts {path}: cannot read it ({first}); pass a YAML/JSON mapping"
-        ) from None
+    data = read_user_yaml(path, "--prompts")  # YAML reads JSON too; aliases, twice-given keys refused
     if not isinstance(data, dict) or not data:
         raise SSAError(f"--prompts {path} must map class names to a phrase or a list of phrases")
     known = set(classes)

@@ -185,13 +185,10 @@ def read_label_map_file(path: str | Path, classes: Sequence[str]) -> dict[int, i
 
     Ids absent from the mapping become "no label".
     """
-    import yaml
+    from ssa.userfiles import read_user_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML reads JSON too
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SSAError(f"--label-map {path}: cannot read it ({exc}); pass a JSON/YAML mapping") from None
+    data = read_user_yaml(path, "--label-map")  # YAML reads JSON too; aliases, repeats refused
     if not isinstance(data, dict) or not data:
         raise SSAError(f"--label-map {path} must map stored ids to class indices or names")
     index = {name: i for i, name in enumerate(classes)}

@@ -205,7 +205,8 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
     """`ssa run`'s pipeline (`ssa.run.runner.label_dataset`) on a folder holding links to the images."""
     import ssa.run.prefetch
-    from ssa import io, labeller, runner
+    from ssa import io
+    from ssa.run import labeller, runner
     from ssa.config import RunConfig
     from ssa.masks import sam as masks
 

@@ -107,9 +107,10 @@ def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
 
 def load_hf_mask_source(name: str, device: str = "cpu",
                         settings: dict[str, Any] | None = None,
-                        precision: str = "fp32", decoder: str = "fast") -> HFMaskSource:
+                        precision: str = "fp32", decoder: str = "fast",
+                        compile: bool = False) -> HFMaskSource:
     """The `hf:` mask source for a hub id or a local `save_pretrained` folder (model and image
-    processor); decoder: `HFMaskSource`'s. Offline (`HF_HUB_OFFLINE=1`) only folders and the local cache are read; weights
+    processor); decoder, compile: `HFMaskSource`'s. Offline (`HF_HUB_OFFLINE=1`) only folders and the local cache are read; weights
     load as transformers loads them (safetensors, or `weights_only` torch files)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForMaskGeneration
 
@@ -136,7 +137,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
             f"image processor (save_pretrained both)"
         ) from None
     return HFMaskSource(model, processor, model_type, device=device, settings=settings,
-                        name=name, precision=precision, decoder=decoder)
+                        name=name, precision=precision, decoder=decoder, compile=compile)
 
 
 class _Encoded:
@@ -167,15 +168,17 @@ class HFMaskSource:
     side shared by all prompts; exact: transformers' arithmetic bit for bit; fast: reordered
     products, equal up to float rounding), or `"stock"` (the transformers model called per
     batch, as the pipeline does). Clicks and boxes (`predict`) always decode exactly.
+    compile: `torch.compile` the vision encoder and the shared-image decoders' per-batch work
+    (refused with one line where the device cannot compile, `ssa.precision`).
     """
 
     def __init__(self, model: Any, processor: Any, model_type: str, device: str = "cpu",
                  settings: dict[str, Any] | None = None, name: str = "",
-                 precision: str = "fp32", decoder: str = "fast") -> None:
+                 precision: str = "fp32", decoder: str = "fast", compile: bool = False) -> None:
         from ssa.masks.hf_decoder import MODES, SharedImageDecoder
         from ssa.precision import check_device
 
-        check_device(precision, False, device)
+        check_device(precision, compile, device)
         if decoder not in (*MODES, "stock"):
             raise SSAError(f"decoder {decoder!r}: pass one of {', '.join((*MODES, 'stock'))}")
         self.decoder = decoder
@@ -202,6 +205,12 @@ class HFMaskSource:
             self.encoder_size = None
         self.mask_threshold = 0.0  # the pipeline's and the processors' binarisation level
         self._decoders = {mode: SharedImageDecoder(self.model, model_type, mode) for mode in MODES}
+        self.compiled = compile
+        if compile:
+            # The source's own model (load_hf_mask_source loaded it): its encoder is replaced.
+            self.model.vision_encoder = torch.compile(self.model.vision_encoder, dynamic=False)
+            for shared_decoder in self._decoders.values():
+                shared_decoder.compile()
         self._post = _HFPostprocess(self)
         self._image: np.ndarray | None = None
         self._encoded: _Encoded | None = None

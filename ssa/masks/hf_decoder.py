@@ -198,9 +198,17 @@ class SharedImageDecoder:
         out = torch.cat(parts, dim=0).repeat(1, sparse.shape[1], 1, 1)
         return torch.cat((out, sparse), dim=2).to(dec.iou_token.weight.dtype)
 
+    def compile(self) -> None:
+        """`torch.compile` the per-batch work (dynamic shapes: the last batch is smaller)."""
+        self._run = torch.compile(self._run, dynamic=True)
+
     def __call__(self, shared: SharedImage, sparse: torch.Tensor,
                  multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """sparse: `(1, B, N, C)` -> logits `(B, M, 4h, 4w)`, IoUs `(B, M)`."""
+        return self._run(shared, sparse, multimask)
+
+    def _run(self, shared: SharedImage, sparse: torch.Tensor,
+             multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self._tokens(sparse)
         if self.mode == "exact":
             hs, keys = self._transformer_exact(shared, tokens)

@@ -412,6 +412,12 @@ def run_hf_compare(args: argparse.Namespace) -> dict:
         ref = vote(stack.to(args.device), labels, len(names))
         _lap(t, "voting", start)
         t["count"] += len(stack)
+        if args.ssa_keep_heap:
+            # As `ssa run` opts in; after the pipeline's first image, so the pipeline runs as
+            # users run it on a one-image benchmark (later images would share the setting).
+            from ssa.run.heap import keep_freed_memory
+
+            keep_freed_memory()
         for name, source in sources.items():
             t = sides[name]
             _sync(args.device)
@@ -430,6 +436,7 @@ def run_hf_compare(args: argparse.Namespace) -> dict:
     report = {"mask_source": args.mask_source, "settings": args.settings, "device": args.device,
               "hf_decoder": args.hf_decoder, "images": [str(p) for p in args.images],
               "square": args.square, "torch_threads": torch.get_num_threads(),
+              "ssa_keep_heap": _heap_kept(),
               "agreement": agree.get("ssa", agree)}
     for side, t in sides.items():
         t["total"] = t["masks"] + t["voting"]
@@ -566,6 +573,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "see how much of the ratio it accounts for")
     p.add_argument("--mask-source", help="hf:<folder>: transformers' mask-generation pipeline + "
                    "vote against ssa's hf: source + vote (in this process)")
+    p.add_argument("--no-ssa-keep-heap", dest="ssa_keep_heap", action="store_false",
+                   help="hf: compare: leave glibc's heap as it is for the ssa side too (by "
+                        "default ssa.run.heap.keep_freed_memory is applied after the "
+                        "pipeline's first image, as `ssa run` opts in)")
     p.add_argument("--hf-decoder", default="fast", choices=["fast", "exact", "stock"],
                    help="the hf: side's decoder (ssa.masks.hf.HFMaskSource's `decoder`)")
     p.add_argument("--make-random-edgetam", action="store_true",

@@ -5,7 +5,11 @@ Automatic generation gives the masks of transformers' `pipeline("mask-generation
 model, image and settings, with segment-anything's knob names (`knobs()`), and without the
 pipeline's work outside the network: candidates stay at the decoder's resolution through the
 predicted-IoU, stability, crop-edge and NMS decisions (`ssa.masks.fast_amg`'s exact low-resolution
-bounds), only the kept masks are upsampled, RLE is encoded once.
+bounds), only the kept masks are upsampled, RLE is encoded once. The prompts are decoded by
+`ssa.masks.hf_decoder.SharedImageDecoder` (the model's own modules and weights, with what no
+prompt changes computed once per encoded crop): `decoder="fast"` (default) in another float
+summation order, `"exact"` with transformers' arithmetic bit for bit, `"stock"` the model's
+forward per batch.
 
 What the pipeline does, and so what this source does (it differs from segment-anything here):
 - one NMS (`box_nms_thresh`, the pipeline's `crops_nms_thresh`) over the masks of all crops at

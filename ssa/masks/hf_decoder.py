@@ -217,37 +217,41 @@ class SharedImageDecoder:
         return self._heads(shared, hs, keys, multimask)
 
     def _transformer_exact(self, s: SharedImage, tokens: torch.Tensor):
-        """`*TwoWayTransformer.forward` with the first block's image side shared. Returns the
-        tokens `(B, T, C)` and image tokens `(B, hw, C)`."""
+        """`*TwoWayTransformer.forward` on the same values in the same order, with the first
+        block's image side shared, `keys + pe` formed once per block (transformers forms the
+        same sum twice) and residuals added in place (IEEE addition commutes: same bits).
+        Returns the tokens `(B, T, C)` and image tokens `(B, hw, C)`."""
         transformer = self.decoder.transformer
         b = tokens.shape[1]
         queries, qpe = tokens, tokens
-        keys = s.keys
+        keys = s.keys  # (1, 1, hw, C) shared, then (B, 1, hw, C)
         for i, layer in enumerate(transformer.layers):
-            if i > 0:
-                queries, keys, _ = layer(queries=queries, keys=keys, query_point_embedding=qpe,
-                                         key_point_embedding=s.key_pe, attention_similarity=None)
-                continue
+            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+            if i == 0:
+                t2i_k, t2i_v, i2t_q = (x.expand(b, -1, -1, -1) for x in (s.t2i_k, s.t2i_v,
+                                                                         s.i2t_q))
+            else:
+                key = keys + s.key_pe
+                t2i_k, t2i_v = _split(t2i, t2i.k_proj(key)), _split(t2i, t2i.v_proj(keys))
+                i2t_q = _split(i2t, i2t.q_proj(key))
+                del key
             if layer.skip_first_layer_pe:
                 queries, _ = layer.self_attn(query=queries, key=queries, value=queries)
             else:
                 query = queries + qpe
                 queries = queries + layer.self_attn(query=query, key=query, value=queries)[0]
             queries = layer.layer_norm1(queries)
-            t2i = layer.cross_attn_token_to_image
             q = _split(t2i, t2i.q_proj(queries + qpe))
-            out = _attend(t2i, q, s.t2i_k.expand(b, -1, -1, -1), s.t2i_v.expand(b, -1, -1, -1),
-                          1, b)
-            queries = layer.layer_norm2(queries + out)
+            queries = layer.layer_norm2(queries + _attend(t2i, q, t2i_k, t2i_v, 1, b))
+            del t2i_k, t2i_v
             queries = layer.layer_norm3(queries + layer.mlp(queries))
-            i2t = layer.cross_attn_image_to_token
             t = queries + qpe
             # transformers' layout: image tokens (B, 1, hw, C), prompt tokens (1, B, T, C).
-            k = i2t.k_proj(t).transpose(0, 1)
-            v = i2t.v_proj(queries).transpose(0, 1)
-            out = _attend(i2t, s.i2t_q.expand(b, -1, -1, -1), _split(i2t, k), _split(i2t, v), b,
-                          1)
-            keys = layer.layer_norm4(s.keys + out)
+            k = _split(i2t, i2t.k_proj(t).transpose(0, 1))
+            v = _split(i2t, i2t.v_proj(queries).transpose(0, 1))
+            out = _attend(i2t, i2t_q, k, v, b, 1)
+            del i2t_q
+            keys = layer.layer_norm4(out.add_(keys))
         query = queries + qpe
         key = keys + s.key_pe
         attn_out, _ = transformer.final_attn_token_to_image(query=query, key=key, value=keys)
@@ -338,11 +342,11 @@ class SharedImageDecoder:
         x = x.view(b, c, h, w) if self.kind == "sam2" else x.reshape(b, c, h, w)
         up = dec.upscale_conv1(x)
         if s.s1 is not None:
-            up = up + s.s1
+            up.add_(s.s1)  # in place: the same sum, one pass fewer
         up = dec.activation(dec.upscale_layer_norm(up))
         up = dec.upscale_conv2(up)
         if s.s0 is not None:
-            up = up + s.s0
+            up.add_(s.s0)
         return dec.activation(up)
 
     def _masks_gemm(self, s: SharedImage, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -361,13 +365,13 @@ class SharedImageDecoder:
         w1, b1, c1 = as_gemm(dec.upscale_conv1)
         x = torch.addmm(b1, keys.reshape(-1, keys.shape[-1]), w1).view(b, -1, c1)
         if s.s1_gemm is not None:
-            x = x + s.s1_gemm
+            x.add_(s.s1_gemm)
         norm = dec.upscale_layer_norm
         x = dec.activation(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
         w2, b2, c2 = as_gemm(dec.upscale_conv2)
         x = torch.addmm(b2, x.view(-1, c1), w2).view(b, -1, c2)
         if s.s0_gemm is not None:
-            x = x + s.s0_gemm
+            x.add_(s.s0_gemm)
         x = dec.activation(x)
         m = hyper.shape[1]
         masks = torch.bmm(x, hyper.transpose(1, 2))  # (B, hw*16, M)

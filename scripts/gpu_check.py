@@ -11,10 +11,9 @@ so that the goals are measured first and the rest runs while the time budget las
    prefetch and the background writer), ssa fp32 at the SSA preset, in images/s;
 5. (run second, after step 1) `hf:` mask models: transformers' `pipeline("mask-generation")`
    + vote against ssa's `hf:` source + vote (`benchmark.py --mask-source`), a random SAM 2
-   (reduced Hiera, full-size
-   decoder, 1024 input) on the frame's centre square, 16 points per side, filters off: ssa
-   fp32, bf16 and bf16 + compile beside the one pipeline run; then the same with a random
-   full-size EdgeTAM (fp32, bf16) where timm is installed.
+   (reduced Hiera, full-size decoder, 1024 input) on the frame's centre square, 16 points per
+   side, filters off: ssa fp32, bf16 and bf16 + compile beside the one pipeline run; then the
+   same with a random full-size EdgeTAM (fp32, bf16) where timm is installed.
 
 Random weights give no stable masks: every comparison sets stability 0, box and crop NMS 1.0
 and a predicted-IoU threshold chosen on the image (`benchmark.py --target-masks`) so that

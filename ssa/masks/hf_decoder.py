@@ -50,7 +50,8 @@ class SharedImage:
     """What every prompt of one encoded image shares.
 
     keys/key_pe: `(1, 1, h*w, C)` (image embedding + dense no-mask embedding; positional
-    encoding); first-block projections in heads layout `(1, heads, h*w, d)`; s0/s1: SAM 2's
+    encoding); first-block projections in heads layout `(1, heads, h*w, d)` (exact mode
+    only); s0/s1: SAM 2's
     projected high-resolution features `(1, C/8, 4h, 4w)` / `(1, C/4, 2h, 2w)` and, for the fast
     mode, the same in GEMM order; SAM-HQ: hq, its image-only HQ features `(1, C/8, 4h, 4w)`,
     hq_src, the input of its upscaling, and per batch size the upscaled and refined features
@@ -59,9 +60,9 @@ class SharedImage:
     keys: torch.Tensor
     key_pe: torch.Tensor
     size: tuple[int, int]
-    t2i_k: torch.Tensor
-    t2i_v: torch.Tensor
-    i2t_q: torch.Tensor
+    t2i_k: torch.Tensor | None
+    t2i_v: torch.Tensor | None
+    i2t_q: torch.Tensor | None
     s0: torch.Tensor | None = None
     s1: torch.Tensor | None = None
     s0_gemm: torch.Tensor | None = None
@@ -144,9 +145,11 @@ class SharedImageDecoder:
         key_pe = pe.flatten(2).transpose(1, 2).unsqueeze(1)
         first = dec.transformer.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        key = keys + key_pe
-        t2i_k, t2i_v = _split(t2i, t2i.k_proj(key)), _split(t2i, t2i.v_proj(keys))
-        i2t_q = _split(i2t, i2t.q_proj(key))
+        t2i_k = t2i_v = i2t_q = None
+        if self.mode == "exact":  # the fast products never project the image side
+            key = keys + key_pe
+            t2i_k, t2i_v = _split(t2i, t2i.k_proj(key)), _split(t2i, t2i.v_proj(keys))
+            i2t_q = _split(i2t, i2t.q_proj(key))
         hq_src = None
         if self.kind == "sam_hq":
             # transformers' SamHQMaskDecoder upscales the image embedding (+ dense, with h and w

@@ -39,7 +39,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = ROOT / ".." / "shared" / "fixtures" / "ade20k_full_samples" / "ADE_train_00016964.jpg"
+# ../shared beside the checkout, or two levels up from a worktree (/work/wt/<name>).
+_SHARED = next((p / "shared" for p in (ROOT.parent, ROOT.parents[1]) if (p / "shared").is_dir()),
+               ROOT.parent / "shared")
+DEFAULT_IMAGE = _SHARED / "fixtures" / "ade20k_full_samples" / "ADE_train_00016964.jpg"
 LOAD = "load (models, not in total)"
 STAGES = [LOAD, "read", "semantic", "image_encoder", "mask_decoder", "mask_postprocess", "voting",
           "writing"]
@@ -205,9 +208,10 @@ def run_stock(args: argparse.Namespace, images: list[Path], out_dir: Path) -> di
 def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict:
     """`ssa run`'s pipeline (`ssa.run.runner.label_dataset`) on a folder holding links to the images."""
     import ssa.run.prefetch
-    from ssa import io, labeller, runner
+    from ssa import io
     from ssa.config import RunConfig
     from ssa.masks import sam as masks
+    from ssa.run import labeller, runner
 
     data = out_dir.parent / (out_dir.name + "_input")
     data.mkdir(parents=True, exist_ok=True)
@@ -228,9 +232,9 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
 
     pipeline_build = labeller.build_labeller
 
-    def build_labeller(cfg, progress=None):
+    def build_labeller(plan, progress=None):
         load_start = time.perf_counter()
-        built = pipeline_build(cfg, progress)
+        built = pipeline_build(plan, progress)
         t[LOAD] += time.perf_counter() - load_start
         built.segmentor = timers.wrap(built.segmentor, "semantic")
         gen = built.mask_source
@@ -250,8 +254,11 @@ def run_ssa(args: argparse.Namespace, images: list[Path], out_dir: Path) -> dict
     from ssa.run.heap import keep_freed_memory
 
     keep_freed_memory()  # as `ssa run` opts in
+    from ssa.plan import plan_run
+
+    plan = plan_run(cfg)
     start = time.perf_counter()
-    summary = runner.label_dataset(cfg)
+    summary = runner.label_dataset(plan)
     seconds = time.perf_counter() - start - t[LOAD]
     if summary.failed:
         raise SystemExit(f"ssa pipeline failed: {summary.failed}")
@@ -312,6 +319,30 @@ def make_random_sam2(folder: Path) -> None:
     Sam2Processor(Sam2ImageProcessor()).save_pretrained(folder)
 
 
+def make_random_edgetam(folder: Path) -> None:
+    """A random EdgeTAM for benchmarks: the full-size model of transformers' defaults (timm's
+    RepViT-M1 backbone, random weights, needs timm), 1024 input (256x256 logits)."""
+    import torch
+    from transformers import (
+        EdgeTamConfig,
+        EdgeTamModel,
+        EdgeTamVisionConfig,
+        Sam2ImageProcessor,
+        Sam2Processor,
+        TimmWrapperConfig,
+    )
+
+    if (folder / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+    model = EdgeTamModel(EdgeTamConfig(
+        vision_config=EdgeTamVisionConfig(backbone_config=backbone))).eval()
+    model.save_pretrained(folder)
+    Sam2Processor(Sam2ImageProcessor()).save_pretrained(folder)
+
+
 def _hf_settings(settings: dict) -> dict:
     """ssa's knob names -> the pipeline's keywords (`ssa.masks.hf` maps them the same way)."""
     from ssa.masks.hf import _PIPELINE_KNOBS
@@ -344,13 +375,28 @@ def run_hf_compare(args: argparse.Namespace) -> dict:
     gen = pipeline("mask-generation", model=AutoModelForMaskGeneration.from_pretrained(folder),
                    image_processor=AutoImageProcessor.from_pretrained(folder), device=args.device)
     load_pipe = time.perf_counter() - start
-    start = time.perf_counter()
-    source = load_hf_mask_source(folder, args.device, args.settings)
-    load_ssa = time.perf_counter() - start
+    # ssa sides: "ssa" (--precision, --compile) or one per --variants entry ("fp32", "bf16",
+    # "bf16+compile"), each timed against the one pipeline run.
+    variants = (args.variants.split(",") if args.variants
+                else [args.precision + ("+compile" if args.compile else "")])
+    sources = {}
+    sides = {"pipeline": defaultdict(float)}
+    sides["pipeline"][LOAD] = load_pipe
+    for v in variants:
+        name = "ssa" if len(variants) == 1 else f"ssa_{v.replace('+', '_')}"
+        start = time.perf_counter()
+        sources[name] = load_hf_mask_source(folder, args.device, args.settings,
+                                            precision=v.split("+")[0], decoder=args.hf_decoder,
+                                            compile=v.endswith("+compile"))
+        sides[name] = defaultdict(float)
+        sides[name][LOAD] = time.perf_counter() - start
     pipe_kwargs = _hf_settings(args.settings)
-    sides = {"pipeline": defaultdict(float), "ssa": defaultdict(float)}
-    sides["pipeline"][LOAD], sides["ssa"][LOAD] = load_pipe, load_ssa
-    agree = []
+    agree = {name: [] for name in sources}
+    if args.device.startswith("cuda") or any(v.endswith("+compile") for v in variants):
+        # Warm-up (CUDA kernels, compilation) on a small image, outside the timings.
+        warm = np.zeros((64, 64, 3), dtype=np.uint8)
+        for src in sources.values():
+            src.generate(warm)
     for path in args.images:
         image = io.read_image(path)
         if args.square:  # the centre square
@@ -369,33 +415,67 @@ def run_hf_compare(args: argparse.Namespace) -> dict:
         ref = vote(stack.to(args.device), labels, len(names))
         _lap(t, "voting", start)
         t["count"] += len(stack)
-        t = sides["ssa"]
-        start = time.perf_counter()
-        result = source.generate(image)
-        start = _lap(t, "masks", start)
-        got = vote(result.masks, labels, len(names))
-        _lap(t, "voting", start)
-        t["count"] += len(result.records)
-        for stage, sec in source.stats.seconds.items():
-            t[f"  {stage}"] += sec
-        mine = result.masks.cpu()
-        n = min(len(stack), len(mine))
-        inter = (stack[:n] & mine[:n]).flatten(1).sum(1)
-        union = (stack[:n] | mine[:n]).flatten(1).sum(1)
-        iou = torch.where(union > 0, inter / union.clamp_min(1), 1.0)
-        agree.append({"counts": [len(stack), len(mine)],
-                      "same_order_iou_ge_0.99": int((iou >= 0.99).sum()),
-                      "masks_equal": len(stack) == len(mine) and bool(torch.equal(stack, mine)),
-                      "label_maps_equal": bool(torch.equal(ref.label_map.cpu(),
-                                                           got.label_map.cpu()))})
+        if args.ssa_keep_heap:
+            # As `ssa run` opts in; after the pipeline's first image, so the pipeline runs as
+            # users run it on a one-image benchmark (later images would share the setting).
+            from ssa.run.heap import keep_freed_memory
+
+            keep_freed_memory()
+        for name, source in sources.items():
+            t = sides[name]
+            _sync(args.device)
+            start = time.perf_counter()
+            result = source.generate(image)
+            _sync(args.device)
+            start = _lap(t, "masks", start)
+            got = vote(result.masks, labels, len(names))
+            _sync(args.device)
+            _lap(t, "voting", start)
+            t["count"] += len(result.records)
+            for stage, sec in source.stats.seconds.items():
+                t[f"  {stage}"] += sec
+            agree[name].append(_hf_agreement(stack, result.masks.cpu(), ref.label_map.cpu(),
+                                             got.label_map.cpu()))
     report = {"mask_source": args.mask_source, "settings": args.settings, "device": args.device,
-              "images": [str(p) for p in args.images], "square": args.square,
-              "torch_threads": torch.get_num_threads(), "agreement": agree}
+              "hf_decoder": args.hf_decoder, "images": [str(p) for p in args.images],
+              "square": args.square, "torch_threads": torch.get_num_threads(),
+              "ssa_keep_heap": _heap_kept(),
+              "agreement": agree.get("ssa", agree)}
     for side, t in sides.items():
         t["total"] = t["masks"] + t["voting"]
         report[side] = dict(t)
-    report["speedup"] = report["pipeline"]["total"] / report["ssa"]["total"]
+    for name in sources:
+        key = "speedup" if name == "ssa" else f"speedup_{name}"
+        report[key] = report["pipeline"]["total"] / report[name]["total"]
+    if torch.cuda.is_available():
+        report.update(peak_memory())
     return report
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _hf_agreement(stack, mine, ref_map, got_map) -> dict:
+    """The pipeline's masks `stack` against ssa's `mine` (both `(N, H, W) bool`, CPU), in
+    order: counts, how many pairs reach IoU 0.99 / 0.999, the smallest IoU, bitwise equality,
+    label maps equal."""
+    import torch
+
+    n = min(len(stack), len(mine))
+    inter = (stack[:n] & mine[:n]).flatten(1).sum(1)
+    union = (stack[:n] | mine[:n]).flatten(1).sum(1)
+    iou = torch.where(union > 0, inter / union.clamp_min(1), 1.0)
+    return {"counts": [len(stack), len(mine)],
+            "same_order_iou_ge_0.99": int((iou >= 0.99).sum()),
+            "same_order_iou_ge_0.999": int((iou >= 0.999).sum()),
+            "min_iou": float(iou.min()) if n else None,
+            "pixels_differing": int((stack[:n] ^ mine[:n]).sum()),
+            "masks_equal": len(stack) == len(mine) and bool(torch.equal(stack, mine)),
+            "label_maps_equal": bool(torch.equal(ref_map, got_map))}
 
 
 # ---------------------------------------------------------------- agreement
@@ -496,6 +576,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "see how much of the ratio it accounts for")
     p.add_argument("--mask-source", help="hf:<folder>: transformers' mask-generation pipeline + "
                    "vote against ssa's hf: source + vote (in this process)")
+    p.add_argument("--no-ssa-keep-heap", dest="ssa_keep_heap", action="store_false",
+                   help="hf: compare: leave glibc's heap as it is for the ssa side too (by "
+                        "default ssa.run.heap.keep_freed_memory is applied after the "
+                        "pipeline's first image, as `ssa run` opts in)")
+    p.add_argument("--hf-decoder", default="fast", choices=["fast", "exact", "stock"],
+                   help="the hf: side's decoder (ssa.masks.hf.HFMaskSource's `decoder`)")
+    p.add_argument("--make-random-edgetam", action="store_true",
+                   help="first save a random full-size EdgeTAM to the --mask-source folder "
+                        "(needs timm)")
     p.add_argument("--make-random-sam2", action="store_true",
                    help="with --mask-source hf:<folder>: save a random SAM 2 there if missing")
     p.add_argument("--square", action="store_true",
@@ -549,6 +638,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.mask_source:
         if args.make_random_sam2:
             make_random_sam2(Path(args.mask_source[len("hf:"):]))
+        if args.make_random_edgetam:
+            make_random_edgetam(Path(args.mask_source[len("hf:"):]))
         report = run_hf_compare(args)
         print(json.dumps(report, indent=2))
         return

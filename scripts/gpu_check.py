@@ -8,7 +8,12 @@ so that the goals are measured first and the rest runs while the time budget las
 2. the 2200x1467 ADE20K fixture at 32 points per side: stock vs ssa fp32 vs bf16;
 3. the 2200x1467 fixture at the SSA preset and the frame at 32 points per side (fp32, bf16);
 4. throughput: 16 frames of 2048x1024 in one run of `ssa run`'s pipeline (`ssa.run.runner.run`:
-   prefetch and the background writer), ssa fp32 at the SSA preset, in images/s.
+   prefetch and the background writer), ssa fp32 at the SSA preset, in images/s;
+5. (run second, after step 1) `hf:` mask models: transformers' `pipeline("mask-generation")`
+   + vote against ssa's `hf:` source + vote (`benchmark.py --mask-source`), a random SAM 2
+   (reduced Hiera, full-size decoder, 1024 input) on the frame's centre square, 16 points per
+   side, filters off: ssa fp32, bf16 and bf16 + compile beside the one pipeline run; then the
+   same with a random full-size EdgeTAM (fp32, bf16) where timm is installed.
 
 Random weights give no stable masks: every comparison sets stability 0, box and crop NMS 1.0
 and a predicted-IoU threshold chosen on the image (`benchmark.py --target-masks`) so that
@@ -17,14 +22,15 @@ about `--target-masks` (default 300) masks survive per image, as real SAM weight
 Goals reported (benchmarks, not timed tests): ssa fp32 >= 10x stock at the SSA preset, voting
 <= 2% of the image's time, peak GPU memory <= 8 GB at 2048x1024 (`torch.cuda.max_memory_allocated`).
 
-`--cpu-smoke` runs step 1 (without the crop layer and compile) and step 4 (2 frames) on the CPU
-with vit_b, 256x128 images, 4 points per side and 20 masks, to check the script itself where no
-GPU is at hand.
+`--cpu-smoke` runs step 1 (without the crop layer and compile), step 4 (2 frames) and step 5
+(SAM 2 only, 2 points per side, fp32 and bf16) on the CPU with vit_b, 256x128 images, 4 points
+per side and 20 masks, to check the script itself where no GPU is at hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -143,8 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         ("frame_32", ["--image", str(FRAME), "--resize", frame, "--points-per-side", pps,
                       "--variants", "fp32,bf16"]),
     ]
+    # Step 5 (the hf: path) right after the goals' step, so a short budget still gives it.
+    hf_steps = [("hf_sam2", "sam2_random", "--make-random-sam2",
+                 "fp32,bf16" if args.cpu_smoke else "fp32,bf16,bf16+compile")]
+    if not args.cpu_smoke and importlib.util.find_spec("timm") is not None:
+        hf_steps.append(("hf_edgetam", "edgetam_random", "--make-random-edgetam", "fp32,bf16"))
+    hf_steps = [(tag, ["--mask-source", f"hf:{args.work_dir / folder}", make, "--image",
+                       str(FRAME), "--square", "--points-per-side",
+                       "2" if args.cpu_smoke else "16", "--variants", hf_variants])
+                for tag, folder, make, hf_variants in hf_steps]
+    steps = [steps[0], *hf_steps, *steps[1:]]
     if args.cpu_smoke:
-        steps = steps[:1]  # the other steps run the same code on other images and settings
+        # The other steps run the same code on other images and settings.
+        steps = steps[:1 + len(hf_steps)]
     for tag, extra in steps:
         rep = bench(args, tag, extra, deadline)
         if rep is not None:
@@ -168,6 +185,18 @@ def summarise(results: dict) -> list[str]:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
     lines = [f"torch {torch.__version__}, {device}"]
     for tag, rep in results.items():
+        if tag.startswith("hf_"):
+            pipe = rep["pipeline"]
+            lines.append(f"{tag}: pipeline + vote {pipe['total']:.2f} s, "
+                         f"{int(pipe['count'])} masks")
+            for name, agree in rep["agreement"].items():
+                side = rep[name]
+                split = ", ".join(f"{k.strip()} {v:.3f}" for k, v in side.items()
+                                  if k.startswith("  "))
+                lines.append(f"  {name}: {side['total']:.2f} s "
+                             f"({rep['speedup_' + name]:.1f}x the pipeline), agreement {agree}; "
+                             f"split: {split}")
+            continue
         if tag == "throughput":
             for name, v in rep["variants"].items():
                 lines.append(f"{tag} {name}: {len(rep['images'])} images in {v['seconds']:.2f} s "

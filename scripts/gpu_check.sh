@@ -3,7 +3,9 @@
 # segment-anything, pycocotools, pydantic from the wheels that scripts/gpu_wheels.sh put in
 # .whl/, no network), run the CUDA tests, then the benchmark (scripts/gpu_check.py), all within
 # 8 minutes on one GPU. Results: $OUT (default /tmp/ssa-gpu-check): gpu_tests.log,
-# summary.txt, results.json and one log per benchmark step.
+# summary.txt, results.json and one log per benchmark step. The steps include the hf: path
+# (transformers' mask-generation pipeline + vote against ssa's hf: source: a random SAM 2 in
+# fp32, bf16 and bf16 + compile, then a random EdgeTAM where timm is installed).
 #   here:   scripts/gpu_wheels.sh
 #   there:  scripts/gpu_check.sh          (device tool: run(carry=[".whl", ".gpufix"]))
 set -uo pipefail

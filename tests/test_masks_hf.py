@@ -111,6 +111,48 @@ def _sam2_folder(folder):
     return folder
 
 
+def _edgetam_folder(folder):
+    """A tiny EdgeTAM: timm's RepViT backbone (widths 8..64, one block per stage) through
+    transformers' `TimmWrapperConfig`, SAM 2's sizes elsewhere; None without timm."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return None
+    from transformers import (
+        EdgeTamConfig,
+        EdgeTamMaskDecoderConfig,
+        EdgeTamModel,
+        EdgeTamPromptEncoderConfig,
+        EdgeTamVisionConfig,
+        Sam2ImageProcessor,
+        Sam2Processor,
+        TimmWrapperConfig,
+    )
+
+    torch.manual_seed(0)
+    backbone = TimmWrapperConfig(architecture="repvit_m1", model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3],
+        "embed_dim": (8, 16, 32, 64), "depth": (1, 1, 1, 1)})
+    vision = EdgeTamVisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                                 backbone_feature_sizes=[[S // 4] * 2, [S // 8] * 2,
+                                                         [S // 16] * 2],
+                                 fpn_hidden_size=32, initializer_range=1.0)
+    prompt = EdgeTamPromptEncoderConfig(hidden_size=32, image_size=S, patch_size=16,
+                                        mask_input_channels=4)
+    decoder = EdgeTamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
+                                       iou_head_hidden_dim=32)
+    model = EdgeTamModel(EdgeTamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                                       mask_decoder_config=decoder,
+                                       initializer_range=1.0)).eval()
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.mul_(10)
+    processor = Sam2Processor(Sam2ImageProcessor(size={"height": S, "width": S},
+                                                 mask_size={"height": S // 4, "width": S // 4}))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hfmasks")
@@ -118,7 +160,14 @@ def folders(tmp_path_factory):
         "sam": _sam_folder(root / "sam"),
         "sam_hq": _sam_folder(root / "sam_hq", hq=True),
         "sam2": _sam2_folder(root / "sam2"),
+        "edgetam": _edgetam_folder(root / "edgetam"),
     }
+
+
+def _folder(folders, family):
+    if folders[family] is None:
+        pytest.skip("EdgeTAM's backbone needs timm (pip install timm; the test extra has it)")
+    return folders[family]
 
 
 def _pipeline(folder, image: np.ndarray, **kwargs):
@@ -165,7 +214,7 @@ CASES = [
     ("sam", (96, 96), 1.0, 0, 150), ("sam", (96, 96), 0.7, 0, 10),
     ("sam", (80, 128), 0.7, 1, 5), ("sam2", (96, 96), 1.0, 0, 150),
     ("sam2", (96, 96), 0.7, 0, 10), ("sam2", (96, 96), 0.7, 1, 10),
-    ("sam_hq", (96, 96), 1.0, 0, 150),
+    ("sam_hq", (96, 96), 1.0, 0, 150), ("edgetam", (96, 96), 1.0, 0, 150),
 ]
 
 
@@ -176,13 +225,15 @@ def test_generate_equals_pipeline(folders, family, size, nms, layers, fewest):
     from ssa.masks.hf import load_hf_mask_source
 
     image = _blocks(*size)
-    folder = folders[family]
+    folder = _folder(folders, family)
     ref_masks, ref_scores, ref_boxes = _pipeline(
         folder, image, points_per_crop=POINTS, pred_iou_thresh=0.0, stability_score_thresh=0.0,
         crops_nms_thresh=nms, crops_n_layers=layers)
+    # The exact shared-image decoder (transformers' arithmetic); the fast one against it:
+    # test_fast_decoder_keeps_the_exact_sets.
     source = load_hf_mask_source(str(folder), "cpu", {
         "points_per_side": POINTS, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-        "box_nms_thresh": nms, "crop_n_layers": layers})
+        "box_nms_thresh": nms, "crop_n_layers": layers}, decoder="exact")
     assert isinstance(source, MaskSource)
     out = source.generate(image)
     n_ref, n_got = len(ref_masks), len(out.records)
@@ -520,3 +571,103 @@ def test_bf16_runs_the_networks_in_bf16_and_decides_in_fp32(folders):
     assert all(type(r["predicted_iou"]) is float for r in bf16.records)
     with pytest.raises(SSAError, match="^--precision fp16 needs a CUDA device"):
         load_hf_mask_source(str(folders["sam"]), "cpu", settings, precision="fp16")
+
+
+def _embeddings(model, processor, image: np.ndarray) -> dict:
+    """`get_image_embeddings` of the processed image, keyed as `ssa.masks.hf` holds them."""
+    pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+    out = model.get_image_embeddings(pixels)
+    if isinstance(out, tuple):  # SAM-HQ
+        return {"image_embeddings": out[0], "intermediate_embeddings": out[1]}
+    return {"image_embeddings": out}
+
+
+def _prompts(batch: int, seed: int) -> list[dict]:
+    """Point batches (one click; a click and a negative click), boxes, and a box with a click,
+    in the prompt encoder's frame (the models' 256-px input)."""
+    gen = torch.Generator().manual_seed(seed)
+    pts = torch.rand(batch, 2, 2, generator=gen) * S
+    corner = torch.rand(batch, 2, generator=gen) * S / 2
+    boxes = torch.cat([corner, corner + S / 3], dim=1)
+    return [
+        {"input_points": pts[None, :, :1], "input_labels": torch.ones(1, batch, 1, dtype=torch.long)},
+        {"input_points": pts[None], "input_labels": torch.tensor([[[1, 0]] * batch])},
+        {"input_boxes": boxes[None]},
+        {"input_points": pts[None, :, :1], "input_labels": torch.ones(1, batch, 1, dtype=torch.long),
+         "input_boxes": boxes[None]},
+    ]
+
+
+def _mask_ious(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of each pair of binarised masks (the last two dims), 1 where both are empty."""
+    a, b = a.flatten(-2), b.flatten(-2)
+    inter, union = (a & b).sum(-1), (a | b).sum(-1)
+    return torch.where(union > 0, inter / union.clamp_min(1), 1.0)
+
+
+@pytest.mark.parametrize("family", ["sam", "sam_hq", "sam2", "edgetam"])
+def test_shared_image_decoder_equals_the_model(folders, family):
+    """`ssa.masks.hf_decoder.SharedImageDecoder` against the transformers model it replaces
+    (`model(image_embeddings=..., prompts)`, loaded with `from_pretrained` from the saved tiny
+    config), 13 prompts a batch, points, boxes and both, one mask and three: the exact mode
+    bit for bit; the fast mode (another summation order) within float rounding. These random
+    models (init 1.0, activations in the thousands, attention logits in the hundreds) are far
+    worse conditioned than trained ones, so "rounding" is up to 2e-3 of the largest logit
+    here; a logit may change sign only within that of 0 (at most 1 in 10^4 of them) and every
+    low-res mask keeps IoU >= 0.99 with the model's (BENCHMARKS.md has the full-size figures)."""
+    from transformers import AutoConfig, AutoModelForMaskGeneration, AutoProcessor
+
+    from ssa.masks.hf_decoder import SharedImageDecoder
+
+    folder = _folder(folders, family)
+    model = AutoModelForMaskGeneration.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    decoders = {mode: SharedImageDecoder(model, model_type, mode) for mode in ("exact", "fast")}
+    with torch.inference_mode():
+        emb = _embeddings(model, processor, _blocks(96, 96))
+        shared = {mode: d.prepare(emb) for mode, d in decoders.items()}
+        for prompt in _prompts(13, seed=1):
+            for multimask in (True, False):
+                ref = model(**emb, **prompt, multimask_output=multimask)
+                ref_masks, ref_iou = ref.pred_masks[0], ref.iou_scores[0]
+                sparse, _ = model.prompt_encoder(input_points=prompt.get("input_points"),
+                                                 input_labels=prompt.get("input_labels"),
+                                                 input_boxes=prompt.get("input_boxes"),
+                                                 input_masks=None)
+                masks, iou = decoders["exact"](shared["exact"], sparse, multimask)
+                assert masks.shape == ref_masks.shape == (13, 3 if multimask else 1, S // 4, S // 4)
+                assert torch.equal(masks, ref_masks) and torch.equal(iou, ref_iou)
+                masks, iou = decoders["fast"](shared["fast"], sparse, multimask)
+                tol = 2e-3 * float(ref_masks.abs().max())
+                assert (masks - ref_masks).abs().max() <= tol
+                flipped = (masks > 0) != (ref_masks > 0)
+                assert int(flipped.sum()) <= 1e-4 * flipped.numel()
+                assert bool((ref_masks[flipped].abs() <= tol).all())
+                assert bool((_mask_ious(masks > 0, ref_masks > 0) >= 0.99).all())
+                assert torch.allclose(iou, ref_iou, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize(("family", "nms", "stability"), [
+    ("sam", 0.7, 0.6), ("sam", 1.0, 0.0), ("sam_hq", 1.0, 0.0), ("sam2", 0.7, 0.0),
+    ("sam2", 1.0, 0.6), ("edgetam", 1.0, 0.0)])
+def test_fast_decoder_keeps_the_exact_sets(folders, family, nms, stability):
+    """Automatic generation with the fast decoder keeps the same candidates, in the same order,
+    as with transformers' model called per batch (`decoder="stock"`, the pipeline's network):
+    the same prompt points and crop boxes, every mask at IoU >= 0.99 (a pixel whose logit is
+    within rounding of 0 may differ; see the test above), scores within rounding."""
+    from ssa.masks.hf import load_hf_mask_source
+
+    folder = str(_folder(folders, family))
+    image = _blocks(96, 96)
+    settings = {"points_per_side": POINTS, "pred_iou_thresh": 0.0,
+                "stability_score_thresh": stability, "box_nms_thresh": nms}
+    stock = load_hf_mask_source(folder, "cpu", settings, decoder="stock").generate(image)
+    fast = load_hf_mask_source(folder, "cpu", settings).generate(image)
+    assert len(stock.records) >= 3
+    assert len(fast.records) == len(stock.records)
+    ious = _mask_ious(fast.masks.cpu(), stock.masks.cpu())
+    assert bool((ious >= 0.99).all()) and float(ious.mean()) >= 0.999
+    for a, b in zip(fast.records, stock.records):
+        assert a["point_coords"] == b["point_coords"] and a["crop_box"] == b["crop_box"]
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], rel=1e-2, abs=1e-4)

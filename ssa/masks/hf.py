@@ -5,7 +5,11 @@ Automatic generation gives the masks of transformers' `pipeline("mask-generation
 model, image and settings, with segment-anything's knob names (`knobs()`), and without the
 pipeline's work outside the network: candidates stay at the decoder's resolution through the
 predicted-IoU, stability, crop-edge and NMS decisions (`ssa.masks.fast_amg`'s exact low-resolution
-bounds), only the kept masks are upsampled, RLE is encoded once.
+bounds), only the kept masks are upsampled, RLE is encoded once. The prompts are decoded by
+`ssa.masks.hf_decoder.SharedImageDecoder` (the model's own modules and weights, with what no
+prompt changes computed once per encoded crop): `decoder="fast"` (default) in another float
+summation order, `"exact"` with transformers' arithmetic bit for bit, `"stock"` the model's
+forward per batch.
 
 What the pipeline does, and so what this source does (it differs from segment-anything here):
 - one NMS (`box_nms_thresh`, the pipeline's `crops_nms_thresh`) over the masks of all crops at
@@ -107,9 +111,10 @@ def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
 
 def load_hf_mask_source(name: str, device: str = "cpu",
                         settings: dict[str, Any] | None = None,
-                        precision: str = "fp32") -> HFMaskSource:
+                        precision: str = "fp32", decoder: str = "fast",
+                        compile: bool = False) -> HFMaskSource:
     """The `hf:` mask source for a hub id or a local `save_pretrained` folder (model and image
-    processor). Offline (`HF_HUB_OFFLINE=1`) only folders and the local cache are read; weights
+    processor); decoder, compile: `HFMaskSource`'s. Offline (`HF_HUB_OFFLINE=1`) only folders and the local cache are read; weights
     load as transformers loads them (safetensors, or `weights_only` torch files)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForMaskGeneration
 
@@ -136,7 +141,7 @@ def load_hf_mask_source(name: str, device: str = "cpu",
             f"image processor (save_pretrained both)"
         ) from None
     return HFMaskSource(model, processor, model_type, device=device, settings=settings,
-                        name=name, precision=precision)
+                        name=name, precision=precision, decoder=decoder, compile=compile)
 
 
 class _Encoded:
@@ -151,6 +156,8 @@ class _Encoded:
         self.crop_box = crop_box
         self.crop_size = crop_size
         self.input_size = input_size
+        # Per decoder mode: the prompt-independent state (`hf_decoder.SharedImage`).
+        self.shared: dict[str, Any] = {}
 
 
 class HFMaskSource:
@@ -160,15 +167,25 @@ class HFMaskSource:
     settings: knobs (see `knobs()`); unknown keys are refused. `stats` holds the last
     `generate`'s counters and per-stage seconds. precision: `ssa.precision` (`"fp32"` exact;
     `"bf16"`/`"fp16"`: the encoder and decoder under autocast, logits and IoUs cast back to
-    float32 before any threshold).
+    float32 before any threshold). decoder: how automatic generation decodes its prompts:
+    `"fast"` (default) or `"exact"` (`ssa.masks.hf_decoder.SharedImageDecoder`, the image
+    side shared by all prompts; exact: transformers' arithmetic bit for bit; fast: reordered
+    products, equal up to float rounding), or `"stock"` (the transformers model called per
+    batch, as the pipeline does). Clicks and boxes (`predict`) always decode exactly.
+    compile: `torch.compile` the vision encoder and the shared-image decoders' per-batch work
+    (refused with one line where the device cannot compile, `ssa.precision`).
     """
 
     def __init__(self, model: Any, processor: Any, model_type: str, device: str = "cpu",
                  settings: dict[str, Any] | None = None, name: str = "",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", decoder: str = "fast", compile: bool = False) -> None:
+        from ssa.masks.hf_decoder import MODES, SharedImageDecoder
         from ssa.precision import check_device
 
-        check_device(precision, False, device)
+        check_device(precision, compile, device)
+        if decoder not in (*MODES, "stock"):
+            raise SSAError(f"decoder {decoder!r}: pass one of {', '.join((*MODES, 'stock'))}")
+        self.decoder = decoder
         self.precision = precision
         self.name = name
         self.model_type = model_type
@@ -191,6 +208,13 @@ class HFMaskSource:
         else:
             self.encoder_size = None
         self.mask_threshold = 0.0  # the pipeline's and the processors' binarisation level
+        self._decoders = {mode: SharedImageDecoder(self.model, model_type, mode) for mode in MODES}
+        self.compiled = compile
+        if compile:
+            # The source's own model (load_hf_mask_source loaded it): its encoder is replaced.
+            self.model.vision_encoder = torch.compile(self.model.vision_encoder, dynamic=False)
+            for shared_decoder in self._decoders.values():
+                shared_decoder.compile()
         self._post = _HFPostprocess(self)
         self._image: np.ndarray | None = None
         self._encoded: _Encoded | None = None
@@ -243,20 +267,31 @@ class HFMaskSource:
         return coords
 
     def _decode(self, enc: _Encoded, coords: torch.Tensor | None, labels: torch.Tensor | None,
-                boxes: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                boxes: torch.Tensor | None, multimask: bool,
+                mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> low-res logits `(B, M, h, w)` and predicted IoUs `(B, M)` (float32).
 
         coords: `(B, K, 2)` in the prompt encoder's frame, labels `(B, K)`, boxes `(B, 4)`;
-        points or boxes may be None."""
-        kwargs: dict[str, Any] = dict(enc.embeddings)
+        points or boxes may be None. mode: the decoder (`self.decoder` by default)."""
+        mode = mode or self.decoder
+        kwargs: dict[str, Any] = {"input_points": None, "input_labels": None,
+                                  "input_boxes": None}
         if coords is not None:
             kwargs["input_points"] = coords[None].to(self.device, self.model.dtype)
             kwargs["input_labels"] = labels[None].to(self.device)
         if boxes is not None:
             kwargs["input_boxes"] = boxes[None].to(self.device, self.model.dtype)
         with autocast(self.device, self.precision):
-            out = self.model(**kwargs, multimask_output=multimask)
-        return out.pred_masks[0].float(), out.iou_scores[0].float()
+            if mode == "stock":
+                out = self.model(**enc.embeddings, **kwargs, multimask_output=multimask)
+                return out.pred_masks[0].float(), out.iou_scores[0].float()
+            # The prompt encoder as the model's forward calls it; the decoder shares the image.
+            sparse, _ = self.model.prompt_encoder(**kwargs, input_masks=None)
+            decoder = self._decoders[mode]
+            if mode not in enc.shared:
+                enc.shared[mode] = decoder.prepare(enc.embeddings)
+            logits, iou = decoder(enc.shared[mode], sparse, multimask)
+        return logits.float(), iou.float()
 
     # ---------------------------------------------------------------- automatic generation
 
@@ -323,7 +358,8 @@ class HFMaskSource:
         if box is not None:
             b = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(1, 2, 2)
             boxes = self._scale_points(b, enc.crop_size).reshape(1, 4)
-        logits, iou = self._decode(enc, coords, lab, boxes, multimask)
+        logits, iou = self._decode(enc, coords, lab, boxes, multimask,
+                                   "stock" if self.decoder == "stock" else "exact")
         logits, iou = logits[0], iou[0]
         full = self._post_process(logits[None], enc)[0]  # (M, H, W) float
         masks = full > self.mask_threshold

@@ -148,7 +148,7 @@ def _head_weights(attn: Any, proj: torch.nn.Linear) -> torch.Tensor:
     return proj.weight.view(attn.num_heads, -1, proj.weight.shape[1])
 
 
-def _token_to_image(attn: Any, q: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor):
+def token_to_image(attn: Any, q: torch.Tensor, keys: torch.Tensor, key_pe: torch.Tensor):
     """`attn(q=q, k=keys + key_pe, v=keys)` (tokens attend to the image), without projecting the
     image side: scores `Q_h W_k,h (keys + pe)^T` and values `(P_h keys) W_v,h^T + b_v` (rows of
     the softmax sum to one). q: `(B, N, C)`; keys: `(B or 1, HW, C)`; key_pe: `(1, HW, C)`."""
@@ -173,7 +173,7 @@ def _token_to_image(attn: Any, q: torch.Tensor, keys: torch.Tensor, key_pe: torc
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
-def _image_to_token(attn: Any, keys: torch.Tensor, key_pe: torch.Tensor, t: torch.Tensor,
+def image_to_token(attn: Any, keys: torch.Tensor, key_pe: torch.Tensor, t: torch.Tensor,
                     tokens: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
     """`norm(keys + attn(q=keys + key_pe, k=t, v=tokens))` (the image attends to the tokens),
     without projecting the image side: scores `(keys + pe) (W_q,h^T K_h^T)`, output
@@ -240,12 +240,12 @@ def decode_fused(
             q = queries + query_pe
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image,
+        queries = layer.norm2(queries + token_to_image(layer.cross_attn_token_to_image,
                                                         queries + query_pe, keys, key_pe))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = _image_to_token(layer.cross_attn_image_to_token, keys, key_pe,
+        keys = image_to_token(layer.cross_attn_image_to_token, keys, key_pe,
                                queries + query_pe, queries, layer.norm4)
-    attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys,
+    attn_out = token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys,
                                key_pe)
     hs = transformer.norm_final_attn(queries + attn_out)
 

@@ -286,14 +286,13 @@ def load_mask_source(
         return load_sam_source(parsed.target, parsed.checkpoint, device, settings, impl,
                                progress, parsed.flag)
     if parsed.kind == "hf":
+        extra: dict[str, Any] = {"precision": precision} if precision != "fp32" else {}
         if compile:
-            raise SSAError(f"--compile applies to sam: mask sources, not {parsed}; "
-                           f"leave --compile off")
-        extra = {"precision": precision} if precision != "fp32" else {}
+            extra["compile"] = True  # the shared-image decoder's networks (ssa.masks.hf)
         return hf_module().load_hf_mask_source(parsed.target, device, dict(settings), **extra)
     if compile:
-        raise SSAError(f"--compile applies to sam: mask sources; {parsed} makes its own "
-                       f"masks: leave --compile off")
+        raise SSAError(f"--compile applies to sam: and hf: mask sources; {parsed} makes its "
+                       f"own masks: leave --compile off")
     if parsed.kind == "json":
         from ssa.masks.sa1b import JsonMasks
 

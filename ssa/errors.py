@@ -1,4 +1,6 @@
-"""The one domain error type: the CLI turns it into a one-line message and exit code 1."""
+"""The one domain error type: the CLI turns it into a one-line message, exit code 2 when it is
+raised while planning (a usage error) and 1 after, or for a `FatalError` (the machine cannot
+do the job: a read-only or full out-dir)."""
 
 
 class SSAError(ValueError):

@@ -395,8 +395,11 @@ def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
             except (OSError, AttributeError):  # no statvfs (Windows): the writes will tell
                 pass
         if folder.exists() or why is not None:
+            # A path that names a file is a usage error; a folder the machine cannot write, one
+            # of the environment (FatalError: exit code 1, as when the disk fills during a run).
+            kind = SSAError if why is None or why.endswith("is not a folder") else FatalError
             why = why or "it is a file"
-            raise SSAError(f"{flag} {folder} cannot be created ({why}); pass a folder you can write")
+            raise kind(f"{flag} {folder} cannot be created ({why}); pass a folder you can write")
         return
     probe = folder / f".ssa-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
@@ -413,7 +416,7 @@ def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
             probe.unlink(missing_ok=True)
         except OSError:
             pass
-        raise SSAError(f"{flag} {folder} is not writable: {write_error(probe, exc, flag)}") from None
+        raise FatalError(f"{flag} {folder} is not writable: {write_error(probe, exc, flag)}") from None
 
 
 def remove_temp_files(out_dir: str | Path) -> int:

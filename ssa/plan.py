@@ -207,8 +207,12 @@ def mask_branch(cfg: MaskBranchConfig, spec: MaskSpec, preset: str) -> MaskBranc
 
     precision = getattr(cfg, "precision", "fp32")
     check_name(precision)
+    compiled = bool(getattr(cfg, "compile", False))
+    if spec.kind == "sam" and cfg.amg_impl != "fast" and (precision != "fp32" or compiled):
+        raise SSAError(f"--precision {precision} / --compile need --amg-impl fast (the stock "
+                       f"generator runs as segment-anything ships it)")
     settings = resolve_mask_settings(spec, cfg.amg_preset or preset, cfg.amg, cfg.amg_impl)
-    return MaskBranch(spec, settings, cfg.amg_impl, precision, bool(getattr(cfg, "compile", False)))
+    return MaskBranch(spec, settings, cfg.amg_impl, precision, compiled)
 
 
 def semantic_branch(
@@ -299,6 +303,7 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
     if world_size is not None and world_size < 1:
         raise SSAError(f"--world-size {world_size} must be at least 1")
     check_voting(cfg)
+    check_workers(cfg.device, world_size)  # --world-size against torchrun and this machine
     dataset = get_dataset(cfg.dataset)
     spec = spec_from_config(cfg)  # --masks, --sam-model, --sam-checkpoint: read here, once
     masks = mask_branch(cfg, spec, dataset.default_amg_preset) if cfg.amg else None
@@ -323,7 +328,6 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
     device = resolve_device(cfg.device)  # --device, once
     if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
         check_device(masks.precision, masks.compile, device)
-    check_workers(device, world_size)  # --world-size against torchrun and this machine
     return RunPlan(
         images=Images(cfg.dataset, Path(cfg.data_dir), cfg.split, cfg.limit, Path(full_root),
                       tuple(rels)),

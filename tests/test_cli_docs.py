@@ -67,8 +67,8 @@ def test_every_option_of_every_command_is_listed():
         for param in command.params:
             if getattr(param, "hidden", False):
                 continue
-            if param.param_type_name == "argument":
-                names = [param.name]
+            if param.param_type_name == "argument":  # listed by its metavar (IMAGE)
+                names = [(getattr(param, "metavar", None) or param.name).upper()]
             else:
                 names = [*param.opts, *param.secondary_opts]
             for name in names:

@@ -552,7 +552,7 @@ def test_world_size_beyond_the_cores_is_refused_before_any_worker(tmp_path: Path
     result = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path / "data"), "--out-dir",
                                       str(tmp_path / "out"), "--device", "cpu", "--world-size",
                                       "1000"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "--world-size 1000 needs one core per worker" in text and "Traceback" not in text
 

@@ -264,7 +264,7 @@ def test_engine_resumes_and_reports_bad_models(tiny_models, sa1b_folder, tmp_pat
     path.unlink()
     bad = dict(tiny_models, clip=str(tmp_path / "no-such-clip"))
     result = run_cli([*base, *model_args(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a folder that is not there: refused while planning
     assert "--clip" in result.output and "no-such-clip" in result.output
     assert "Traceback" not in result.output
     (tmp_path / "empty").mkdir()  # a folder without a model: the loader's error, in one line

@@ -244,7 +244,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "preds" / "img_0_semantic.png").unlink()
     result = runner.invoke(app, ["eval", "--dataset", "ade20k", "--data-dir", str(tmp_path),
                                  "--pred-dir", str(tmp_path / "preds")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "img_0.jpg" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["eval", "--dataset", "ade20k", "--data-dir", str(tmp_path),
                                  "--pred-dir", str(tmp_path / "preds"), "--allow-missing"])
@@ -286,7 +286,7 @@ def test_run_eval_folder_needs_gt_dir(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--dataset", "folder", "--data-dir",
                                  str(tmp_path / "imgs"), "--out-dir", str(tmp_path / "o"),
                                  "--eval"])
-    assert result.exit_code == 1 and "--gt-dir" in result.output
+    assert result.exit_code == 2 and "--gt-dir" in result.output
 
 
 # The two-process `ssa run --eval` test (every image scored exactly once) belongs with

@@ -270,7 +270,7 @@ def test_binary_classes_label_map_and_config_files(tmp_path: Path) -> None:
         read_classes_file(binary)
     with pytest.raises(SSAError, match="holds NUL bytes"):
         read_classes_file(tmp_path / "nul.txt")
-    with pytest.raises(SSAError, match="--label-map .*cannot read it"):
+    with pytest.raises(SSAError, match="--label-map .*classes.bin is not UTF-8 text"):
         read_label_map_file(binary, ["sky"])
     with pytest.raises(SSAError, match="--config .* is not UTF-8 text"):
         load_yaml(binary)

@@ -302,11 +302,12 @@ def test_precision_reaches_both_branches(tmp_path, sam_checkpoint, segformer_5,
     from ssa.run.labeller import build_labeller
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "data").mkdir()
     cfg = build_config({"precision": "bf16"}, {
-        "dataset": "folder", "data_dir": tmp_path, "out_dir": tmp_path / "out",
+        "dataset": "folder", "data_dir": tmp_path / "data", "out_dir": tmp_path / "out",
         "sam_model": "vit_b", "sam_checkpoint": sam_checkpoint, "segmentor": f"hf:{segformer_5}",
         "device": "cpu", "amg_preset": "default"})
-    (tmp_path / "a.png").write_bytes(b"")  # one image to plan (never read)
+    (tmp_path / "data" / "a.png").write_bytes(b"")  # one image to plan (never read)
     labeller = build_labeller(plan_run(cfg))
     assert labeller.mask_source.generator.autocast_dtype == torch.bfloat16
     assert labeller.segmentor.model.dtype == torch.bfloat16

@@ -250,7 +250,7 @@ def test_cli_bad_prompt(tmp_path, args, expected):
     # The prompt is checked against the image before any model loads: no checkpoint needed.
     img = make_image(tmp_path / "img.png", width=256, height=128)
     result = CliRunner().invoke(app, ["predict", str(img), *args, "--sam-checkpoint", "nope.pth"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert expected in result.output
@@ -261,7 +261,7 @@ def test_cli_unreadable_image(tmp_path):
     bad.write_text("not an image")
     for path in (bad, tmp_path / "missing.png"):
         result = CliRunner().invoke(app, ["predict", str(path), "--point", "1,1"])
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert str(path) in result.output and len(result.output.strip().splitlines()) == 1
 
 

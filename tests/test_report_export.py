@@ -44,7 +44,7 @@ def test_images_file_refusals(run, text, words):
     listing.write_text(text)
     result = invoke("export", "--format", "label-studio", "--pred-dir", out, "--out",
                     tmp / "never", "--data-dir", data, "--images", listing)
-    assert result.exit_code == 1 and words in result.output
+    assert result.exit_code == 2 and words in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp / "never").exists()
 
 

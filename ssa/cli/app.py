@@ -17,6 +17,7 @@ app = typer.Typer(
     help="Semantic labels for Segment Anything masks: SAM's crisp masks, each given the top-1 "
     "class of a semantic segmentor's pixels inside it.",
     pretty_exceptions_enable=False,
+    add_completion=False,  # shell completion would be two more options on every help page
 )
 console = Console(stderr=True)
 USAGE, RUNTIME = 2, 1
@@ -108,8 +109,11 @@ def fail(exc: Exception, code: int = RUNTIME) -> NoReturn:
 
 
 def refuse(exc: Exception) -> NoReturn:
-    """A usage error: one line, exit code 2."""
-    fail(exc, USAGE)
+    """A refusal while planning: one line, exit code 2 for a usage error, 1 where the machine
+    cannot do the job (`FatalError`: a read-only or full out-dir, as at run time)."""
+    from ssa.errors import FatalError
+
+    fail(exc, RUNTIME if isinstance(exc, FatalError) else USAGE)
 
 
 def setup_logging() -> None:

@@ -221,7 +221,9 @@ class HFSegmentor:
         """image: `HWC uint8 RGB` -> `(C, h, w) float32` scores at the working resolution (see
         `scores_kind`; `ssa.segmentors.base.BranchOutput` makes full-resolution labels)."""
         height, width = image.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # torch wants a writable array (the prefetch thread's images are read-only views);
+        # nothing writes to it, so a copy is made only for those
+        x = torch.from_numpy(np.require(image, requirements=("C", "W"))).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float()
         crop_h, crop_w = self.crop
         size, capped = working_size(height, width, self.crop, self.resize)

@@ -468,6 +468,6 @@ def run_defaults(
     recorded = record.get("dataset") or "folder"
     if dataset is not None and dataset != recorded:
         return dataset, data_dir, split  # another layout: the run's folder would not fit it
-    if data_dir is None and record.get("data_dir"):
+    if data_dir is None and record.get("data_dir") and Path(record["data_dir"]).is_dir():
         data_dir = Path(record["data_dir"])
     return recorded, data_dir, split if split is not None else record.get("split")

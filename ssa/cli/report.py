@@ -80,9 +80,15 @@ def report(
 
     The run at a glance, class table and charts, a gallery worst first, a page per image and a
     review queue."""
+    from ssa.plan import run_defaults
     from ssa.report import ReportOptions
 
     try:
+        # the run's own dataset and images by default (with its labels, the scores too)
+        given = dataset
+        dataset, data_dir, split = run_defaults(pred_dir, dataset, data_dir, split)
+        if given is None and dataset == "folder":
+            dataset = None  # the run's own class names and colours
         make_report(ReportOptions(
             pred_dir=pred_dir, out=out, dataset=dataset, data_dir=data_dir, split=split,
             gt_dir=gt_dir, classes=classes, review=review, page_size=page_size,

@@ -7,10 +7,12 @@ options, paths, the out-dir and its record (`ssa.run.record`), the dataset's ima
 spec and its knobs, the semantic branch's class files, precision and the worker count; they run
 once, in the process that starts the run, before any worker or model.
 
-Where each run option is resolved and checked: `--masks` (with `--sam-model`/`--sam-checkpoint`,
-`--amg-preset`, `--amg`, `--amg-impl`) in `mask_branch`; `--precision`/`--compile` in
-`mask_branch` and `semantic_branch` (the device's support in `plan_run`); `--world-size` in
-`check_workers`; `--device` in `plan_run`.
+Where each run option is resolved and checked: `--masks` (with `--sam-model`/`--sam-checkpoint`)
+is parsed once in `plan_run` (`spec_from_config`) and handed on as a `MaskSpec`; `--amg-preset`,
+`--amg`, `--amg-impl` in `mask_branch`; `--segmentor` is parsed once in `plan_run` and checked
+with its class files in `semantic_branch`; `--precision`/`--compile` in `mask_branch` and
+`semantic_branch` (the device's support in `plan_run`); `--world-size` in `check_workers`;
+`--device` in `resolve_device`.
 
 Nothing here imports torch, transformers or segment-anything at module level; the `sam:` knob
 check (it reads `SamAutomaticMaskGenerator`'s signature) and the device run last.

@@ -419,6 +419,24 @@ def check_writable(folder: str | Path, flag: str = "--out-dir") -> None:
         raise FatalError(f"{flag} {folder} is not writable: {write_error(probe, exc, flag)}") from None
 
 
+def real_path(path: str | Path) -> Path:
+    """`path` absolute, `~` expanded and every symlink resolved (also when it does not exist
+    yet): how an output folder and the inputs are compared, and named in records."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def overlap(out: str | Path, inp: str | Path) -> str | None:
+    """How an output path meets an input, by real path: "holds" when `out` is the input or a
+    folder above it (writing there would replace or mix with it), "inside" when `out` lies in
+    the input folder, else None."""
+    out, inp = real_path(out), real_path(inp)
+    if out == inp or out in inp.parents:
+        return "holds"
+    if inp.is_dir() and inp in out.parents:
+        return "inside"
+    return None
+
+
 def remove_temp_files(out_dir: str | Path) -> int:
     """Remove the temporary files (`.ssa-tmp-*`) a killed run left under out_dir; return how many.
 

@@ -297,15 +297,13 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
     from ssa.datasets import select_images
     from ssa.evaluation.evaluate import check_run_eval
     from ssa.precision import check_device
-    from ssa.run.record import check_inputs, check_record, fingerprint, real
+    from ssa.run.record import check_inputs, check_record, fingerprint
     from ssa.specs.masks import check_mask_source, spec_from_config
     from ssa.specs.segmentors import parse_spec
 
     check_run_eval(cfg)
-    if world_size is not None and world_size < 1:
-        raise SSAError(f"--world-size {world_size} must be at least 1")
-    check_voting(cfg)
     check_workers(cfg.device, world_size)  # --world-size against torchrun and this machine
+    check_voting(cfg)
     dataset = get_dataset(cfg.dataset)
     spec = spec_from_config(cfg)  # --masks, --sam-model, --sam-checkpoint: read here, once
     masks = mask_branch(cfg, spec, dataset.default_amg_preset) if cfg.amg else None
@@ -316,7 +314,7 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
     segmentor = cfg.segmentor or dataset.default_segmentor
     seg = parse_spec(segmentor) if segmentor else None  # --segmentor: read here, once
     check_inputs(cfg.out_dir, run_inputs(cfg, spec, seg))
-    out_dir = real(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
+    out_dir = io.real_path(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
     io.check_writable(out_dir)  # a file, a read-only or full out-dir: one line
     check_mask_source(spec)
     if segmentor is None or seg is None:
@@ -328,8 +326,7 @@ def plan_run(cfg: RunConfig, world_size: int | None = None) -> RunPlan:
         masks = mask_branch(cfg, spec, dataset.default_amg_preset)
     semantic = semantic_branch(cfg, dataset.default_segmentor, seg)
     device = resolve_device(cfg.device)  # --device, once
-    if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
-        check_device(masks.precision, masks.compile, device)
+    check_device(masks.precision, masks.compile, device)
     return RunPlan(
         images=Images(cfg.dataset, Path(cfg.data_dir), cfg.split, cfg.limit, Path(full_root),
                       tuple(rels)),
@@ -381,40 +378,37 @@ def plan_engine(cfg: EngineConfig, world_size: int | None = None) -> EnginePlan:
     from ssa.datasets import select_images
     from ssa.engine.models import resolve_models
     from ssa.precision import check_device
-    from ssa.run.record import check_inputs, check_record, fingerprint, real, settings_of
+    from ssa.run.record import check_inputs, check_record, fingerprint, settings_of
     from ssa.specs.masks import check_mask_source, spec_from_config
 
-    if world_size is not None and world_size < 1:
-        raise SSAError(f"--world-size {world_size} must be at least 1")
+    check_workers(cfg.device, world_size)  # --world-size against torchrun and this machine
     if cfg.out_dir is None:
         raise SSAError("--out-dir is required; pass the folder for the outputs")
-    root, rels = select_images("folder", cfg.data_dir, None, cfg.limit, cfg.out_dir)
+    root, full = select_images("folder", cfg.data_dir, None, None, cfg.out_dir)
+    rels = full[: cfg.limit] if cfg.limit is not None else full
     inputs: list[tuple[str, Path | None]] = [("--data-dir", cfg.data_dir)]
     spec = spec_from_config(cfg)
     if spec.kind == "json":
         inputs.append(("--masks", Path(spec.target)))
     check_inputs(cfg.out_dir, inputs)
-    cfg.out_dir = real(cfg.out_dir)
-    io.check_writable(cfg.out_dir)
+    out_dir = io.real_path(cfg.out_dir)  # a symlinked --out-dir is its target, resolved once
+    io.check_writable(out_dir)
     models = resolve_models(cfg.models, cfg.light)
     check_mask_source(spec)  # a missing file before the knobs (they import)
     masks = mask_branch(cfg, spec, "default")
     values = {"masks": str(spec), "amg_preset": cfg.amg_preset, "amg": cfg.amg,
-              "amg_impl": cfg.amg_impl, "models": models, "top_k": cfg.top_k}
+              "amg_impl": cfg.amg_impl, "top_k": cfg.top_k}
     settings = {k: v for k, v in settings_of(values).items() if k in ENGINE_SETTING_KEYS}
-    settings["models"] = {role: str(real(m)) if Path(m).expanduser().exists() else m
+    settings["models"] = {role: str(io.real_path(m)) if Path(m).expanduser().exists() else m
                           for role, m in models.items()}
-    full_root, full = select_images("folder", cfg.data_dir, None, None, cfg.out_dir)
-    listing = fingerprint(full_root, full)
-    check_record(Path(cfg.out_dir), settings, Path(cfg.data_dir), listing, False)
+    listing = fingerprint(root, full)  # the whole listing: a --limit run resumes
+    check_record(out_dir, settings, Path(cfg.data_dir), listing, False)
     device = resolve_device(cfg.device)
-    if masks.precision != "fp32" or masks.compile:  # fp32 needs nothing (nor torch here)
-        check_device(masks.precision, masks.compile, device)
-    check_workers(device, world_size)
+    check_device(masks.precision, masks.compile, device)
     return EnginePlan(
         images=Images("folder", Path(cfg.data_dir), None, cfg.limit, Path(root), tuple(rels)),
         masks=masks,
-        outputs=Outputs(Path(cfg.out_dir), save_vis=cfg.save_vis),
+        outputs=Outputs(out_dir, save_vis=cfg.save_vis),
         models=models,
         device=device,
         settings=settings,
@@ -451,8 +445,7 @@ def plan_predict(cfg: RunConfig) -> PredictPlan:
     check_name(cfg.precision)
     semantic = semantic_branch(cfg, dataset.default_segmentor)
     device = resolve_device(cfg.device)
-    if cfg.precision != "fp32" or cfg.compile:
-        check_device(cfg.precision, cfg.compile, device)
+    check_device(cfg.precision, cfg.compile, device)
     return PredictPlan(MaskBranch(spec, {}, cfg.amg_impl, cfg.precision, cfg.compile), semantic,
                        cfg.dataset, device, cfg.top_k)
 

@@ -79,7 +79,10 @@ def check_compile(device_type: str, have_cxx: bool, have_triton: bool = True,
 
 def check_device(precision: str, compile: bool, device: Any) -> None:
     """`check_precision` and `check_compile` for a real device (`torch.device` or a string),
-    reading what it offers."""
+    reading what it offers. fp32 without compile asks nothing of the device (nor imports torch,
+    so a CPU run plans without it)."""
+    if precision == "fp32" and not compile:
+        return
     import torch
 
     device_type = torch.device(device).type

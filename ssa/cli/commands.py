@@ -91,8 +91,8 @@ def run(
 
 @app.command("eval")
 def eval_(
-    pred_dir: o.PredDir, dataset: o.Dataset = None, data_dir: o.DataDir = None,
-    split: o.Split = None, gt_dir: o.GtDir = None, classes: o.EvalClasses = None,
+    pred_dir: o.PredDir, dataset: o.RunDataset = None, data_dir: o.RunDataDir = None,
+    split: o.RunSplit = None, gt_dir: o.GtDir = None, classes: o.EvalClasses = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Write the scores as JSON (percent).")] = None,
     csv_out: Annotated[Path | None, typer.Option(
@@ -297,7 +297,7 @@ def export_(
     out: Annotated[Path, typer.Option(
         help="coco-instances: a .json file; hf-dataset: a folder (save_to_disk) or a .parquet "
         "file; the others: a folder.", rich_help_panel="Data")],
-    dataset: o.Dataset = None, data_dir: o.DataDir = None, split: o.Split = None,
+    dataset: o.RunDataset = None, data_dir: o.RunDataDir = None, split: o.RunSplit = None,
     classes: Annotated[Path | None, typer.Option(
         help="Class names, one per line (default: the run's class_names; for an engine run the "
         "sorted names of its masks). Category id = line index + 1.")] = None,

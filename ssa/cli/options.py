@@ -28,6 +28,14 @@ Split = Annotated[str | None, _opt("Dataset split (default: validation/val/test)
 Limit = Annotated[int | None, _opt("Only the first N images.", DATA)]
 Config = Annotated[Path | None, _opt(
     "YAML config (configs/<name>.yaml): any option of this command; flags override it.")]
+# Commands that read a finished run (eval, export, report) default to what its record names.
+RunDataset = Annotated[str | None, _opt(
+    f"{DATASETS}: how --data-dir is laid out (default: the run's own, from its ssa_run.json; "
+    f"else folder).", DATA)]
+RunDataDir = Annotated[Path | None, _opt(
+    "The dataset the run read (default: the run's own, from its ssa_run.json).", DATA)]
+RunSplit = Annotated[str | None, _opt(
+    "Dataset split (default: the run's own, else validation/val/test).", DATA)]
 GtDir = Annotated[Path | None, _opt(
     "folder only: ground truth, <stem>.png class indices (255 = ignore) mirroring the images' "
     "relative paths.", EVAL)]

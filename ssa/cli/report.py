@@ -39,36 +39,17 @@ def make_report(options: ReportOptions) -> Path:
 
 @app.command("report")
 def report(
-    pred_dir: Annotated[
-        Path,
-        typer.Option(help="The --out-dir of a finished `ssa run`.", rich_help_panel="Data"),
-    ],
+    pred_dir: o.PredDir,
     out: Annotated[
         Path | None,
         typer.Option(help="The report folder (default <pred-dir>/report); a new folder, an "
                      "empty one, or an earlier report.", rich_help_panel="Data"),
     ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="ade20k | cityscapes | foggy_driving | folder, as in `ssa eval` "
-                     "(default: folder, colours from the run's classes).",
-                     rich_help_panel="Data"),
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="The dataset the run read: shows the images, and with --dataset "
-                     "(or --gt-dir) scores them.", rich_help_panel="Data"),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="Dataset split (default: validation/val/test).", rich_help_panel="Data"),
-    ] = None,
+    dataset: o.RunDataset = None,
+    data_dir: o.RunDataDir = None,
+    split: o.RunSplit = None,
     gt_dir: o.GtDir = None,
-    classes: Annotated[
-        Path | None,
-        typer.Option(help="folder only: class names, one per line, as in `ssa eval`.",
-                     rich_help_panel="Evaluation"),
-    ] = None,
+    classes: o.EvalClasses = None,
     review: Annotated[
         int, typer.Option(help="Images in the review queue (the worst first).")
     ] = 50,
@@ -78,8 +59,7 @@ def report(
 ) -> None:
     """A static HTML report of a run, to open from file:// (prints its URL).
 
-    The run at a glance, class table and charts, a gallery worst first, a page per image and a
-    review queue."""
+    Class table and charts, a gallery worst first, a page per image, a review queue."""
     from ssa.plan import run_defaults
     from ssa.report import ReportOptions
 

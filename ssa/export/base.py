@@ -38,10 +38,9 @@ import numpy as np
 from ssa import io
 from ssa.errors import SSAError
 from ssa.export.validate import CheckedDocument, read_document
+from ssa.run.outputs import JSON_SUFFIX, PNG_SUFFIX
 from ssa.words import plural
 
-JSON_SUFFIX = "_semantic.json"
-PNG_SUFFIX = "_semantic.png"
 PARTS = "parts"
 MAX_NAMED = 5
 OWNER_FILE = ".ssa-export.json"  # inside every folder an export wrote
@@ -335,25 +334,20 @@ def _inputs(cfg: ExportConfig) -> list[tuple[str, Path]]:
     return [(flag, Path(path)) for flag, path in named if path is not None]
 
 
-def real(path: Path) -> Path:
-    """`path` with every symlink resolved (also when it does not exist yet)."""
-    return Path(os.path.realpath(path))
-
-
 def check_out(cfg: ExportConfig) -> None:
     """Refuse an `--out` that would destroy or mix with what the user owns (see the module
     docstring); `cfg.out` becomes its real path, so a symlinked `--out` is resolved once and
     every later step (staging, commit) works on the real folder."""
     given = Path(cfg.out)
-    out = real(given)
+    out = io.real_path(given)
     for flag, path in _inputs(cfg):
-        inp = real(path)
-        if out == inp or out in inp.parents:
+        where = io.overlap(out, path)
+        if where == "holds":
             raise SSAError(
                 f"--out {given} holds {flag} {path}; an export there would replace it: write "
                 f"the export to a new path outside the run and the dataset"
             )
-        if inp in out.parents:
+        if where == "inside":
             raise SSAError(
                 f"--out {given} is inside {flag} {path}; write the export to a path outside "
                 f"the run and the dataset"
@@ -402,7 +396,7 @@ def written_by_export(path: Path) -> bool:
 
 def owner_record(plan: ExportPlan) -> dict[str, Any]:
     """What a folder export records about itself (`OWNER_FILE`)."""
-    return {OWNER_KEY: plan.cfg.format, "pred_dir": str(real(plan.cfg.pred_dir)),
+    return {OWNER_KEY: plan.cfg.format, "pred_dir": str(io.real_path(plan.cfg.pred_dir)),
             "images": len(plan.items)}
 
 

@@ -34,10 +34,6 @@ OWN_FILES = {
 }
 
 
-def real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
 def is_report(folder: Path) -> bool:
     """True when `folder` is a report ssa wrote (its `OWNER_FILE` is a plain file)."""
     marker = Path(folder) / OWNER_FILE
@@ -54,16 +50,13 @@ def check_out(out: Path, pred_dir: Path, inputs: dict[str, Path | None],
     and would label the report's pictures).
     """
     given = Path(out)
-    out = real(given)
+    out = io.real_path(given)
     for flag, path in inputs.items():
-        if path is None:
-            continue
-        inp = real(path)
-        if out == inp or out in inp.parents:
+        if path is not None and io.overlap(out, path) == "holds":
             raise SSAError(f"--out {given} holds {flag} {path}; pass a new folder for the report "
                            f"(default: <pred-dir>/report)")
     if image_root is not None:
-        root, pred = real(image_root), real(pred_dir)
+        root, pred = io.real_path(image_root), io.real_path(pred_dir)
         below_pred = pred in out.parents and root in pred.parents
         if root in out.parents and not below_pred:
             raise SSAError(f"--out {given} lies inside the image folder {image_root}, where "
@@ -86,7 +79,7 @@ def claim(out: Path, pred_dir: Path) -> None:
     if not is_report(out) and any(out.iterdir()):  # checked again: the check may be stale
         raise SSAError(f"--out {out} is a folder that `ssa report` did not write; pass a "
                        f"new or empty folder")
-    record = {OWNER_KEY: __version__, "pred_dir": str(real(pred_dir))}
+    record = {OWNER_KEY: __version__, "pred_dir": str(io.real_path(pred_dir))}
     write_bytes(out / OWNER_FILE, json.dumps(record).encode())
 
 

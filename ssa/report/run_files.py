@@ -17,10 +17,8 @@ from typing import Any
 
 from ssa import io
 from ssa.errors import SSAError
-from ssa.run.outputs import FAILURES_FILE, output_paths, read_failures
+from ssa.run.outputs import FAILURES_FILE, JSON_SUFFIX, output_paths, read_failures
 from ssa.run.record import RUN_SETTINGS
-
-JSON_SUFFIX = "_semantic.json"
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,16 @@ if TYPE_CHECKING:
     from ssa.voting import VoteResult
 
 FAILURES_FILE = "failures.jsonl"
+JSON_SUFFIX = "_semantic.json"  # <stem>_semantic.json: the per-image document (written last)
+PNG_SUFFIX = "_semantic.png"  # <stem>_semantic.png: the label map
 
 
 def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
     """Where the outputs of the image at relative path `rel` go (mirroring `rel` under out_dir)."""
     base = Path(out_dir) / rel.parent
     return {
-        "semantic": base / f"{rel.stem}_semantic.json",
-        "label": base / f"{rel.stem}_semantic.png",
+        "semantic": base / f"{rel.stem}{JSON_SUFFIX}",
+        "label": base / f"{rel.stem}{PNG_SUFFIX}",
         "branch": base / f"{rel.stem}_branch.png",
         "vis": base / f"{rel.stem}_vis.jpg",
     }

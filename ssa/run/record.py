@@ -31,10 +31,10 @@ from typing import Any
 
 from ssa import io
 from ssa.errors import SSAError
+from ssa.run.outputs import JSON_SUFFIX, output_paths
 
 RUN_SETTINGS = "ssa_run.json"
 LOCK_FILE = ".ssa-lock"
-JSON_SUFFIX = "_semantic.json"
 # The RunConfig fields that change what an image's outputs hold (the rest: where, how fast,
 # which images, which extra files).
 SETTING_KEYS = (
@@ -42,11 +42,6 @@ SETTING_KEYS = (
     "label_map", "prompts", "vote", "min_vote_share", "top_k", "max_pixels",
 )
 SPEC_KEYS = ("masks", "segmentor")  # spec strings whose target may be a local path
-
-
-def real(path: str | Path) -> Path:
-    """`path` absolute with every symlink resolved (also when it does not exist yet)."""
-    return Path(os.path.realpath(Path(path).expanduser()))
 
 
 def resolved_spec(spec: str) -> str:
@@ -57,7 +52,7 @@ def resolved_spec(spec: str) -> str:
     for i in range(len(parts) - 1, -1, -1):
         candidate = ":".join(parts[i:])
         if i > 0 and candidate and Path(candidate).expanduser().exists():
-            return ":".join([*parts[:i], str(real(candidate))])
+            return ":".join([*parts[:i], str(io.real_path(candidate))])
     return spec
 
 
@@ -67,7 +62,7 @@ def settings_of(values: Mapping[str, Any]) -> dict[str, Any]:
     for key in SETTING_KEYS:
         value = values.get(key)
         if isinstance(value, Path):
-            value = str(real(value))
+            value = str(io.real_path(value))
         elif key in SPEC_KEYS and isinstance(value, str):
             value = resolved_spec(value)
         out[key] = value
@@ -129,17 +124,14 @@ def holds_outputs(out_dir: Path) -> bool:
 
 def check_inputs(out_dir: Path, inputs: Iterable[tuple[str, Path | None]]) -> None:
     """Refuse an out-dir that is, holds or lies inside one of `inputs` (flag, path)."""
-    out = real(out_dir)
     for flag, path in inputs:
-        if path is None:
-            continue
-        inp = real(path)
-        if out == inp or out in inp.parents:
+        where = None if path is None else io.overlap(out_dir, path)
+        if where == "holds":
             raise SSAError(
                 f"--out-dir {out_dir} holds {flag} {path}; a run there would mix its outputs "
                 f"with your inputs: pass a new folder outside them"
             )
-        if inp.is_dir() and inp in out.parents:
+        if where == "inside":
             raise SSAError(
                 f"--out-dir {out_dir} is inside {flag} {path}; pass a folder outside your inputs"
             )
@@ -161,12 +153,10 @@ def check_record(
         return
     if overwrite or not holds_outputs(out_dir):
         return
-    now = {**settings, "data_dir": str(real(data_dir))}
+    now = {**settings, "data_dir": str(io.real_path(data_dir))}
     earlier = {**record["settings"], "data_dir": record.get("data_dir")}
     differ = [k for k in now if k in earlier and earlier[k] is not None and earlier[k] != now[k]]
     shown = ", ".join(f"{k} {earlier[k]!r} -> {now[k]!r}" for k in differ)
-    from ssa.run.outputs import output_paths
-
     # An image that changed matters where its outputs stand (a fixed failed image is new data).
     changed = [rel for rel in changed_images(record.get("images"), prints)
                if output_paths(Path(out_dir), Path(rel))["semantic"].exists()]
@@ -206,7 +196,7 @@ def write_record(
 
     record: dict[str, Any] = {
         "ssa_version": __version__, "settings": settings, "dataset": dataset, "split": split,
-        "data_dir": str(real(data_dir)), "images": prints,
+        "data_dir": str(io.real_path(data_dir)), "images": prints,
     }
     if since is not None:
         record["overwrite_since"] = since

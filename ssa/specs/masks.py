@@ -339,11 +339,3 @@ def load_prompt_source(
             f"PromptableMaskSource (ssa.masks.base)"
         )
     return source
-
-
-def mask_settings(cfg: MaskBranchConfig, default_preset: str = "default") -> tuple[MaskSpec, dict[str, Any]]:
-    """The run's mask spec (`spec_from_config`) and the settings its source is built with
-    (preset: `cfg.amg_preset`, else `default_preset`), checked against the source's knobs."""
-    spec = spec_from_config(cfg)
-    preset = cfg.amg_preset or default_preset
-    return spec, resolve_mask_settings(spec, preset, cfg.amg, cfg.amg_impl)

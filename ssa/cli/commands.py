@@ -48,12 +48,11 @@ def run(
     compile_: o.Compile = None, log_every: o.LogEvery = None,
 ) -> None:
     """Label every image of a dataset: SAM masks, voted by a semantic segmentor."""
+    values = dict(locals())  # the options, before any other name is bound here
     import logging
 
     from ssa.plan import nothing_to_do, plan_run
 
-    values = {k: v for k, v in locals().items() if k not in ("logging", "nothing_to_do",
-                                                             "plan_run")}
     setup_logging()
     try:
         cfg = run_config(values)

@@ -326,8 +326,8 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
 def test_chunked_encoder_attention_matches_stock(sams) -> None:
     """chunked_attention against the stock encoder: the tiny checkpoint's (windowed and global
     blocks), and one global block (64 channels, 4 heads, 32x32 tokens, relative positions) with
-    budgets that take all heads in two row blocks, all heads in ragged 3-row blocks, and the
-    heads split 3 + 1 one row at a time. The stock forwards are back afterwards."""
+    budgets that take every row of two heads at once, ragged 12-row blocks of one head, and
+    3-row blocks of one head. The stock forwards are back afterwards."""
     from segment_anything.modeling.image_encoder import Attention
 
     from ssa.masks.sam_speedups import chunked_attention
@@ -349,7 +349,7 @@ def test_chunked_encoder_attention_matches_stock(sams) -> None:
         torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
         tokens = torch.randn(1, 32, 32, 64, generator=gen)
         expected = block.attn(tokens)
-        n = 32 * 32  # groups = 4 heads: rows = budget // (4 n), heads per block = budget // (rows n)
+        n = 32 * 32  # rows = min(n, budget // n), heads per block = budget // (rows n)
         for budget in (4 * n * 512, 4 * n * 3, 3 * n):
             with chunked_attention(block, budget=budget):
                 torch.testing.assert_close(block.attn(tokens), expected, atol=1e-5, rtol=1e-5)

@@ -84,8 +84,9 @@ def use_sdpa(image_encoder: torch.nn.Module) -> int:
     return count
 
 
-# Scores computed at once by the chunked encoder attention (8 MB of float32: cache-sized).
-_SCORE_BUDGET = 1 << 21
+# Scores computed at once by the chunked encoder attention (16 MB of float32: within a
+# shared L3, and large enough that each head's GEMMs have rows to spare; BENCHMARKS.md).
+_SCORE_BUDGET = 1 << 22
 
 
 def _chunked_forward(self: Any, x: torch.Tensor, budget: int = _SCORE_BUDGET) -> torch.Tensor:
@@ -105,7 +106,9 @@ def _chunked_forward(self: Any, x: torch.Tensor, budget: int = _SCORE_BUDGET) ->
     q = q * self.scale
     k_t = k.transpose(-2, -1)
     out = v.new_empty(groups, n, v.shape[-1])
-    rows = max(1, min(n, budget // (groups * n)))
+    # Query rows of one head first, then more heads: a block of many rows of few heads keeps
+    # the GEMMs tall (42 rows x 12 heads ran 1.5x slower than 1024 rows x 1 head).
+    rows = max(1, min(n, budget // n))
     per = max(1, budget // (rows * n))
     for g in range(0, groups, per):
         gs = slice(g, g + per)
@@ -259,6 +262,14 @@ def decode_fused(
     return masks, iou_pred[:, mask_slice]
 
 
+def _act_(act: Any, x: torch.Tensor) -> torch.Tensor:
+    """`act(x)`, written into `x` where `act` is an `nn.GELU` (the same kernel: a fresh
+    output of this size costs more in allocation than the GELU itself)."""
+    if type(act) is torch.nn.GELU:
+        return torch._C._nn.gelu(x, approximate=act.approximate, out=x)
+    return act(x)
+
+
 def _upscale_masks(
     up: Any, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int
 ) -> torch.Tensor:
@@ -277,9 +288,9 @@ def _upscale_masks(
 
     w1, b1, c1 = as_gemm(conv1)
     x = torch.addmm(b1, keys.reshape(-1, keys.shape[-1]), w1).view(-1, c1)
-    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    x = _act_(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     w2, b2, c2 = as_gemm(conv2)
-    x = act2(torch.addmm(b2, x, w2)).view(b, -1, c2)  # (B, hw*16, C/8)
+    x = _act_(act2, torch.addmm(b2, x, w2)).view(b, -1, c2)  # (B, hw*16, C/8)
     m = hyper.shape[1]
     masks = torch.bmm(x, hyper.transpose(1, 2))  # (B, hw*16, M)
     # Pixel (i, j, di, dj, di2, dj2) is row 4i + 2di + di2, column 4j + 2dj + dj2.

@@ -283,12 +283,15 @@ def test_fused_decoder_matches_stock(sams, multimask: bool) -> None:
 
 def test_upsample_stability_boxes_match_stock(sams) -> None:
     """The buffered upsampling, stability and boxes of kept masks against segment-anything's
-    `postprocess_masks`, `calculate_stability_score` and `batched_mask_to_box`, bit for bit:
-    chunks of several masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
+    `postprocess_masks`, `calculate_stability_score` and `batched_mask_to_box`, bit for bit,
+    by the torch kernels (any device) and the CPU's plane-by-plane ones: chunks of several
+    masks, an empty mask, a one-pixel-wide mask, non-finite logits."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
     from ssa.masks import candidates
-    from ssa.masks.bilinear import CountBuffer
+    from ssa.masks.bilinear import CountBuffer, PlaneStats
     from ssa.masks.candidates import box_from_lines
     from ssa.masks.fast_amg import FastMaskGenerator
 
@@ -302,7 +305,7 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
     logits[2, 100:140, 37] = 5.0  # a thin vertical line
     input_size, crop_size = (80, 128), (97, 151)
     old = candidates._CHUNK_PIXELS
-    candidates._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of 3, 3, 1
+    candidates._CHUNK_PIXELS = 3 * crop_size[0] * crop_size[1]  # chunks of at most 3
     try:
         for data in (logits, torch.where(logits > 4.5, torch.inf, logits)):
             with torch.inference_mode():
@@ -319,6 +322,21 @@ def test_upsample_stability_boxes_match_stock(sams) -> None:
             assert torch.equal(boxes, batched_mask_to_box(ref > sam.mask_threshold))
             assert boxes[1].tolist() == [0, 0, 0, 0]
             assert boxes[2, 0] == boxes[2, 2]  # one column wide
+
+            # The CPU's plane-by-plane path (numpy and OpenCV in threads): the same figures,
+            # each mask written transposed into a whole plane or a crop's window of one.
+            stack = np.zeros((len(ref), crop_size[1] + 5, crop_size[0] + 3), np.uint8)
+            planes = [stack[i, : crop_size[1], : crop_size[0]] if i % 2 else
+                      stack[i, 5:, 3:] for i in range(len(ref))]
+            with ThreadPoolExecutor(2) as pool:
+                got_stab, got_rows, got_cols, got_area = gen._plane_stats(
+                    ref.contiguous(), PlaneStats(crop_size, pool), planes)
+            torch.testing.assert_close(got_stab, stock, atol=0, rtol=0, equal_nan=True)
+            assert got_area.tolist() == area.tolist()
+            assert torch.equal(box_from_lines(got_rows > 0, got_cols > 0), boxes)
+            want = (ref > sam.mask_threshold).transpose(1, 2).numpy()
+            assert all(np.array_equal(plane, want[i]) for i, plane in enumerate(planes))
+            assert stack[0::2, :5].sum() == 0 and stack[1::2, crop_size[1]:].sum() == 0
     finally:
         candidates._CHUNK_PIXELS = old
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssa.masks.bilinear import Axis, CountBuffer, copy_transposed
+from ssa.masks.bilinear import Axis, CountBuffer, PlaneStats
 from ssa.masks.candidates import (
     CandidateFilters,
     Candidates,
@@ -353,7 +353,9 @@ class FastMaskGenerator(CandidateFilters):
         The mask stack is built as `(N, W, H)` (each mask column-major, the order COCO RLE
         runs in, so `encode_rle_device` reads it without a transposed copy) and returned as
         its `(N, H, W)` view `masks_t.transpose(1, 2)`; voting flattens pixels in storage order.
-        Stability, box and area of each chunk are counted while it is in the cache.
+        Stability, box and area of each chunk are counted while it is in the cache: on the CPU
+        plane by plane in a thread per torch thread (`PlaneStats`, which also writes each mask
+        into the stack), elsewhere by torch's kernels over the chunk (`CountBuffer`).
         """
         start = time.perf_counter()
         height, width = orig_size
@@ -365,31 +367,39 @@ class FastMaskGenerator(CandidateFilters):
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
         areas = torch.empty(n, dtype=torch.int64, device=self.device)
-        for c, (cands, crop_box) in enumerate(per_crop):
-            pos = (owners == c).nonzero(as_tuple=True)[0]
-            if len(pos) == 0:
-                continue
-            sub = cands.logits[rows[pos].to(cands.logits.device)]
-            x0, y0, x1, y1 = crop_box
-            # Which crop rows / columns hold a pixel, per mask: the boxes at the end, in one go.
-            line_rows = torch.empty(n, y1 - y0, dtype=torch.uint8, device=self.device)
-            line_cols = torch.empty(n, x1 - x0, dtype=torch.uint8, device=self.device)
-            buf = None
-            for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
-                if buf is None:
-                    buf = CountBuffer(full.shape, full.device)
-                at = pos[sl].to(self.device)
-                k = len(at)
-                stats = self._kept_stats(full, buf)
-                stab[at], line_rows[at], line_cols[at], areas[at], mask = stats
-                lo = int(at[0])
-                if bool((at == torch.arange(lo, lo + k, device=at.device)).all()):
-                    copy_transposed(masks_t[lo : lo + k, x0:x1, y0:y1], mask)
-                else:
+        cpu = self.device.type == "cpu"
+        with contextlib.ExitStack() as stack:
+            if cpu:  # numpy and OpenCV, one plane per thread (`PlaneStats`)
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = stack.enter_context(ThreadPoolExecutor(
+                    max(1, torch.get_num_threads()), thread_name_prefix="ssa-masks"))
+                planes = masks_t.numpy().view(np.uint8)
+            for c, (cands, crop_box) in enumerate(per_crop):
+                pos = (owners == c).nonzero(as_tuple=True)[0]
+                if len(pos) == 0:
+                    continue
+                sub = cands.logits[rows[pos].to(cands.logits.device)]
+                x0, y0, x1, y1 = crop_box
+                # Which crop rows / columns hold a pixel, per mask: the boxes at the end.
+                line_rows = torch.empty(n, y1 - y0, dtype=torch.uint8, device=self.device)
+                line_cols = torch.empty(n, x1 - x0, dtype=torch.uint8, device=self.device)
+                buf = None
+                for sl, full in self._upsample(sub, cands.input_size, (y1 - y0, x1 - x0)):
+                    at = pos[sl].to(self.device)
+                    if cpu:
+                        buf = buf or PlaneStats(full.shape[1:], pool)
+                        dst = [planes[i, x0:x1, y0:y1] for i in at.tolist()]
+                        stats = self._plane_stats(full, buf, dst)
+                        stab[at], line_rows[at], line_cols[at], areas[at] = stats
+                        continue
+                    buf = buf or CountBuffer(full.shape, full.device)
+                    stab[at], line_rows[at], line_cols[at], areas[at], mask = (
+                        self._kept_stats(full, buf))
                     masks_t[at, x0:x1, y0:y1] = mask.transpose(1, 2)
-            pos = pos.to(self.device)
-            boxes[pos] = box_from_lines(line_rows[pos] > 0, line_cols[pos] > 0)
-            boxes[pos] += crop_offset(crop_box, self.device).long()
+                pos = pos.to(self.device)
+                boxes[pos] = box_from_lines(line_rows[pos] > 0, line_cols[pos] > 0)
+                boxes[pos] += crop_offset(crop_box, self.device).long()
         masks = masks_t.transpose(1, 2)
         sync_device(self.device)
         start = self.stats.add("mask_upsample", start)

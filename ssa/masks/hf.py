@@ -555,7 +555,7 @@ class _HFPostprocess(FastMaskGenerator):
             return
         from ssa.masks import candidates
 
-        per = max(1, candidates._CHUNK_PIXELS // max(1, crop_size[0] * crop_size[1]))
+        per = candidates.chunk_masks(crop_size[0] * crop_size[1], logits.device)
         first = min(per, len(logits))
         full = logits.new_empty(first, 1, *crop_size)
         upsample = torch._C._nn.upsample_bilinear2d

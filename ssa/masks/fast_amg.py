@@ -360,14 +360,20 @@ class FastMaskGenerator(CandidateFilters):
         start = time.perf_counter()
         height, width = orig_size
         n = len(rows)
-        # Zero-filled even where every pixel is written: the fill faults the fresh pages in
-        # sequentially on all threads, where the per-mask transposes below would fault them
-        # one scattered write at a time (several times as long; BENCHMARKS.md).
-        masks_t = torch.zeros(n, width, height, dtype=torch.bool, device=self.device)
+        cpu = self.device.type == "cpu"
+        whole = [list(b) for _, b in per_crop] == [[0, 0, width, height]]
+        if cpu and whole:
+            # Every pixel of every plane is written by `PlaneStats`, each plane whole by one
+            # thread, which faults its fresh pages in as it goes.
+            masks_t = torch.empty(n, width, height, dtype=torch.bool)
+        else:
+            # Zero-filled: the fill faults the fresh pages in sequentially on all threads,
+            # where scattered writes would fault them one at a time (several times as long;
+            # BENCHMARKS.md), and crops write only their windows.
+            masks_t = torch.zeros(n, width, height, dtype=torch.bool, device=self.device)
         stab = torch.empty(n, device=self.device)
         boxes = torch.empty(n, 4, dtype=torch.int64, device=self.device)
         areas = torch.empty(n, dtype=torch.int64, device=self.device)
-        cpu = self.device.type == "cpu"
         with contextlib.ExitStack() as stack:
             if cpu:  # numpy and OpenCV, one plane per thread (`PlaneStats`)
                 from concurrent.futures import ThreadPoolExecutor

@@ -16,6 +16,8 @@ from ssa.masks.bilinear import Axis, CountBuffer, PlaneStats
 if TYPE_CHECKING:
     from ssa.masks.stats import Stats
 
+# The upper end of an unknown box coordinate: finite, so interval arithmetic stays finite.
+_UNKNOWN = 1e7
 # Full-resolution float pixels upsampled at once (about 256 MB of float32); on the CPU at most
 # one mask per thread (`chunk_masks`).
 _CHUNK_PIXELS = 1 << 26
@@ -30,8 +32,11 @@ def chunk_masks(pixels: int, device: torch.device) -> int:
     if torch.device(device).type == "cpu":
         per = min(per, max(1, torch.get_num_threads()))
     return per
-# The upper end of an unknown box coordinate: finite, so interval arithmetic stays finite.
-_UNKNOWN = 1e7
+
+
+def covers_image(crop_box: list[int], orig_size: tuple[int, int]) -> bool:
+    """Whether an XYXY crop box is the whole `(H, W)` image (a crop with no crop edges)."""
+    return list(crop_box) == [0, 0, orig_size[1], orig_size[0]]
 
 
 @dataclass
@@ -280,7 +285,7 @@ class CandidateFilters:
     def _edge_filter(self, cands: Candidates, crop_box, orig_size) -> Candidates:
         """The stock `is_box_near_crop_edge` filter (atol 20 px), decided on box intervals."""
         orig_box = [0, 0, orig_size[1], orig_size[0]]
-        if list(crop_box) == orig_box or len(cands.iou) == 0:
+        if covers_image(crop_box, orig_size) or len(cands.iou) == 0:
             return cands  # a crop that is the whole image has no crop edges
         b = cands.bounds
         dev = b.box_lo.device

@@ -38,6 +38,7 @@ from ssa.masks.candidates import (
     Candidates,
     box_from_lines,
     cat_candidates,
+    covers_image,
     crop_offset,
     sync_device,
 )
@@ -297,7 +298,7 @@ class FastMaskGenerator(CandidateFilters):
 
     def _need_boxes(self, crop_box: list[int], orig_size: tuple[int, int]) -> bool:
         """Whether any decision reads a box: NMS that can suppress, or crop-edge filtering."""
-        whole = list(crop_box) == [0, 0, orig_size[1], orig_size[0]]
+        whole = covers_image(crop_box, orig_size)
         return self.box_nms_thresh < 1.0 or not whole or (
             self.crop_n_layers > 0 and self.crop_nms_thresh < 1.0
         )
@@ -361,7 +362,7 @@ class FastMaskGenerator(CandidateFilters):
         height, width = orig_size
         n = len(rows)
         cpu = self.device.type == "cpu"
-        whole = [list(b) for _, b in per_crop] == [[0, 0, width, height]]
+        whole = len(per_crop) == 1 and covers_image(per_crop[0][1], orig_size)
         if cpu and whole:
             # Every pixel of every plane is written by `PlaneStats`, each plane whole by one
             # thread, which faults its fresh pages in as it goes.
